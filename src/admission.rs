@@ -1,0 +1,1 @@
+//! AdmissionReview parsing and response bytes (under construction).

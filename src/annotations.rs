@@ -1,0 +1,1 @@
+//! Pod annotations (under construction).

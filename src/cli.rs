@@ -1,0 +1,204 @@
+//! Command line (SPEC section 6): parsing, logging set-up, and handing over to
+//! the module that does each job. Bad usage exits 2 with a one-line reason.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::Config;
+use crate::mode::Mode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "nestdock",
+    version,
+    about = "Kubernetes mutating admission webhook that gives pods a Docker daemon",
+    propagate_version = true
+)]
+struct Cli {
+    /// Log line format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// `key=value` lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the admission webhook over HTTPS.
+    Serve(ServeArgs),
+    /// Mutate manifests offline (GitOps, CI): reads YAML or JSON, writes YAML.
+    Inject(InjectArgs),
+    /// Write a CA and a serving certificate for the webhook's Service.
+    Certs(CertsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Address of the HTTPS listener.
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    listen: SocketAddr,
+    /// PEM certificate chain of the serving certificate.
+    #[arg(long)]
+    tls_cert: PathBuf,
+    /// PEM private key of the serving certificate.
+    #[arg(long)]
+    tls_key: PathBuf,
+    /// Configuration file (YAML); built-in defaults without it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Largest request body accepted, in bytes (an UPDATE review carries two objects).
+    #[arg(long, default_value_t = 8 * 1024 * 1024)]
+    max_body_bytes: usize,
+}
+
+#[derive(Debug, clap::Args)]
+struct InjectArgs {
+    /// Manifest file, or `-` for standard input.
+    #[arg(short = 'f', long = "filename", default_value = "-")]
+    file: String,
+    /// Mode for objects that carry no `nestdock.io/mode` annotation (acts like a namespace label).
+    #[arg(long, value_parser = parse_mode)]
+    mode: Option<Mode>,
+    /// Configuration file (YAML); built-in defaults without it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct CertsArgs {
+    /// Name of the webhook's Service.
+    #[arg(long, default_value = "nestdock")]
+    service: String,
+    /// Namespace of the webhook's Service.
+    #[arg(long, default_value = "nestdock-system")]
+    namespace: String,
+    /// Directory that receives ca.crt, tls.crt and tls.key.
+    #[arg(long)]
+    out_dir: PathBuf,
+}
+
+fn parse_mode(s: &str) -> Result<Mode, String> {
+    s.parse()
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                let _ = e.print();
+                return ExitCode::from(2);
+            }
+            let rendered = e.render().to_string();
+            let first = rendered.lines().next().unwrap_or("error: bad usage");
+            eprintln!("{first} (see 'nestdock --help')");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(cli.log_format);
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Inject(args) => inject(args),
+        Command::Certs(args) => certs(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    match path {
+        Some(p) => Ok(Config::load(p)?),
+        None => Ok(Config::default()),
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let config = load_config(args.config.as_deref())?;
+    let opts = crate::server::ServeOptions {
+        listen: args.listen,
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
+        config,
+        max_body_bytes: args.max_body_bytes,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(crate::server::serve(opts))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn inject(args: InjectArgs) -> anyhow::Result<ExitCode> {
+    let config = load_config(args.config.as_deref())?;
+    let mut input = String::new();
+    if args.file == "-" {
+        std::io::stdin()
+            .read_to_string(&mut input)
+            .map_err(|e| anyhow::anyhow!("cannot read standard input: {e}"))?;
+    } else {
+        input = std::fs::read_to_string(&args.file)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.file))?;
+    }
+    let opts = crate::inject::InjectOptions {
+        mode: args.mode,
+        config: &config,
+    };
+    match crate::inject::inject(&input, &opts) {
+        Ok(out) => {
+            for w in &out.warnings {
+                eprintln!("warning: {w}");
+            }
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(out.yaml.as_bytes())?;
+            stdout.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn certs(args: CertsArgs) -> anyhow::Result<ExitCode> {
+    let bundle = crate::certs::generate(&args.service, &args.namespace)?;
+    bundle.write_to(&args.out_dir)?;
+    println!("{}", bundle.ca_bundle_base64());
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,536 @@
+//! The configuration file (`--config`, YAML), SPEC section 4.
+//!
+//! Every field has a default, so nestdock runs with no file at all. A file is
+//! parsed strictly: unknown fields are errors, and every error names the dotted
+//! path of the field (`dind.mtu`) so that a platform team can fix a ConfigMap
+//! from the pod's log alone. A bad file stops start-up: the server never runs
+//! half-configured.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::mode::Mode;
+use crate::quantity::Quantity;
+
+/// Where the daemon container goes (SPEC section 1, "Start order").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SidecarConfig {
+    /// Native sidecar when the API server supports it (1.29+), else a plain container.
+    Auto,
+    /// First init container with `restartPolicy: Always`.
+    Native,
+    /// Entry of `spec.containers` (no start-order guarantee).
+    Container,
+}
+
+/// The placement actually used for one pod, once `auto` is resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sidecar {
+    Native,
+    Container,
+}
+
+impl Sidecar {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sidecar::Native => "native",
+            Sidecar::Container => "container",
+        }
+    }
+}
+
+/// `mtu`: a fixed value, or `auto` (the pod interface's MTU, read when the daemon starts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mtu {
+    Auto,
+    Fixed(u32),
+}
+
+impl Mtu {
+    /// Parses `auto` or an integer from 68 to 65535 (the range Linux accepts for IPv4).
+    pub fn parse(s: &str) -> Result<Mtu, String> {
+        let s = s.trim();
+        if s == "auto" {
+            return Ok(Mtu::Auto);
+        }
+        match s.parse::<u32>() {
+            Ok(n) if (68..=65535).contains(&n) => Ok(Mtu::Fixed(n)),
+            _ => Err(format!(
+                "invalid MTU {s:?}: expected an integer from 68 to 65535, or \"auto\""
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Mtu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Mtu::Auto => f.write_str("auto"),
+            Mtu::Fixed(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Mtu {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(i64),
+            Str(String),
+        }
+        let s = match Raw::deserialize(d)? {
+            Raw::Int(n) => n.to_string(),
+            Raw::Str(s) => s,
+        };
+        Mtu::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for Mtu {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Mtu::Auto => s.serialize_str("auto"),
+            Mtu::Fixed(n) => s.serialize_u32(*n),
+        }
+    }
+}
+
+/// Kubernetes-shaped resource requirements for the daemon (`requests`/`limits` of `cpu`, `memory`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    #[serde(default)]
+    pub requests: ResourceList,
+    #[serde(default)]
+    pub limits: ResourceList,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceList {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Quantity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Quantity>,
+}
+
+/// Storage of the daemon's `/var/lib/docker`: never the container's overlay filesystem.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum Storage {
+    /// An emptyDir, with an optional `sizeLimit`.
+    EmptyDir {
+        #[serde(default, rename = "sizeLimit", skip_serializing_if = "Option::is_none")]
+        size_limit: Option<Quantity>,
+    },
+    /// A generic ephemeral volume: a PVC made for the pod and deleted with it.
+    Ephemeral {
+        #[serde(rename = "storageClassName", default, skip_serializing_if = "Option::is_none")]
+        storage_class_name: Option<String>,
+        size: Quantity,
+    },
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage::EmptyDir { size_limit: None }
+    }
+}
+
+/// One `--default-address-pool` of the inner daemon.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddressPool {
+    pub base: String,
+    pub size: u8,
+}
+
+/// A plain `name`/`value` environment variable for the daemon (proxies, say).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvVar {
+    pub name: String,
+    #[serde(default)]
+    pub value: String,
+}
+
+/// Settings of the Docker-in-Docker daemon (`dind` and `dind-rootless`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct DindConfig {
+    pub image: String,
+    pub rootless_image: String,
+    /// When non-empty, the only images the `image` annotation may choose:
+    /// exact matches, or prefixes when an entry ends in `*`.
+    pub allowed_images: Vec<String>,
+    pub resources: Resources,
+    pub storage: Storage,
+    pub mtu: Mtu,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bip: Option<String>,
+    pub default_address_pools: Vec<AddressPool>,
+    pub registry_mirrors: Vec<String>,
+    pub insecure_registries: Vec<String>,
+    pub extra_args: Vec<String>,
+    pub env: Vec<EnvVar>,
+}
+
+impl Default for DindConfig {
+    fn default() -> Self {
+        DindConfig {
+            image: "docker:28-dind".into(),
+            rootless_image: "docker:28-dind-rootless".into(),
+            allowed_images: Vec::new(),
+            resources: Resources {
+                requests: ResourceList {
+                    cpu: Some(Quantity::parse("250m").expect("valid default")),
+                    memory: Some(Quantity::parse("256Mi").expect("valid default")),
+                },
+                limits: ResourceList::default(),
+            },
+            storage: Storage::default(),
+            mtu: Mtu::Auto,
+            bip: None,
+            default_address_pools: Vec::new(),
+            registry_mirrors: Vec::new(),
+            insecure_registries: Vec::new(),
+            extra_args: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+}
+
+/// Settings of Docker-outside-of-Docker (the node's socket by hostPath).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct DoodConfig {
+    /// Path of the docker socket on the node.
+    pub host_socket: String,
+    /// Merged into dood pods so they land on nodes that run a docker daemon.
+    pub node_selector: BTreeMap<String, String>,
+    /// Group owning the node's socket; added to the pod's `supplementalGroups`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket_group: Option<i64>,
+    /// Without namespace policy (`--kube=false`) dood is denied unless this is true.
+    pub allow_without_namespace_policy: bool,
+}
+
+impl Default for DoodConfig {
+    fn default() -> Self {
+        DoodConfig {
+            host_socket: "/var/run/docker.sock".into(),
+            node_selector: BTreeMap::new(),
+            socket_group: None,
+            allow_without_namespace_policy: false,
+        }
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Config {
+    pub default_mode: Mode,
+    pub sidecar: SidecarConfig,
+    /// Directory of the docker socket in the app containers (and the dind daemon).
+    pub socket_dir: String,
+    /// Group of the dind socket (`dockerd --group`), added to `supplementalGroups`.
+    pub socket_group: i64,
+    /// Mount every target volume into the daemon at the same path (bind mounts just work).
+    pub mirror_mounts: bool,
+    pub dind: DindConfig,
+    pub dood: DoodConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            default_mode: Mode::None,
+            sidecar: SidecarConfig::Auto,
+            socket_dir: "/var/run".into(),
+            socket_group: 2375,
+            mirror_mounts: true,
+            dind: DindConfig::default(),
+            dood: DoodConfig::default(),
+        }
+    }
+}
+
+/// A configuration error: the dotted path of the field and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration{}: {message}", field.as_deref().map(|f| format!(" at {f}")).unwrap_or_default())]
+pub struct ConfigError {
+    /// Dotted path, e.g. `dind.mtu`; `None` when the document itself is unreadable.
+    pub field: Option<String>,
+    pub message: String,
+}
+
+fn field_err(field: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field: Some(field.to_string()),
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            field: None,
+            message: format!("cannot read {}: {e}", path.display()),
+        })?;
+        Config::from_yaml(&text)
+    }
+
+    /// Parses and validates YAML (JSON is YAML too). An empty document means all defaults.
+    pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        let de = serde_norway::Deserializer::from_str(text);
+        let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            ConfigError {
+                field: (path != "." && !path.is_empty()).then_some(path),
+                message: inner,
+            }
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks the values serde cannot: paths, ranges, image patterns, daemon arguments.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_abs_path("socketDir", &self.socket_dir)?;
+        if self.socket_dir != "/" && self.socket_dir.ends_with('/') {
+            return Err(field_err("socketDir", "must not end with '/'"));
+        }
+        check_gid("socketGroup", self.socket_group)?;
+        check_image("dind.image", &self.dind.image)?;
+        check_image("dind.rootlessImage", &self.dind.rootless_image)?;
+        for (i, img) in self.dind.allowed_images.iter().enumerate() {
+            let f = format!("dind.allowedImages[{i}]");
+            let base = img.strip_suffix('*').unwrap_or(img);
+            if base.is_empty() && img != "*" {
+                return Err(field_err(&f, "must not be empty"));
+            }
+            if img.chars().any(char::is_whitespace) {
+                return Err(field_err(&f, format!("{img:?} contains white space")));
+            }
+        }
+        let r = &self.dind.resources;
+        for (name, req, lim) in [
+            ("cpu", &r.requests.cpu, &r.limits.cpu),
+            ("memory", &r.requests.memory, &r.limits.memory),
+        ] {
+            for (kind, q) in [("requests", req), ("limits", lim)] {
+                if let Some(q) = q {
+                    if !q.is_positive() {
+                        return Err(field_err(
+                            &format!("dind.resources.{kind}.{name}"),
+                            format!("{q} must be greater than zero"),
+                        ));
+                    }
+                }
+            }
+            if let (Some(req), Some(lim)) = (req, lim) {
+                if req.value() > lim.value() {
+                    return Err(field_err(
+                        &format!("dind.resources.requests.{name}"),
+                        format!("request {req} is above the limit {lim}"),
+                    ));
+                }
+            }
+        }
+        match &self.dind.storage {
+            Storage::EmptyDir {
+                size_limit: Some(q),
+            } if !q.is_positive() => {
+                return Err(field_err(
+                    "dind.storage.emptyDir.sizeLimit",
+                    format!("{q} must be greater than zero"),
+                ));
+            }
+            Storage::Ephemeral {
+                size,
+                storage_class_name,
+            } => {
+                if !size.is_positive() {
+                    return Err(field_err(
+                        "dind.storage.ephemeral.size",
+                        format!("{size} must be greater than zero"),
+                    ));
+                }
+                if let Some(sc) = storage_class_name {
+                    crate::validate::dns_subdomain(sc).map_err(|m| {
+                        field_err("dind.storage.ephemeral.storageClassName", m)
+                    })?;
+                }
+            }
+            _ => {}
+        }
+        if let Some(bip) = &self.dind.bip {
+            crate::validate::cidr(bip).map_err(|m| field_err("dind.bip", m))?;
+        }
+        for (i, p) in self.dind.default_address_pools.iter().enumerate() {
+            crate::validate::cidr(&p.base)
+                .map_err(|m| field_err(&format!("dind.defaultAddressPools[{i}].base"), m))?;
+            if p.size == 0 || p.size > 32 {
+                return Err(field_err(
+                    &format!("dind.defaultAddressPools[{i}].size"),
+                    format!("{} is not a prefix length from 1 to 32", p.size),
+                ));
+            }
+        }
+        for (i, m) in self.dind.registry_mirrors.iter().enumerate() {
+            crate::validate::registry_mirror(m)
+                .map_err(|e| field_err(&format!("dind.registryMirrors[{i}]"), e))?;
+        }
+        for (i, r) in self.dind.insecure_registries.iter().enumerate() {
+            crate::validate::insecure_registry(r)
+                .map_err(|e| field_err(&format!("dind.insecureRegistries[{i}]"), e))?;
+        }
+        for (i, a) in self.dind.extra_args.iter().enumerate() {
+            if !a.starts_with("--") {
+                return Err(field_err(
+                    &format!("dind.extraArgs[{i}]"),
+                    format!("{a:?} is not a dockerd flag: expected --flag or --flag=value"),
+                ));
+            }
+        }
+        for (i, e) in self.dind.env.iter().enumerate() {
+            crate::validate::env_name(&e.name)
+                .map_err(|m| field_err(&format!("dind.env[{i}].name"), m))?;
+        }
+        check_abs_path("dood.hostSocket", &self.dood.host_socket)?;
+        if let Some(g) = self.dood.socket_group {
+            check_gid("dood.socketGroup", g)?;
+        }
+        for (k, v) in &self.dood.node_selector {
+            crate::validate::label_key(k)
+                .map_err(|m| field_err(&format!("dood.nodeSelector.{k}"), m))?;
+            crate::validate::label_value(v)
+                .map_err(|m| field_err(&format!("dood.nodeSelector.{k}"), m))?;
+        }
+        Ok(())
+    }
+
+    /// The socket path that `DOCKER_HOST`, the daemon's listener and the mounts agree on.
+    pub fn socket_path(&self) -> String {
+        if self.socket_dir == "/" {
+            "/docker.sock".into()
+        } else {
+            format!("{}/docker.sock", self.socket_dir)
+        }
+    }
+}
+
+fn check_abs_path(field: &str, p: &str) -> Result<(), ConfigError> {
+    if !p.starts_with('/') {
+        return Err(field_err(field, format!("{p:?} is not an absolute path")));
+    }
+    if p.split('/').any(|c| c == "..") || p.contains("//") || p.contains(':') {
+        return Err(field_err(
+            field,
+            format!("{p:?} must be a clean absolute path without '..', '//' or ':'"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_gid(field: &str, gid: i64) -> Result<(), ConfigError> {
+    if !(0..=2147483647).contains(&gid) {
+        return Err(field_err(
+            field,
+            format!("{gid} is not a group id from 0 to 2147483647"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_image(field: &str, image: &str) -> Result<(), ConfigError> {
+    crate::validate::image(image).map_err(|m| field_err(field, m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        assert_eq!(Config::from_yaml("").unwrap(), Config::default());
+        assert_eq!(Config::from_yaml("{}\n").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn default_config_is_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let cfg = Config::from_yaml(
+            r#"
+defaultMode: dind
+sidecar: container
+socketDir: /run/docker
+socketGroup: 999
+mirrorMounts: false
+dind:
+  image: registry.example.com/docker:28-dind
+  allowedImages: ["registry.example.com/*"]
+  resources:
+    requests: {cpu: 500m, memory: 1Gi}
+    limits: {memory: 4Gi}
+  storage:
+    ephemeral: {storageClassName: fast, size: 50Gi}
+  mtu: 1400
+  bip: 172.30.0.1/16
+  defaultAddressPools: [{base: 172.31.0.0/16, size: 24}]
+  registryMirrors: ["https://mirror.example.com"]
+  insecureRegistries: ["registry.local:5000", "10.0.0.0/8"]
+  extraArgs: ["--log-level=warn"]
+  env: [{name: HTTPS_PROXY, value: "http://proxy:3128"}]
+dood:
+  hostSocket: /run/nestdock/docker.sock
+  nodeSelector: {nestdock.io/docker: "true"}
+  socketGroup: 998
+  allowWithoutNamespacePolicy: true
+"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.default_mode, Mode::Dind);
+        assert_eq!(cfg.dind.mtu, Mtu::Fixed(1400));
+        assert_eq!(cfg.socket_path(), "/run/docker/docker.sock");
+        assert!(matches!(cfg.dind.storage, Storage::Ephemeral { .. }));
+    }
+
+    #[test]
+    fn errors_name_the_dotted_path() {
+        let e = Config::from_yaml("dind:\n  mtu: 9\n").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("dind.mtu"), "{e}");
+        assert!(e.to_string().contains("68 to 65535"), "{e}");
+
+        let e = Config::from_yaml("dind:\n  bogus: 1\n").unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+
+        let e = Config::from_yaml("defaultMode: dnid\n").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("defaultMode"), "{e}");
+
+        let e = Config::from_yaml("dind:\n  resources:\n    requests: {memory: 2Gi}\n    limits: {memory: 1Gi}\n")
+            .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("dind.resources.requests.memory"), "{e}");
+
+        let e = Config::from_yaml("dood:\n  hostSocket: relative/docker.sock\n").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("dood.hostSocket"), "{e}");
+
+        let e = Config::from_yaml("dind:\n  registryMirrors: [\"ftp://x\"]\n").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("dind.registryMirrors[0]"), "{e}");
+    }
+}

@@ -1,0 +1,20 @@
+//! nestdock: a Kubernetes mutating admission webhook that gives pods a Docker daemon.
+//!
+//! The crate is laid out by concern: [`engine`] decides (pure), [`config`] and
+//! [`annotations`] read what users wrote, [`policy`] applies namespace rules,
+//! and the edges ([`admission`], [`server`], [`tls`], [`inject`], [`certs`],
+//! [`cli`]) do the I/O.
+
+pub mod admission;
+pub mod annotations;
+pub mod certs;
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod inject;
+pub mod mode;
+pub mod policy;
+pub mod quantity;
+pub mod server;
+pub mod tls;
+pub mod validate;

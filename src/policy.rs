@@ -1,0 +1,1 @@
+//! Namespace policy (under construction).

@@ -1,0 +1,1 @@
+//! rustls server configuration (under construction).

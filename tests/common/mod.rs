@@ -1,0 +1,24 @@
+//! Shared test helpers: applying patches the way the API server does, and the
+//! SPEC section 1 invariants every patched pod must satisfy.
+#![allow(dead_code)]
+
+pub mod invariants;
+
+use serde_json::Value;
+
+/// Path of the real `nestdock` binary built for these tests.
+pub fn bin() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_nestdock"))
+}
+
+/// Applies a JSON Patch (as JSON) to `original` with RFC 6902 semantics and no
+/// implicit parents (what evanphx/json-patch does in the API server). Panics
+/// with the failing operation when the patch does not apply.
+pub fn apply_patch(original: &Value, patch: &Value) -> Value {
+    let p: json_patch::Patch = serde_json::from_value(patch.clone())
+        .unwrap_or_else(|e| panic!("patch is not a JSON Patch: {e}\n{patch:#}"));
+    let mut doc = original.clone();
+    json_patch::patch(&mut doc, &p)
+        .unwrap_or_else(|e| panic!("patch does not apply: {e}\npatch: {patch:#}\nto: {original:#}"));
+    doc
+}
