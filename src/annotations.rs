@@ -1,1 +1,254 @@
-//! Pod annotations (under construction).
+//! The pod annotations of SPEC section 2 (`nestdock.io/*`), read and checked.
+//!
+//! Every `nestdock.io/*` key is checked whatever the mode, `none` included, so
+//! that a typo (`nestdock.io/mdoe`) is reported when the pod is created instead
+//! of silently doing nothing. Errors name the key, the value and what is accepted.
+
+use serde_json::{Map, Value};
+
+use crate::config::{Mtu, Sidecar};
+use crate::mode::Mode;
+use crate::quantity::Quantity;
+
+/// Prefix of every annotation nestdock reads.
+pub const PREFIX: &str = "nestdock.io/";
+/// The idempotency marker nestdock records on every pod it patched.
+pub const INJECTED: &str = "nestdock.io/injected";
+
+/// The keys a pod may carry, for "accepted are ..." messages.
+pub const KNOWN_KEYS: [&str; 14] = [
+    "mode",
+    "containers",
+    "sidecar",
+    "tls",
+    "image",
+    "cpu-request",
+    "cpu-limit",
+    "memory-request",
+    "memory-limit",
+    "storage-limit",
+    "registry-mirrors",
+    "insecure-registries",
+    "mtu",
+    "injected",
+];
+
+/// What a pod asked for, every value validated in isolation. Rules that need
+/// the pod or the config (container names exist, image allow-list, request
+/// below limit) are the engine's.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PodAnnotations {
+    pub mode: Option<Mode>,
+    pub containers: Option<Vec<String>>,
+    pub sidecar: Option<Sidecar>,
+    pub tls: Option<bool>,
+    pub image: Option<String>,
+    pub cpu_request: Option<Quantity>,
+    pub cpu_limit: Option<Quantity>,
+    pub memory_request: Option<Quantity>,
+    pub memory_limit: Option<Quantity>,
+    pub storage_limit: Option<Quantity>,
+    pub registry_mirrors: Option<Vec<String>>,
+    pub insecure_registries: Option<Vec<String>>,
+    pub mtu: Option<Mtu>,
+    /// `nestdock.io/injected`: the mode a previous pass injected.
+    pub injected: Option<String>,
+}
+
+impl PodAnnotations {
+    /// The keys (without prefix) this pod set that only matter to a daemon in the pod.
+    pub fn daemon_only_keys(&self) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        let flags: [(&'static str, bool); 11] = [
+            ("sidecar", self.sidecar.is_some()),
+            ("image", self.image.is_some()),
+            ("cpu-request", self.cpu_request.is_some()),
+            ("cpu-limit", self.cpu_limit.is_some()),
+            ("memory-request", self.memory_request.is_some()),
+            ("memory-limit", self.memory_limit.is_some()),
+            ("storage-limit", self.storage_limit.is_some()),
+            ("registry-mirrors", self.registry_mirrors.is_some()),
+            ("insecure-registries", self.insecure_registries.is_some()),
+            ("mtu", self.mtu.is_some()),
+            ("tls", self.tls.is_some()),
+        ];
+        for (k, set) in flags {
+            if set {
+                keys.push(k);
+            }
+        }
+        keys
+    }
+}
+
+/// Reads the `nestdock.io/*` annotations out of `metadata.annotations`.
+/// Returns a message naming the key, the value and what is accepted.
+pub fn parse(annotations: Option<&Map<String, Value>>) -> Result<PodAnnotations, String> {
+    let mut out = PodAnnotations::default();
+    let Some(annotations) = annotations else {
+        return Ok(out);
+    };
+    for (key, value) in annotations {
+        let Some(name) = key.strip_prefix(PREFIX) else {
+            continue;
+        };
+        let Some(v) = value.as_str() else {
+            return Err(format!(
+                "annotation {key} must be a string, got {value}"
+            ));
+        };
+        let bad = |accepted: &str| format!("annotation {key}: invalid value {v:?}: {accepted}");
+        match name {
+            "mode" => {
+                out.mode = Some(
+                    v.parse::<Mode>()
+                        .map_err(|_| bad(&format!("accepted are {}", Mode::ACCEPTED)))?,
+                )
+            }
+            "containers" => {
+                let mut names: Vec<String> = Vec::new();
+                for n in v.split(',').map(str::trim) {
+                    if n.is_empty() {
+                        return Err(bad(
+                            "expected comma-separated container names, none of them empty",
+                        ));
+                    }
+                    if !names.iter().any(|x| x == n) {
+                        names.push(n.to_string());
+                    }
+                }
+                out.containers = Some(names);
+            }
+            "sidecar" => {
+                out.sidecar = Some(match v {
+                    "native" => Sidecar::Native,
+                    "container" => Sidecar::Container,
+                    _ => return Err(bad("accepted are native, container")),
+                })
+            }
+            "tls" => {
+                out.tls = Some(match v {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(bad("accepted are \"true\", \"false\"")),
+                })
+            }
+            "image" => {
+                crate::validate::image(v).map_err(|m| format!("annotation {key}: {m}"))?;
+                out.image = Some(v.to_string());
+            }
+            "cpu-request" | "cpu-limit" | "memory-request" | "memory-limit" | "storage-limit" => {
+                let q = Quantity::parse(v).map_err(|m| format!("annotation {key}: {m}"))?;
+                if !q.is_positive() {
+                    return Err(bad("expected a quantity greater than zero"));
+                }
+                let slot = match name {
+                    "cpu-request" => &mut out.cpu_request,
+                    "cpu-limit" => &mut out.cpu_limit,
+                    "memory-request" => &mut out.memory_request,
+                    "memory-limit" => &mut out.memory_limit,
+                    _ => &mut out.storage_limit,
+                };
+                *slot = Some(q);
+            }
+            "registry-mirrors" => {
+                out.registry_mirrors = Some(list(v, |s| crate::validate::registry_mirror(s)).map_err(
+                    |m| format!("annotation {key}: {m}; expected comma-separated http(s) URLs"),
+                )?)
+            }
+            "insecure-registries" => {
+                out.insecure_registries = Some(
+                    list(v, |s| crate::validate::insecure_registry(s)).map_err(|m| {
+                        format!("annotation {key}: {m}; expected comma-separated host[:port] or CIDRs")
+                    })?,
+                )
+            }
+            "mtu" => {
+                out.mtu = Some(Mtu::parse(v).map_err(|m| format!("annotation {key}: {m}"))?)
+            }
+            "injected" => out.injected = Some(v.to_string()),
+            _ => {
+                return Err(format!(
+                    "unknown annotation {key}: accepted keys are {}",
+                    KNOWN_KEYS.map(|k| format!("{PREFIX}{k}")).join(", ")
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn list(v: &str, check: impl Fn(&str) -> Result<(), String>) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for item in v.split(',').map(str::trim) {
+        if item.is_empty() {
+            return Err(format!("empty entry in {v:?}"));
+        }
+        check(item)?;
+        out.push(item.to_string());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn p(v: Value) -> Result<PodAnnotations, String> {
+        parse(v.as_object())
+    }
+
+    #[test]
+    fn reads_every_key() {
+        let a = p(json!({
+            "nestdock.io/mode": "dind",
+            "nestdock.io/containers": " build , test,build",
+            "nestdock.io/sidecar": "container",
+            "nestdock.io/tls": "true",
+            "nestdock.io/image": "docker:27-dind",
+            "nestdock.io/cpu-request": "500m",
+            "nestdock.io/memory-limit": "2Gi",
+            "nestdock.io/storage-limit": "20Gi",
+            "nestdock.io/registry-mirrors": "https://a.example.com, http://b:5000",
+            "nestdock.io/insecure-registries": "reg.local:5000,10.0.0.0/8",
+            "nestdock.io/mtu": "1400",
+            "other.io/x": "ignored",
+        }))
+        .unwrap();
+        assert_eq!(a.mode, Some(Mode::Dind));
+        assert_eq!(a.containers.unwrap(), ["build", "test"]);
+        assert_eq!(a.sidecar, Some(Sidecar::Container));
+        assert_eq!(a.tls, Some(true));
+        assert_eq!(a.mtu, Some(Mtu::Fixed(1400)));
+        assert_eq!(a.registry_mirrors.unwrap().len(), 2);
+    }
+
+    #[test]
+    fn bad_values_name_key_value_and_accepted() {
+        let cases = [
+            ("nestdock.io/mode", "dnid", "dind, dind-rootless, dood, none"),
+            ("nestdock.io/containers", "", "none of them empty"),
+            ("nestdock.io/containers", "a,,b", "none of them empty"),
+            ("nestdock.io/sidecar", "yes", "native, container"),
+            ("nestdock.io/tls", "yes", "\"true\""),
+            ("nestdock.io/cpu-limit", "lots", "expected a number"),
+            ("nestdock.io/storage-limit", "0", "greater than zero"),
+            ("nestdock.io/memory-request", "-1Gi", "greater than zero"),
+            ("nestdock.io/registry-mirrors", "mirror.local", "http(s) URLs"),
+            ("nestdock.io/insecure-registries", "http://x", "host[:port]"),
+            ("nestdock.io/mtu", "9", "68 to 65535"),
+            ("nestdock.io/mtu", "big", "auto"),
+            ("nestdock.io/image", "a b", "image reference"),
+            ("nestdock.io/mdoe", "dind", "accepted keys are"),
+        ];
+        for (k, v, accepted) in cases {
+            let e = p(json!({ k: v })).unwrap_err();
+            assert!(e.contains(k), "{k}={v}: {e}");
+            assert!(e.contains(accepted), "{k}={v}: {e}");
+            if !v.is_empty() && k != "nestdock.io/mdoe" {
+                assert!(e.contains(v), "{k}={v}: {e}");
+            }
+        }
+    }
+}

@@ -120,20 +120,79 @@ pub struct ResourceList {
 }
 
 /// Storage of the daemon's `/var/lib/docker`: never the container's overlay filesystem.
+/// In the file, exactly one of `emptyDir` or `ephemeral`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(try_from = "StorageFile", into = "StorageFile")]
 pub enum Storage {
     /// An emptyDir, with an optional `sizeLimit`.
-    EmptyDir {
-        #[serde(default, rename = "sizeLimit", skip_serializing_if = "Option::is_none")]
-        size_limit: Option<Quantity>,
-    },
+    EmptyDir { size_limit: Option<Quantity> },
     /// A generic ephemeral volume: a PVC made for the pod and deleted with it.
     Ephemeral {
-        #[serde(rename = "storageClassName", default, skip_serializing_if = "Option::is_none")]
         storage_class_name: Option<String>,
         size: Quantity,
     },
+}
+
+/// The file's shape of [`Storage`].
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct StorageFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    empty_dir: Option<EmptyDirFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ephemeral: Option<EphemeralFile>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct EmptyDirFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    size_limit: Option<Quantity>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct EphemeralFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    storage_class_name: Option<String>,
+    size: Quantity,
+}
+
+impl TryFrom<StorageFile> for Storage {
+    type Error = String;
+    fn try_from(f: StorageFile) -> Result<Storage, String> {
+        match (f.empty_dir, f.ephemeral) {
+            (Some(e), None) => Ok(Storage::EmptyDir {
+                size_limit: e.size_limit,
+            }),
+            (None, Some(e)) => Ok(Storage::Ephemeral {
+                storage_class_name: e.storage_class_name,
+                size: e.size,
+            }),
+            _ => Err("expected exactly one of emptyDir or ephemeral".into()),
+        }
+    }
+}
+
+impl From<Storage> for StorageFile {
+    fn from(s: Storage) -> StorageFile {
+        match s {
+            Storage::EmptyDir { size_limit } => StorageFile {
+                empty_dir: Some(EmptyDirFile { size_limit }),
+                ephemeral: None,
+            },
+            Storage::Ephemeral {
+                storage_class_name,
+                size,
+            } => StorageFile {
+                empty_dir: None,
+                ephemeral: Some(EphemeralFile {
+                    storage_class_name,
+                    size,
+                }),
+            },
+        }
+    }
 }
 
 impl Default for Storage {

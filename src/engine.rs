@@ -4,10 +4,13 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::Value;
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, PatchOperation};
+use serde_json::{json, Map, Value};
 
-use crate::config::Config;
+use crate::config::{Config, Sidecar, SidecarConfig, Storage};
 use crate::mode::Mode;
+use crate::quantity::Quantity;
 
 /// What the engine knows about the pod's namespace.
 #[derive(Debug, Clone, Copy)]
@@ -64,8 +67,917 @@ pub struct Decision {
     pub warnings: Vec<String>,
 }
 
+
+/// Name of the daemon container nestdock adds.
+pub const DAEMON_CONTAINER: &str = "nestdock-dind";
+/// emptyDir shared by the daemon and the targets; holds `docker.sock`.
+pub const VOL_SOCKET: &str = "nestdock-docker-sock";
+/// The daemon's `/var/lib/docker`.
+pub const VOL_STORAGE: &str = "nestdock-docker-storage";
+/// TLS certificates the dind entrypoint generates (`tls: "true"`).
+pub const VOL_CERTS: &str = "nestdock-docker-certs";
+/// dood: the node's docker socket.
+pub const VOL_HOST_SOCKET: &str = "nestdock-host-docker";
+
+const SA_TOKEN_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+const DIND_STORAGE: &str = "/var/lib/docker";
+/// The rootless image runs dockerd as this uid and gid; outside the user
+/// namespace the socket belongs to it, so it is the socket's group too.
+const ROOTLESS_ID: i64 = 1000;
+/// The rootless daemon's `XDG_RUNTIME_DIR`. rootlesskit copies up `/run`, so a
+/// socket created directly in `/run` would stay inside its namespace; a
+/// subdirectory that is a mount point is shared (the layout ARC uses).
+const ROOTLESS_RUNTIME_DIR: &str = "/run/user/1000";
+const ROOTLESS_STORAGE: &str = "/home/rootless/.local/share/docker";
+const CERTS_DIR: &str = "/certs";
+const CERTS_CLIENT_DIR: &str = "/certs/client";
+const TLS_HOST: &str = "tcp://localhost:2376";
+
+/// Reads the pod interface's MTU when the daemon starts (or takes the fixed
+/// value) and applies it to the default bridge and to user-defined networks.
+/// Static arguments come after it as `"$@"`, never through the shell.
+const MTU_PRELUDE: &str = r#"mtu="${NESTDOCK_MTU:-auto}"
+if [ "$mtu" = auto ]; then mtu="$(cat /sys/class/net/eth0/mtu 2>/dev/null || echo 1500)"; fi
+"#;
+const MTU_FLAGS: &str =
+    r#"--mtu="$mtu" --default-network-opt="bridge=com.docker.network.driver.mtu=$mtu" "$@""#;
+
+/// Paths in the daemon that a mirrored mount must not shadow, besides the
+/// daemon's own mounts: shadowing them would break the daemon image itself.
+const DAEMON_SYSTEM_PATHS: [&str; 14] = [
+    "/", "/bin", "/sbin", "/lib", "/usr", "/usr/bin", "/usr/sbin", "/usr/lib", "/usr/local",
+    "/usr/local/bin", "/etc", "/proc", "/sys", "/dev",
+];
+
 /// Decides what happens to `pod` (the object exactly as the API server sent it).
 pub fn mutate(pod: &Value, ctx: &Context<'_>) -> Decision {
-    let _ = (pod, ctx);
-    todo!("engine under construction")
+    let annotations = pod
+        .pointer("/metadata/annotations")
+        .and_then(Value::as_object);
+    // Idempotency: the API server may call again (reinvocationPolicy: IfNeeded)
+    // and `inject` may run twice; a pod we already patched is left alone.
+    if let Some(done) = annotations.and_then(|a| a.get(crate::annotations::INJECTED)) {
+        let mode = done
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(Mode::None);
+        return Decision {
+            mode,
+            outcome: Outcome::Unchanged,
+            warnings: Vec::new(),
+        };
+    }
+    let ann = match crate::annotations::parse(annotations) {
+        Ok(a) => a,
+        Err(message) => return denied(ctx.config.default_mode, 400, message),
+    };
+    let choice = match crate::policy::resolve(ann.mode, ctx.namespace, ctx.config) {
+        Ok(c) => c,
+        Err(d) => {
+            return Decision {
+                mode: ann.mode.unwrap_or(ctx.config.default_mode),
+                outcome: Outcome::Denied(d),
+                warnings: Vec::new(),
+            }
+        }
+    };
+    let mode = choice.mode;
+    let view = match PodView::new(pod) {
+        Ok(v) => v,
+        Err(d) => {
+            return Decision {
+                mode,
+                outcome: Outcome::Denied(d),
+                warnings: Vec::new(),
+            }
+        }
+    };
+    let mut planner = Planner {
+        view: &view,
+        ann: &ann,
+        mode,
+        ctx,
+        ops: Vec::new(),
+        warnings: Vec::new(),
+    };
+    match planner.plan() {
+        Ok(()) => Decision {
+            mode,
+            outcome: if planner.ops.is_empty() {
+                Outcome::Unchanged
+            } else {
+                Outcome::Patched(json_patch::Patch(planner.ops))
+            },
+            warnings: planner.warnings,
+        },
+        Err(d) => Decision {
+            mode,
+            outcome: Outcome::Denied(d),
+            warnings: Vec::new(),
+        },
+    }
+}
+
+fn denied(mode: Mode, code: u16, message: String) -> Decision {
+    Decision {
+        mode,
+        outcome: Outcome::Denied(Denial { code, message }),
+        warnings: Vec::new(),
+    }
+}
+
+fn bad(message: String) -> Denial {
+    Denial { code: 400, message }
+}
+
+/// A container of the pod, where it sits, and whether it gets the daemon.
+struct Slot<'a> {
+    /// `initContainers` or `containers`.
+    list: &'static str,
+    index: usize,
+    name: &'a str,
+    obj: &'a Map<String, Value>,
+}
+
+/// The pieces of a mode's wiring that differ between dind, rootless, TLS and dood.
+struct Wiring {
+    /// Environment for every target container.
+    env: Vec<(&'static str, String)>,
+    /// The mount every target gets.
+    target_mount: Value,
+    /// Target mount paths that would shadow or duplicate that mount.
+    reserved_target_paths: Vec<String>,
+    /// Group to add to `supplementalGroups`.
+    group: Option<i64>,
+}
+
+fn ptr<'t>(tokens: impl IntoIterator<Item = &'t str>) -> PointerBuf {
+    PointerBuf::from_tokens(tokens)
+}
+
+fn slots<'a>(
+    spec: &'a Map<String, Value>,
+    list: &'static str,
+) -> Result<Vec<Slot<'a>>, Denial> {
+    let Some(items) = spec.get(list) else {
+        return Ok(Vec::new());
+    };
+    if items.is_null() {
+        return Ok(Vec::new());
+    }
+    let items = items
+        .as_array()
+        .ok_or_else(|| bad(format!("spec.{list} must be a list")))?;
+    items
+        .iter()
+        .enumerate()
+        .map(|(index, c)| {
+            let obj = c
+                .as_object()
+                .ok_or_else(|| bad(format!("spec.{list}[{index}] must be an object")))?;
+            let name = obj.get("name").and_then(Value::as_str).ok_or_else(|| {
+                bad(format!("spec.{list}[{index}] has no name"))
+            })?;
+            Ok(Slot {
+                list,
+                index,
+                name,
+                obj,
+            })
+        })
+        .collect()
+}
+
+fn mounts(c: &Map<String, Value>) -> impl Iterator<Item = &Map<String, Value>> {
+    c.get("volumeMounts")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_object)
+}
+
+fn mount_path(m: &Map<String, Value>) -> &str {
+    let p = m.get("mountPath").and_then(Value::as_str).unwrap_or("");
+    if p.len() > 1 {
+        p.trim_end_matches('/')
+    } else {
+        p
+    }
+}
+
+/// True when `path` is `base` or lies below it.
+fn under(path: &str, base: &str) -> bool {
+    path == base
+        || (path.starts_with(base) && (base == "/" || path.as_bytes().get(base.len()) == Some(&b'/')))
+}
+
+fn limit_warning(mut s: String) -> String {
+    const MAX: usize = 119;
+    if s.len() > MAX {
+        let mut cut = MAX - 3;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str("...");
+    }
+    s
+}
+
+
+/// The parts of the pod the engine reads, resolved once.
+struct PodView<'a> {
+    spec: &'a Map<String, Value>,
+    meta: Option<&'a Map<String, Value>>,
+    init: Vec<Slot<'a>>,
+    app: Vec<Slot<'a>>,
+}
+
+impl<'a> PodView<'a> {
+    fn new(pod: &'a Value) -> Result<PodView<'a>, Denial> {
+        let spec = pod
+            .get("spec")
+            .and_then(Value::as_object)
+            .ok_or_else(|| bad("the pod has no spec object".to_string()))?;
+        Ok(PodView {
+            spec,
+            meta: pod.get("metadata").and_then(Value::as_object),
+            init: slots(spec, "initContainers")?,
+            app: slots(spec, "containers")?,
+        })
+    }
+
+    fn list(&self, key: &str) -> impl Iterator<Item = &'a Map<String, Value>> {
+        self.spec
+            .get(key)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_object)
+    }
+
+    fn volume(&self, name: &str) -> Option<&'a Map<String, Value>> {
+        self.list("volumes")
+            .find(|v| v.get("name").and_then(Value::as_str) == Some(name))
+    }
+
+    fn flag(&self, key: &str) -> Option<bool> {
+        self.spec.get(key).and_then(Value::as_bool)
+    }
+}
+
+/// Mounts of the service-account token: the ServiceAccount admission plugin
+/// adds them to every container, and the daemon has no use for them.
+fn is_service_account_token(view: &PodView<'_>, name: &str, path: &str) -> bool {
+    if under(path, SA_TOKEN_PATH) || name.starts_with("kube-api-access-") {
+        return true;
+    }
+    view.volume(name)
+        .and_then(|v| v.get("projected"))
+        .and_then(|p| p.get("sources"))
+        .and_then(Value::as_array)
+        .is_some_and(|s| s.iter().any(|src| src.get("serviceAccountToken").is_some()))
+}
+
+struct Planner<'v, 'a> {
+    view: &'v PodView<'a>,
+    ann: &'v crate::annotations::PodAnnotations,
+    mode: Mode,
+    ctx: &'v Context<'v>,
+    ops: Vec<PatchOperation>,
+    warnings: Vec<String>,
+}
+
+impl<'v, 'a> Planner<'v, 'a> {
+    fn cfg(&self) -> &'v Config {
+        self.ctx.config
+    }
+
+    fn warn(&mut self, msg: String) {
+        self.warnings.push(limit_warning(msg));
+    }
+
+    fn add(&mut self, path: PointerBuf, value: Value) {
+        self.ops.push(PatchOperation::Add(AddOperation { path, value }));
+    }
+
+    /// Appends `items` to the list `key` of the object `parent` found at
+    /// `parent_path`. An absent or null list is added whole, because
+    /// `add .../-` needs the list to exist in the object as sent.
+    fn append(
+        &mut self,
+        parent: &Map<String, Value>,
+        parent_path: &[&str],
+        key: &str,
+        items: Vec<Value>,
+    ) {
+        if items.is_empty() {
+            return;
+        }
+        let mut path: Vec<&str> = parent_path.to_vec();
+        path.push(key);
+        if parent.get(key).is_some_and(Value::is_array) {
+            path.push("-");
+            let p = ptr(path.iter().copied());
+            for item in items {
+                self.add(p.clone(), item);
+            }
+        } else {
+            self.add(ptr(path.iter().copied()), Value::Array(items));
+        }
+    }
+
+    fn plan(&mut self) -> Result<(), Denial> {
+        // Values whose meaning does not depend on the mode are checked in every mode.
+        if self.ann.tls == Some(true) && self.mode != Mode::Dind {
+            return Err(bad(format!(
+                "annotation nestdock.io/tls: \"true\" needs mode dind, but the mode is {}; \
+                 remove the annotation or use mode dind",
+                self.mode
+            )));
+        }
+        self.check_image_allowed()?;
+        let resources = self.resources()?;
+        let sidecar = self.sidecar();
+        let targets = self.targets(sidecar)?;
+        match self.mode {
+            Mode::None => Ok(()),
+            Mode::Dood => {
+                for k in self.ann.daemon_only_keys() {
+                    self.warn(format!("annotation nestdock.io/{k} has no effect in mode dood"));
+                }
+                self.plan_dood(&targets)
+            }
+            Mode::Dind | Mode::DindRootless => self.plan_dind(&targets, sidecar, resources),
+        }
+    }
+
+    fn sidecar(&self) -> Sidecar {
+        match self.ann.sidecar {
+            Some(s) => s,
+            None => match self.cfg().sidecar {
+                SidecarConfig::Native => Sidecar::Native,
+                SidecarConfig::Container => Sidecar::Container,
+                SidecarConfig::Auto if self.ctx.native_sidecars => Sidecar::Native,
+                SidecarConfig::Auto => Sidecar::Container,
+            },
+        }
+    }
+
+    fn check_image_allowed(&self) -> Result<(), Denial> {
+        let allowed = &self.cfg().dind.allowed_images;
+        let Some(image) = &self.ann.image else {
+            return Ok(());
+        };
+        if allowed.is_empty() {
+            return Ok(());
+        }
+        let ok = allowed.iter().any(|a| match a.strip_suffix('*') {
+            Some(prefix) => image.starts_with(prefix),
+            None => a == image,
+        });
+        if ok {
+            Ok(())
+        } else {
+            Err(bad(format!(
+                "annotation nestdock.io/image: image {image:?} is not allowed; accepted are {}",
+                allowed.join(", ")
+            )))
+        }
+    }
+
+    /// The daemon's resources: config, overridden by annotations; a request
+    /// above its limit is denied, not adjusted.
+    fn resources(&self) -> Result<Value, Denial> {
+        let r = &self.cfg().dind.resources;
+        let a = self.ann;
+        fn pick<'q>(ann: &'q Option<Quantity>, cfg: &'q Option<Quantity>) -> Option<&'q Quantity> {
+            ann.as_ref().or(cfg.as_ref())
+        }
+        let cpu_req = pick(&a.cpu_request, &r.requests.cpu);
+        let cpu_lim = pick(&a.cpu_limit, &r.limits.cpu);
+        let mem_req = pick(&a.memory_request, &r.requests.memory);
+        let mem_lim = pick(&a.memory_limit, &r.limits.memory);
+        for (what, req, lim) in [("cpu", cpu_req, cpu_lim), ("memory", mem_req, mem_lim)] {
+            if let (Some(req), Some(lim)) = (req, lim) {
+                if req.value() > lim.value() {
+                    return Err(bad(format!(
+                        "the daemon's {what} request {req} is above its limit {lim} (annotations \
+                         nestdock.io/{what}-request, nestdock.io/{what}-limit or the config); \
+                         a request must not exceed its limit"
+                    )));
+                }
+            }
+        }
+        let list = |cpu: Option<&Quantity>, mem: Option<&Quantity>| {
+            let mut m = Map::new();
+            if let Some(c) = cpu {
+                m.insert("cpu".into(), Value::String(c.as_str().into()));
+            }
+            if let Some(x) = mem {
+                m.insert("memory".into(), Value::String(x.as_str().into()));
+            }
+            m
+        };
+        let mut out = Map::new();
+        let requests = list(cpu_req, mem_req);
+        let limits = list(cpu_lim, mem_lim);
+        if !requests.is_empty() {
+            out.insert("requests".into(), Value::Object(requests));
+        }
+        if !limits.is_empty() {
+            out.insert("limits".into(), Value::Object(limits));
+        }
+        Ok(Value::Object(out))
+    }
+
+    /// The containers that get the daemon: the `containers` annotation, or every
+    /// container the mode can serve (SPEC section 8, "Targets"), in pod order.
+    fn targets(&self, sidecar: Sidecar) -> Result<Vec<&'v Slot<'a>>, Denial> {
+        let view = self.view;
+        let init_ok = !(self.mode.has_daemon() && sidecar == Sidecar::Container);
+        let Some(names) = &self.ann.containers else {
+            return Ok(if init_ok {
+                view.init.iter().chain(view.app.iter()).collect()
+            } else {
+                view.app.iter().collect()
+            });
+        };
+        let mut out = Vec::with_capacity(names.len());
+        for n in names {
+            if let Some(s) = view.app.iter().find(|s| s.name == n) {
+                out.push(s);
+            } else if let Some(s) = view.init.iter().find(|s| s.name == n) {
+                if !init_ok {
+                    return Err(bad(format!(
+                        "annotation nestdock.io/containers names init container {n:?}, but with \
+                         nestdock.io/sidecar: container the daemon starts after the init containers; \
+                         name app containers only, or use the native sidecar"
+                    )));
+                }
+                out.push(s);
+            } else {
+                let all: Vec<&str> = view.init.iter().chain(view.app.iter()).map(|s| s.name).collect();
+                return Err(bad(format!(
+                    "annotation nestdock.io/containers names {n:?}, which is not a container of this pod; \
+                     accepted are: {}",
+                    all.join(", ")
+                )));
+            }
+        }
+        out.sort_by_key(|s| (s.list == "containers", s.index));
+        Ok(out)
+    }
+
+    fn check_container_name_free(&self, name: &str) -> Result<(), Denial> {
+        for list in ["initContainers", "containers", "ephemeralContainers"] {
+            if self
+                .view
+                .list(list)
+                .any(|c| c.get("name").and_then(Value::as_str) == Some(name))
+            {
+                return Err(bad(format!(
+                    "the pod already has a container named {name} (in spec.{list}), the name of the \
+                     daemon container nestdock adds; rename that container"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_volume_names_free(&self, names: &[&str]) -> Result<(), Denial> {
+        for name in names {
+            if self.view.volume(name).is_some() {
+                return Err(bad(format!(
+                    "the pod already has a volume named {name}, a name nestdock uses for the docker \
+                     daemon's wiring; rename that volume"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives every target the environment and the mount of `wiring`.
+    fn wire_targets(&mut self, targets: &[&'v Slot<'a>], wiring: &Wiring) -> Result<(), Denial> {
+        for t in targets {
+            for m in mounts(t.obj) {
+                let path = mount_path(m);
+                if wiring.reserved_target_paths.iter().any(|r| r == path) {
+                    let vol = m.get("name").and_then(Value::as_str).unwrap_or("?");
+                    return Err(bad(format!(
+                        "container {} already mounts volume {vol} at {path}, where nestdock puts the docker \
+                         socket; remove that mount, or leave the container out with nestdock.io/containers",
+                        t.name
+                    )));
+                }
+            }
+        }
+        for t in targets {
+            let index = t.index.to_string();
+            let at = ["spec", t.list, index.as_str()];
+            let existing: Vec<&str> = t
+                .obj
+                .get("env")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.get("name").and_then(Value::as_str))
+                .collect();
+            let mut env = Vec::with_capacity(wiring.env.len());
+            for (k, v) in &wiring.env {
+                if existing.contains(k) {
+                    self.warn(format!(
+                        "container {} keeps its own {k}; nestdock's daemon is at {v}",
+                        t.name
+                    ));
+                } else {
+                    env.push(json!({ "name": k, "value": v }));
+                }
+            }
+            self.append(t.obj, &at, "env", env);
+            self.append(t.obj, &at, "volumeMounts", vec![wiring.target_mount.clone()]);
+        }
+        Ok(())
+    }
+
+    fn add_supplemental_group(&mut self, gid: i64) {
+        match self.view.spec.get("securityContext").and_then(Value::as_object) {
+            Some(sc) => {
+                let has = sc
+                    .get("supplementalGroups")
+                    .and_then(Value::as_array)
+                    .is_some_and(|g| g.iter().any(|x| x.as_i64() == Some(gid)));
+                if !has {
+                    self.append(sc, &["spec", "securityContext"], "supplementalGroups", vec![json!(gid)]);
+                }
+            }
+            None => self.add(
+                ptr(["spec", "securityContext"]),
+                json!({ "supplementalGroups": [gid] }),
+            ),
+        }
+    }
+
+    fn add_volumes(&mut self, volumes: Vec<Value>) {
+        let spec = self.view.spec;
+        self.append(spec, &["spec"], "volumes", volumes);
+    }
+
+    /// Records the idempotency marker `nestdock.io/injected: <mode>`.
+    fn mark_injected(&mut self) {
+        let key = crate::annotations::INJECTED;
+        let mode = Value::String(self.mode.as_str().into());
+        match self.view.meta {
+            Some(meta) => match meta.get("annotations").and_then(Value::as_object) {
+                Some(_) => self.add(ptr(["metadata", "annotations", key]), mode),
+                None => self.add(ptr(["metadata", "annotations"]), json!({ key: mode })),
+            },
+            None => self.add(ptr(["metadata"]), json!({ "annotations": { key: mode } })),
+        }
+    }
+
+    fn plan_dood(&mut self, targets: &[&'v Slot<'a>]) -> Result<(), Denial> {
+        let cfg = self.cfg();
+        self.check_volume_names_free(&[VOL_HOST_SOCKET])?;
+        let socket = cfg.socket_path();
+        let wiring = Wiring {
+            env: vec![("DOCKER_HOST", format!("unix://{socket}"))],
+            target_mount: json!({ "name": VOL_HOST_SOCKET, "mountPath": socket }),
+            reserved_target_paths: vec![socket.clone()],
+            group: cfg.dood.socket_group,
+        };
+        self.mark_injected();
+        self.wire_targets(targets, &wiring)?;
+        self.add_volumes(vec![json!({
+            "name": VOL_HOST_SOCKET,
+            "hostPath": { "path": cfg.dood.host_socket, "type": "Socket" },
+        })]);
+        if let Some(gid) = wiring.group {
+            self.add_supplemental_group(gid);
+        }
+        self.merge_node_selector(&cfg.dood.node_selector);
+        Ok(())
+    }
+
+    /// Adds the config's dood `nodeSelector`; a key the pod already selects on
+    /// with another value keeps the pod's value, with a warning.
+    fn merge_node_selector(&mut self, wanted: &BTreeMap<String, String>) {
+        if wanted.is_empty() {
+            return;
+        }
+        match self.view.spec.get("nodeSelector").and_then(Value::as_object) {
+            Some(existing) => {
+                for (k, v) in wanted {
+                    match existing.get(k).and_then(Value::as_str) {
+                        Some(have) if have == v => {}
+                        Some(have) => self.warn(format!(
+                            "nodeSelector {k}={have} kept; dood expects {k}={v} (nodes with a docker daemon)"
+                        )),
+                        None => self.add(
+                            ptr(["spec", "nodeSelector", k.as_str()]),
+                            Value::String(v.clone()),
+                        ),
+                    }
+                }
+            }
+            None => {
+                let map: Map<String, Value> = wanted
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                    .collect();
+                self.add(ptr(["spec", "nodeSelector"]), Value::Object(map));
+            }
+        }
+    }
+
+    fn plan_dind(
+        &mut self,
+        targets: &[&'v Slot<'a>],
+        sidecar: Sidecar,
+        resources: Value,
+    ) -> Result<(), Denial> {
+        let cfg = self.cfg();
+        let mode = self.mode;
+        let rootless = mode == Mode::DindRootless;
+        let tls = self.ann.tls == Some(true);
+        if self.view.flag("hostNetwork") == Some(true) {
+            return Err(Denial {
+                code: 403,
+                message: format!(
+                    "mode {mode} is denied for a pod with hostNetwork: true: the inner daemon would rewrite \
+                     the node's iptables; drop hostNetwork, or use mode dood"
+                ),
+            });
+        }
+        if self.view.flag("hostUsers") == Some(false) {
+            return Err(Denial {
+                code: 403,
+                message: format!(
+                    "mode {mode} is denied for a pod with hostUsers: false: its daemon must be privileged, \
+                     which a user-namespaced pod cannot be; remove hostUsers: false, or use mode dood"
+                ),
+            });
+        }
+        self.check_container_name_free(DAEMON_CONTAINER)?;
+        let shared = if tls { VOL_CERTS } else { VOL_SOCKET };
+        self.check_volume_names_free(&[shared, VOL_STORAGE])?;
+
+        let socket_dir = cfg.socket_dir.as_str();
+        let socket = cfg.socket_path();
+        let wiring = if tls {
+            Wiring {
+                env: vec![
+                    ("DOCKER_HOST", TLS_HOST.to_string()),
+                    ("DOCKER_TLS_VERIFY", "1".to_string()),
+                    ("DOCKER_CERT_PATH", CERTS_CLIENT_DIR.to_string()),
+                ],
+                target_mount: json!({
+                    "name": VOL_CERTS, "mountPath": CERTS_CLIENT_DIR, "subPath": "client", "readOnly": true,
+                }),
+                reserved_target_paths: vec![CERTS_CLIENT_DIR.to_string()],
+                group: None,
+            }
+        } else {
+            Wiring {
+                env: vec![("DOCKER_HOST", format!("unix://{socket}"))],
+                target_mount: json!({ "name": VOL_SOCKET, "mountPath": socket_dir }),
+                reserved_target_paths: vec![socket_dir.to_string(), socket.clone()],
+                group: Some(if rootless { ROOTLESS_ID } else { cfg.socket_group }),
+            }
+        };
+        self.mark_injected();
+        self.wire_targets(targets, &wiring)?;
+
+        // The daemon's own mounts, then the targets' mounts mirrored at the same paths.
+        let daemon_socket_dir = if rootless { ROOTLESS_RUNTIME_DIR } else { socket_dir };
+        let storage_path = if rootless { ROOTLESS_STORAGE } else { DIND_STORAGE };
+        let mut daemon_mounts = Vec::new();
+        if !tls {
+            daemon_mounts.push(json!({ "name": VOL_SOCKET, "mountPath": daemon_socket_dir }));
+        }
+        daemon_mounts.push(json!({ "name": VOL_STORAGE, "mountPath": storage_path }));
+        if tls {
+            daemon_mounts.push(json!({ "name": VOL_CERTS, "mountPath": CERTS_DIR }));
+        }
+        let own_paths = [daemon_socket_dir, storage_path, CERTS_DIR, "/var/run", "/run"];
+        if cfg.mirror_mounts {
+            self.mirror_mounts(targets, &own_paths, &mut daemon_mounts);
+        }
+
+        let daemon = self.daemon_container(sidecar, tls, resources, daemon_socket_dir, daemon_mounts);
+
+        let mut volumes = Vec::new();
+        volumes.push(json!({ "name": shared, "emptyDir": {} }));
+        volumes.push(self.storage_volume());
+        self.add_volumes(volumes);
+        if let Some(gid) = wiring.group {
+            self.add_supplemental_group(gid);
+        }
+        // Last: inserting at initContainers/0 shifts indices the target ops used.
+        let spec = self.view.spec;
+        match sidecar {
+            Sidecar::Native => {
+                if spec.get("initContainers").is_some_and(Value::is_array) {
+                    self.add(ptr(["spec", "initContainers", "0"]), daemon);
+                } else {
+                    self.add(ptr(["spec", "initContainers"]), json!([daemon]));
+                }
+            }
+            Sidecar::Container => {
+                self.warn(
+                    "sidecar: container: the daemon may start after your containers, and Jobs will not \
+                     complete while it runs"
+                        .to_string(),
+                );
+                self.append(spec, &["spec"], "containers", vec![daemon]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Mirrors the targets' mounts into the daemon (same volume, path and
+    /// subPath) so that `docker run -v $PWD:/src` sees the app's files.
+    fn mirror_mounts(&mut self, targets: &[&'v Slot<'a>], own: &[&str], out: &mut Vec<Value>) {
+        let view = self.view;
+        let ours = [VOL_SOCKET, VOL_STORAGE, VOL_CERTS, VOL_HOST_SOCKET];
+        // (path, volume, subPath) of what is mirrored so far.
+        let mut seen: Vec<(&str, &str, &str)> = Vec::new();
+        for t in targets {
+            for m in mounts(t.obj) {
+                let name = m.get("name").and_then(Value::as_str).unwrap_or("");
+                let path = mount_path(m);
+                let sub = m.get("subPath").and_then(Value::as_str).unwrap_or("");
+                if name.is_empty() || path.is_empty() || ours.contains(&name) {
+                    continue;
+                }
+                if is_service_account_token(view, name, path) {
+                    continue;
+                }
+                let skip = |reason: &str| {
+                    format!(
+                        "mount {name} at {path} (container {}) not mirrored into the daemon: {reason}",
+                        t.name
+                    )
+                };
+                if m.get("subPathExpr").is_some() {
+                    let w = skip("subPathExpr cannot be expanded there");
+                    self.warn(w);
+                    continue;
+                }
+                if let Some(p) = own.iter().find(|p| under(path, p) || under(p, path)) {
+                    let w = skip(&format!("the daemon keeps its own {p}"));
+                    self.warn(w);
+                    continue;
+                }
+                if DAEMON_SYSTEM_PATHS.contains(&path) {
+                    let w = skip("it would hide the daemon's own files");
+                    self.warn(w);
+                    continue;
+                }
+                if let Some((_, first, _)) = seen.iter().find(|(p, _, _)| *p == path) {
+                    if *first != name || !seen.iter().any(|s| *s == (path, name, sub)) {
+                        let w = skip(&format!("the path already holds volume {first}"));
+                        self.warn(w);
+                    }
+                    continue;
+                }
+                seen.push((path, name, sub));
+                let mut mirrored = Map::new();
+                mirrored.insert("name".into(), Value::String(name.into()));
+                mirrored.insert("mountPath".into(), Value::String(path.into()));
+                if !sub.is_empty() {
+                    mirrored.insert("subPath".into(), Value::String(sub.into()));
+                }
+                if m.get("readOnly").and_then(Value::as_bool) == Some(true) {
+                    mirrored.insert("readOnly".into(), Value::Bool(true));
+                }
+                out.push(Value::Object(mirrored));
+            }
+        }
+    }
+
+    fn storage_volume(&self) -> Value {
+        let storage = &self.cfg().dind.storage;
+        let limit = self.ann.storage_limit.as_ref();
+        match storage {
+            Storage::EmptyDir { size_limit } => match limit.or(size_limit.as_ref()) {
+                Some(q) => json!({ "name": VOL_STORAGE, "emptyDir": { "sizeLimit": q.as_str() } }),
+                None => json!({ "name": VOL_STORAGE, "emptyDir": {} }),
+            },
+            Storage::Ephemeral {
+                storage_class_name,
+                size,
+            } => {
+                let size = limit.unwrap_or(size);
+                let mut spec = json!({
+                    "accessModes": ["ReadWriteOnce"],
+                    "resources": { "requests": { "storage": size.as_str() } },
+                });
+                if let Some(sc) = storage_class_name {
+                    spec["storageClassName"] = Value::String(sc.clone());
+                }
+                json!({
+                    "name": VOL_STORAGE,
+                    "ephemeral": { "volumeClaimTemplate": { "spec": spec } },
+                })
+            }
+        }
+    }
+
+    fn daemon_container(
+        &self,
+        sidecar: Sidecar,
+        tls: bool,
+        resources: Value,
+        socket_dir: &str,
+        mounts: Vec<Value>,
+    ) -> Value {
+        let cfg = self.cfg();
+        let dind = &cfg.dind;
+        let ann = self.ann;
+        let rootless = self.mode == Mode::DindRootless;
+        let image = ann.image.clone().unwrap_or_else(|| {
+            if rootless {
+                dind.rootless_image.clone()
+            } else {
+                dind.image.clone()
+            }
+        });
+        let host = format!("unix://{socket_dir}/docker.sock");
+        let mut args: Vec<String> = Vec::new();
+        if !tls {
+            args.push(format!("--host={host}"));
+            if !rootless {
+                args.push(format!("--group={}", cfg.socket_group));
+            }
+        }
+        for m in ann.registry_mirrors.as_ref().unwrap_or(&dind.registry_mirrors) {
+            args.push(format!("--registry-mirror={m}"));
+        }
+        for r in ann
+            .insecure_registries
+            .as_ref()
+            .unwrap_or(&dind.insecure_registries)
+        {
+            args.push(format!("--insecure-registry={r}"));
+        }
+        if let Some(bip) = &dind.bip {
+            args.push(format!("--bip={bip}"));
+        }
+        for p in &dind.default_address_pools {
+            args.push(format!("--default-address-pool=base={},size={}", p.base, p.size));
+        }
+        args.extend(dind.extra_args.iter().cloned());
+
+        // Through the image's entrypoint (cgroup v2 nesting, tini); `dockerd`
+        // first skips its default TCP listener, which TLS mode wants instead.
+        let script = format!(
+            "{MTU_PRELUDE}exec dockerd-entrypoint.sh {}{MTU_FLAGS}\n",
+            if tls { "" } else { "dockerd " }
+        );
+        let mtu = ann.mtu.unwrap_or(dind.mtu);
+        let mut env = vec![
+            json!({ "name": "DOCKER_TLS_CERTDIR", "value": if tls { CERTS_DIR } else { "" } }),
+            json!({ "name": "NESTDOCK_MTU", "value": mtu.to_string() }),
+        ];
+        if rootless {
+            env.push(json!({ "name": "XDG_RUNTIME_DIR", "value": ROOTLESS_RUNTIME_DIR }));
+        }
+        env.extend(dind.env.iter().map(|e| json!({ "name": e.name, "value": e.value })));
+
+        let probe = if tls {
+            json!(["sh", "-c", "test -f /certs/client/cert.pem && docker --host=tcp://localhost:2376 \
+                --tlsverify --tlscacert=/certs/client/ca.pem --tlscert=/certs/client/cert.pem \
+                --tlskey=/certs/client/key.pem version >/dev/null"])
+        } else {
+            json!(["docker", format!("--host={host}"), "version"])
+        };
+        let security = if rootless {
+            json!({ "privileged": true, "runAsUser": ROOTLESS_ID, "runAsGroup": ROOTLESS_ID, "runAsNonRoot": true })
+        } else {
+            json!({ "privileged": true, "runAsUser": 0, "runAsNonRoot": false })
+        };
+        let mut c = json!({
+            "name": DAEMON_CONTAINER,
+            "image": image,
+            "command": ["/bin/sh", "-c", script, DAEMON_CONTAINER],
+            "args": args,
+            "env": env,
+            "securityContext": security,
+            "startupProbe": {
+                "exec": { "command": probe },
+                "periodSeconds": 1,
+                "timeoutSeconds": 5,
+                "failureThreshold": 300,
+            },
+            "volumeMounts": mounts,
+        });
+        if resources.as_object().is_some_and(|r| !r.is_empty()) {
+            c["resources"] = resources;
+        }
+        if sidecar == Sidecar::Native {
+            c["restartPolicy"] = Value::String("Always".into());
+        }
+        c
+    }
 }

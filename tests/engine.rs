@@ -1,0 +1,419 @@
+//! The mutation engine through its public function, the way the webhook and
+//! `inject` call it: every patch is applied to the pod as sent (no implicit
+//! parents), the result is checked against SPEC section 1, and a second pass
+//! over the patched pod must change nothing.
+
+mod common;
+
+use common::invariants::{self, annotation, container, env, mount, volume};
+use nestdock::config::Config;
+use nestdock::engine::{mutate, Context, Decision, NamespacePolicy, Outcome};
+use serde_json::{json, Value};
+
+/// A pod as the API server sends it to a mutating webhook: the ServiceAccount
+/// plugin has already added the token volume and its mounts.
+fn pod(annotations: Value, mut spec: Value) -> Value {
+    let token = json!({"name": "kube-api-access-x7k2p", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": true});
+    for list in ["initContainers", "containers"] {
+        if let Some(cs) = spec.get_mut(list).and_then(Value::as_array_mut) {
+            for c in cs {
+                let mounts = c.as_object_mut().unwrap().entry("volumeMounts").or_insert(json!([]));
+                mounts.as_array_mut().unwrap().push(token.clone());
+            }
+        }
+    }
+    let vols = spec.as_object_mut().unwrap().entry("volumes").or_insert(json!([]));
+    vols.as_array_mut().unwrap().push(json!({"name": "kube-api-access-x7k2p", "projected": {"sources": [{"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}}]}}));
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"generateName": "build-", "namespace": "ci", "annotations": annotations},
+        "spec": spec,
+    })
+}
+
+fn app(name: &str) -> Value {
+    json!({"name": name, "image": "alpine:3.20", "command": ["sh", "-c", "docker info"]})
+}
+
+fn ctx(config: &Config) -> Context<'_> {
+    Context {
+        config,
+        namespace: NamespacePolicy::Off,
+        native_sidecars: true,
+    }
+}
+
+fn decide(p: &Value, config: &Config) -> Decision {
+    mutate(p, &ctx(config))
+}
+
+/// Asserts the pod is injected; applies the patch; checks the invariants and
+/// that a second pass changes nothing. Returns the patched pod and warnings.
+fn injected(p: &Value, config: &Config) -> (Value, Vec<String>) {
+    let d = decide(p, config);
+    let Outcome::Patched(patch) = &d.outcome else {
+        panic!("expected a patch, got {:?}", d.outcome);
+    };
+    for w in &d.warnings {
+        assert!(w.len() < 120, "warning over 120 characters: {w}");
+    }
+    let patched = common::apply_patch(p, &serde_json::to_value(patch).unwrap());
+    invariants::check_against(Some(p), &patched, config);
+    let again = decide(&patched, config);
+    assert_eq!(again.outcome, Outcome::Unchanged, "second pass must change nothing");
+    (patched, d.warnings)
+}
+
+fn denied(p: &Value, config: &Config) -> (u16, String) {
+    match decide(p, config).outcome {
+        Outcome::Denied(d) => (d.code, d.message),
+        other => panic!("expected a denial, got {other:?}"),
+    }
+}
+
+#[test]
+fn plain_pod_gets_a_native_dind_sidecar() {
+    let p = pod(json!({"nestdock.io/mode": "dind"}), json!({"containers": [app("build")]}));
+    let (out, warnings) = injected(&p, &Config::default());
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let daemon = &out["spec"]["initContainers"][0];
+    assert_eq!(daemon["name"], "nestdock-dind");
+    assert_eq!(daemon["image"], "docker:28-dind");
+    assert_eq!(env(container(&out, "build").unwrap(), "DOCKER_HOST"), Some("unix:///var/run/docker.sock"));
+    assert_eq!(out["spec"]["securityContext"]["supplementalGroups"], json!([2375]));
+    assert_eq!(annotation(&out, "nestdock.io/injected"), Some("dind"));
+    // The service-account token is not mirrored into the daemon.
+    assert!(mount(daemon, "kube-api-access-x7k2p").is_none());
+    assert_eq!(volume(&out, "nestdock-docker-storage").unwrap()["emptyDir"], json!({}));
+}
+
+#[test]
+fn pod_without_volumes_init_containers_env_or_annotations_map() {
+    // Nothing to append to: every list and the annotations map must be added whole.
+    let p = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "bare", "namespace": "ci"},
+        "spec": {"containers": [{"name": "c", "image": "alpine"}]},
+    });
+    let cfg = Config {
+        default_mode: nestdock::mode::Mode::Dind,
+        ..Config::default()
+    };
+    let (out, _) = injected(&p, &cfg);
+    assert_eq!(out["spec"]["initContainers"].as_array().unwrap().len(), 1);
+    assert_eq!(out["spec"]["volumes"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn null_lists_are_replaced_not_appended_to() {
+    let p = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "nulls", "annotations": {"nestdock.io/mode": "dind"}},
+        "spec": {"containers": [{"name": "c", "image": "alpine", "env": null, "volumeMounts": null}],
+                 "volumes": null, "initContainers": null, "securityContext": null},
+    });
+    injected(&p, &Config::default());
+}
+
+#[test]
+fn init_containers_keep_their_order_after_the_daemon() {
+    let p = pod(
+        json!({"nestdock.io/mode": "dind"}),
+        json!({"initContainers": [app("fetch"), app("prepare")], "containers": [app("build")]}),
+    );
+    let (out, _) = injected(&p, &Config::default());
+    let names: Vec<&str> = out["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["nestdock-dind", "fetch", "prepare"]);
+    // Init containers after the daemon are targets in native mode.
+    for n in ["fetch", "prepare"] {
+        assert!(mount(container(&out, n).unwrap(), "nestdock-docker-sock").is_some());
+    }
+}
+
+#[test]
+fn job_pod_uses_the_native_sidecar_so_the_job_completes() {
+    let mut p = pod(json!({"nestdock.io/mode": "dind"}), json!({"restartPolicy": "Never", "containers": [app("build")]}));
+    p["metadata"]["ownerReferences"] = json!([{"apiVersion": "batch/v1", "kind": "Job", "name": "build", "uid": "6f1c", "controller": true}]);
+    let (out, _) = injected(&p, &Config::default());
+    assert_eq!(out["spec"]["initContainers"][0]["restartPolicy"], "Always");
+    assert_eq!(out["spec"]["containers"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn user_docker_host_is_kept_with_a_warning() {
+    let mut c = app("build");
+    c["env"] = json!([{"name": "DOCKER_HOST", "value": "tcp://docker:2375"}]);
+    let p = pod(json!({"nestdock.io/mode": "dind"}), json!({"containers": [c]}));
+    let (out, warnings) = injected(&p, &Config::default());
+    assert_eq!(env(container(&out, "build").unwrap(), "DOCKER_HOST"), Some("tcp://docker:2375"));
+    assert!(warnings.iter().any(|w| w.contains("build") && w.contains("DOCKER_HOST")), "{warnings:?}");
+}
+
+#[test]
+fn name_clashes_are_denied_naming_the_name() {
+    let p = pod(json!({"nestdock.io/mode": "dind"}), json!({"containers": [app("nestdock-dind")]}));
+    let (code, msg) = denied(&p, &Config::default());
+    assert_eq!(code, 400);
+    assert!(msg.contains("nestdock-dind"), "{msg}");
+
+    let mut p = pod(json!({"nestdock.io/mode": "dind"}), json!({"containers": [app("build")]}));
+    p["spec"]["volumes"].as_array_mut().unwrap().push(json!({"name": "nestdock-docker-storage", "emptyDir": {}}));
+    let (_, msg) = denied(&p, &Config::default());
+    assert!(msg.contains("nestdock-docker-storage"), "{msg}");
+
+    let mut p = pod(json!({"nestdock.io/mode": "dind"}), json!({"containers": [app("build")]}));
+    p["spec"]["ephemeralContainers"] = json!([{"name": "nestdock-dind", "image": "busybox"}]);
+    let (_, msg) = denied(&p, &Config::default());
+    assert!(msg.contains("ephemeralContainers"), "{msg}");
+}
+
+#[test]
+fn containers_subset_gets_the_daemon_only() {
+    let p = pod(
+        json!({"nestdock.io/mode": "dind", "nestdock.io/containers": " build "}),
+        json!({"containers": [app("build"), app("sidecar-proxy")]}),
+    );
+    let (out, _) = injected(&p, &Config::default());
+    assert!(env(container(&out, "sidecar-proxy").unwrap(), "DOCKER_HOST").is_none());
+    assert!(env(container(&out, "build").unwrap(), "DOCKER_HOST").is_some());
+
+    let p = pod(json!({"nestdock.io/mode": "dind", "nestdock.io/containers": "nope"}), json!({"containers": [app("build")]}));
+    let (code, msg) = denied(&p, &Config::default());
+    assert_eq!(code, 400);
+    assert!(msg.contains("\"nope\"") && msg.contains("build"), "{msg}");
+}
+
+#[test]
+fn mount_at_the_socket_directory_is_denied_unless_left_out() {
+    let mut c = app("build");
+    c["volumeMounts"] = json!([{"name": "run", "mountPath": "/var/run"}]);
+    let spec = json!({"containers": [c, app("test")], "volumes": [{"name": "run", "emptyDir": {}}]});
+    let p = pod(json!({"nestdock.io/mode": "dind"}), spec.clone());
+    let (code, msg) = denied(&p, &Config::default());
+    assert_eq!(code, 400);
+    assert!(msg.contains("build") && msg.contains("/var/run"), "{msg}");
+    let p = pod(json!({"nestdock.io/mode": "dind", "nestdock.io/containers": "test"}), spec);
+    injected(&p, &Config::default());
+}
+
+#[test]
+fn rootless_uses_its_own_image_paths_and_group() {
+    let p = pod(json!({"nestdock.io/mode": "dind-rootless"}), json!({"containers": [app("build")]}));
+    let (out, _) = injected(&p, &Config::default());
+    let daemon = container(&out, "nestdock-dind").unwrap();
+    assert_eq!(daemon["image"], "docker:28-dind-rootless");
+    assert_eq!(mount(daemon, "nestdock-docker-sock").unwrap()["mountPath"], "/run/user/1000");
+    assert_eq!(out["spec"]["securityContext"]["supplementalGroups"], json!([1000]));
+}
+
+#[test]
+fn dood_mounts_the_node_socket_into_init_and_app_containers() {
+    let mut cfg = Config::default();
+    cfg.dood.allow_without_namespace_policy = true;
+    cfg.dood.socket_group = Some(998);
+    cfg.dood.node_selector.insert("nestdock.io/docker".into(), "true".into());
+    let p = pod(json!({"nestdock.io/mode": "dood"}), json!({"initContainers": [app("warm")], "containers": [app("build")]}));
+    let (out, _) = injected(&p, &cfg);
+    assert!(mount(container(&out, "warm").unwrap(), "nestdock-host-docker").is_some());
+    assert_eq!(out["spec"]["nodeSelector"]["nestdock.io/docker"], "true");
+    assert!(!out.to_string().contains("privileged"));
+}
+
+#[test]
+fn dood_is_denied_without_namespace_policy_by_default() {
+    let p = pod(json!({"nestdock.io/mode": "dood"}), json!({"containers": [app("build")]}));
+    let (code, msg) = denied(&p, &Config::default());
+    assert_eq!(code, 403);
+    assert!(msg.contains("allowWithoutNamespacePolicy"), "{msg}");
+}
+
+#[test]
+fn tls_mode_uses_the_gitlab_layout() {
+    let p = pod(json!({"nestdock.io/mode": "dind", "nestdock.io/tls": "true"}), json!({"containers": [app("build")]}));
+    let (out, _) = injected(&p, &Config::default());
+    let daemon = container(&out, "nestdock-dind").unwrap();
+    let probe = daemon["startupProbe"]["exec"]["command"].to_string();
+    assert!(probe.contains("/certs/client/cert.pem") && probe.contains("tcp://localhost:2376"), "{probe}");
+
+    let p = pod(json!({"nestdock.io/mode": "dood", "nestdock.io/tls": "true"}), json!({"containers": [app("b")]}));
+    let mut cfg = Config::default();
+    cfg.dood.allow_without_namespace_policy = true;
+    let (code, msg) = denied(&p, &cfg);
+    assert_eq!(code, 400);
+    assert!(msg.contains("nestdock.io/tls"), "{msg}");
+}
+
+#[test]
+fn sidecar_container_warns_and_leaves_init_containers_alone() {
+    let p = pod(
+        json!({"nestdock.io/mode": "dind", "nestdock.io/sidecar": "container"}),
+        json!({"initContainers": [app("fetch")], "containers": [app("build")]}),
+    );
+    let (out, warnings) = injected(&p, &Config::default());
+    assert_eq!(out["spec"]["containers"][1]["name"], "nestdock-dind");
+    assert!(env(container(&out, "fetch").unwrap(), "DOCKER_HOST").is_none());
+    assert!(warnings.iter().any(|w| w.contains("Jobs will not complete")), "{warnings:?}");
+
+    let p = pod(
+        json!({"nestdock.io/mode": "dind", "nestdock.io/sidecar": "container", "nestdock.io/containers": "fetch"}),
+        json!({"initContainers": [app("fetch")], "containers": [app("build")]}),
+    );
+    let (_, msg) = denied(&p, &Config::default());
+    assert!(msg.contains("init container \"fetch\""), "{msg}");
+}
+
+#[test]
+fn mode_none_and_other_kinds_of_no_change() {
+    let p = pod(json!({"nestdock.io/mode": "none"}), json!({"containers": [app("build")]}));
+    assert_eq!(decide(&p, &Config::default()).outcome, Outcome::Unchanged);
+    let p = pod(json!({}), json!({"containers": [app("build")]}));
+    assert_eq!(decide(&p, &Config::default()).outcome, Outcome::Unchanged);
+    // Bad values are denied whatever the mode.
+    let p = pod(json!({"nestdock.io/mode": "none", "nestdock.io/mtu": "9"}), json!({"containers": [app("build")]}));
+    let (code, msg) = denied(&p, &Config::default());
+    assert_eq!(code, 400);
+    assert!(msg.contains("nestdock.io/mtu") && msg.contains("\"9\""), "{msg}");
+}
+
+#[test]
+fn host_network_and_host_users_false_are_denied_for_dind() {
+    let p = pod(json!({"nestdock.io/mode": "dind"}), json!({"hostNetwork": true, "containers": [app("b")]}));
+    let (code, msg) = denied(&p, &Config::default());
+    assert_eq!(code, 403);
+    assert!(msg.contains("hostNetwork"), "{msg}");
+    let p = pod(json!({"nestdock.io/mode": "dind-rootless"}), json!({"hostUsers": false, "containers": [app("b")]}));
+    let (_, msg) = denied(&p, &Config::default());
+    assert!(msg.contains("hostUsers"), "{msg}");
+}
+
+#[test]
+fn mirrored_mounts_follow_the_targets_and_skip_the_daemons_paths() {
+    let mut build = app("build");
+    build["volumeMounts"] = json!([
+        {"name": "src", "mountPath": "/workspace"},
+        {"name": "cache", "mountPath": "/cache", "subPath": "docker", "readOnly": true},
+        {"name": "lib", "mountPath": "/var/lib/docker"},
+    ]);
+    let mut test = app("test");
+    test["volumeMounts"] = json!([
+        {"name": "src", "mountPath": "/workspace"},
+        {"name": "other", "mountPath": "/cache"},
+    ]);
+    let spec = json!({
+        "containers": [build, test],
+        "volumes": [{"name": "src", "emptyDir": {}}, {"name": "cache", "emptyDir": {}},
+                    {"name": "lib", "emptyDir": {}}, {"name": "other", "emptyDir": {}}],
+    });
+    let p = pod(json!({"nestdock.io/mode": "dind"}), spec);
+    let (out, warnings) = injected(&p, &Config::default());
+    let daemon = container(&out, "nestdock-dind").unwrap();
+    assert_eq!(mount(daemon, "src").unwrap()["mountPath"], "/workspace");
+    assert_eq!(mount(daemon, "cache").unwrap(), &json!({"name": "cache", "mountPath": "/cache", "subPath": "docker", "readOnly": true}));
+    assert!(mount(daemon, "lib").is_none());
+    assert!(mount(daemon, "other").is_none());
+    assert!(warnings.iter().any(|w| w.contains("lib") && w.contains("/var/lib/docker")), "{warnings:?}");
+    assert!(warnings.iter().any(|w| w.contains("other") && w.contains("cache")), "{warnings:?}");
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+}
+
+#[test]
+fn annotations_and_config_shape_the_daemon() {
+    let cfg = Config::from_yaml(
+        r#"
+dind:
+  allowedImages: ["registry.example.com/docker:*"]
+  storage: {ephemeral: {storageClassName: fast, size: 50Gi}}
+  bip: 172.30.0.1/16
+  defaultAddressPools: [{base: 172.31.0.0/16, size: 24}]
+  env: [{name: HTTPS_PROXY, value: "http://proxy:3128"}]
+"#,
+    )
+    .unwrap();
+    let p = pod(
+        json!({
+            "nestdock.io/mode": "dind",
+            "nestdock.io/image": "registry.example.com/docker:28-dind",
+            "nestdock.io/cpu-limit": "2",
+            "nestdock.io/memory-request": "1Gi",
+            "nestdock.io/storage-limit": "20Gi",
+            "nestdock.io/registry-mirrors": "https://mirror.example.com",
+            "nestdock.io/insecure-registries": "registry.local:5000",
+            "nestdock.io/mtu": "1400",
+        }),
+        json!({"containers": [app("build")]}),
+    );
+    let (out, _) = injected(&p, &cfg);
+    let d = container(&out, "nestdock-dind").unwrap();
+    assert_eq!(d["image"], "registry.example.com/docker:28-dind");
+    assert_eq!(d["resources"], json!({"requests": {"cpu": "250m", "memory": "1Gi"}, "limits": {"cpu": "2"}}));
+    let args: Vec<&str> = d["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    for want in [
+        "--registry-mirror=https://mirror.example.com",
+        "--insecure-registry=registry.local:5000",
+        "--bip=172.30.0.1/16",
+        "--default-address-pool=base=172.31.0.0/16,size=24",
+    ] {
+        assert!(args.contains(&want), "{want} not in {args:?}");
+    }
+    assert_eq!(env(d, "NESTDOCK_MTU"), Some("1400"));
+    assert_eq!(env(d, "HTTPS_PROXY"), Some("http://proxy:3128"));
+    let v = volume(&out, "nestdock-docker-storage").unwrap();
+    assert_eq!(v["ephemeral"]["volumeClaimTemplate"]["spec"]["resources"]["requests"]["storage"], "20Gi");
+    assert_eq!(v["ephemeral"]["volumeClaimTemplate"]["spec"]["storageClassName"], "fast");
+
+    let p = pod(json!({"nestdock.io/mode": "dind", "nestdock.io/image": "evil/docker:dind"}), json!({"containers": [app("b")]}));
+    let (code, msg) = denied(&p, &cfg);
+    assert_eq!(code, 400);
+    assert!(msg.contains("evil/docker:dind") && msg.contains("registry.example.com/docker:*"), "{msg}");
+
+    let p = pod(
+        json!({"nestdock.io/mode": "dind", "nestdock.io/memory-request": "2Gi", "nestdock.io/memory-limit": "1Gi"}),
+        json!({"containers": [app("b")]}),
+    );
+    let (_, msg) = denied(&p, &cfg);
+    assert!(msg.contains("memory request 2Gi is above its limit 1Gi"), "{msg}");
+}
+
+#[test]
+fn configured_socket_dir_moves_every_piece_together() {
+    let cfg = Config::from_yaml("socketDir: /run/docker\nsocketGroup: 999\n").unwrap();
+    let p = pod(json!({"nestdock.io/mode": "dind"}), json!({"containers": [app("build")]}));
+    let (out, _) = injected(&p, &cfg);
+    assert_eq!(env(container(&out, "build").unwrap(), "DOCKER_HOST"), Some("unix:///run/docker/docker.sock"));
+}
+
+#[test]
+fn namespace_labels_feed_the_engine() {
+    let labels = [("nestdock.io/mode".to_string(), "dind".to_string())].into_iter().collect();
+    let cfg = Config::default();
+    let c = Context {
+        config: &cfg,
+        namespace: NamespacePolicy::Labels { namespace: "ci", labels: &labels },
+        native_sidecars: true,
+    };
+    let p = pod(json!({}), json!({"containers": [app("build")]}));
+    let d = mutate(&p, &c);
+    assert_eq!(d.mode, nestdock::mode::Mode::Dind);
+    assert!(matches!(d.outcome, Outcome::Patched(_)));
+}
+
+#[test]
+fn sidecar_auto_follows_the_api_server() {
+    let p = pod(json!({"nestdock.io/mode": "dind"}), json!({"containers": [app("build")]}));
+    let cfg = Config::default();
+    let c = Context {
+        config: &cfg,
+        namespace: NamespacePolicy::Off,
+        native_sidecars: false,
+    };
+    let Outcome::Patched(patch) = mutate(&p, &c).outcome else { panic!() };
+    let out = common::apply_patch(&p, &serde_json::to_value(&patch).unwrap());
+    assert_eq!(out["spec"]["containers"][1]["name"], "nestdock-dind");
+    invariants::check_against(Some(&p), &out, &cfg);
+}
