@@ -93,9 +93,7 @@ pub fn parse(annotations: Option<&Map<String, Value>>) -> Result<PodAnnotations,
             continue;
         };
         let Some(v) = value.as_str() else {
-            return Err(format!(
-                "annotation {key} must be a string, got {value}"
-            ));
+            return Err(format!("annotation {key} must be a string, got {value}"));
         };
         let bad = |accepted: &str| format!("annotation {key}: invalid value {v:?}: {accepted}");
         match name {
@@ -152,20 +150,20 @@ pub fn parse(annotations: Option<&Map<String, Value>>) -> Result<PodAnnotations,
                 *slot = Some(q);
             }
             "registry-mirrors" => {
-                out.registry_mirrors = Some(list(v, |s| crate::validate::registry_mirror(s)).map_err(
-                    |m| format!("annotation {key}: {m}; expected comma-separated http(s) URLs"),
-                )?)
+                out.registry_mirrors =
+                    Some(list(v, crate::validate::registry_mirror).map_err(|m| {
+                        format!("annotation {key}: {m}; expected comma-separated http(s) URLs")
+                    })?)
             }
             "insecure-registries" => {
-                out.insecure_registries = Some(
-                    list(v, |s| crate::validate::insecure_registry(s)).map_err(|m| {
-                        format!("annotation {key}: {m}; expected comma-separated host[:port] or CIDRs")
-                    })?,
-                )
+                out.insecure_registries =
+                    Some(list(v, crate::validate::insecure_registry).map_err(|m| {
+                        format!(
+                            "annotation {key}: {m}; expected comma-separated host[:port] or CIDRs"
+                        )
+                    })?)
             }
-            "mtu" => {
-                out.mtu = Some(Mtu::parse(v).map_err(|m| format!("annotation {key}: {m}"))?)
-            }
+            "mtu" => out.mtu = Some(Mtu::parse(v).map_err(|m| format!("annotation {key}: {m}"))?),
             "injected" => out.injected = Some(v.to_string()),
             _ => {
                 return Err(format!(
@@ -227,7 +225,11 @@ mod tests {
     #[test]
     fn bad_values_name_key_value_and_accepted() {
         let cases = [
-            ("nestdock.io/mode", "dnid", "dind, dind-rootless, dood, none"),
+            (
+                "nestdock.io/mode",
+                "dnid",
+                "dind, dind-rootless, dood, none",
+            ),
             ("nestdock.io/containers", "", "none of them empty"),
             ("nestdock.io/containers", "a,,b", "none of them empty"),
             ("nestdock.io/sidecar", "yes", "native, container"),
@@ -235,7 +237,11 @@ mod tests {
             ("nestdock.io/cpu-limit", "lots", "expected a number"),
             ("nestdock.io/storage-limit", "0", "greater than zero"),
             ("nestdock.io/memory-request", "-1Gi", "greater than zero"),
-            ("nestdock.io/registry-mirrors", "mirror.local", "http(s) URLs"),
+            (
+                "nestdock.io/registry-mirrors",
+                "mirror.local",
+                "http(s) URLs",
+            ),
             ("nestdock.io/insecure-registries", "http://x", "host[:port]"),
             ("nestdock.io/mtu", "9", "68 to 65535"),
             ("nestdock.io/mtu", "big", "auto"),

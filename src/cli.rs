@@ -1,7 +1,7 @@
 //! Command line (SPEC section 6): parsing, logging set-up, and handing over to
 //! the module that does each job. Bad usage exits 2 with a one-line reason.
 
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -134,6 +134,7 @@ fn init_logging(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     let _ = match format {
         LogFormat::Text => builder.try_init(),

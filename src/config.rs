@@ -427,9 +427,8 @@ impl Config {
                     ));
                 }
                 if let Some(sc) = storage_class_name {
-                    crate::validate::dns_subdomain(sc).map_err(|m| {
-                        field_err("dind.storage.ephemeral.storageClassName", m)
-                    })?;
+                    crate::validate::dns_subdomain(sc)
+                        .map_err(|m| field_err("dind.storage.ephemeral.storageClassName", m))?;
                 }
             }
             _ => {}
@@ -582,9 +581,15 @@ dood:
         let e = Config::from_yaml("defaultMode: dnid\n").unwrap_err();
         assert_eq!(e.field.as_deref(), Some("defaultMode"), "{e}");
 
-        let e = Config::from_yaml("dind:\n  resources:\n    requests: {memory: 2Gi}\n    limits: {memory: 1Gi}\n")
-            .unwrap_err();
-        assert_eq!(e.field.as_deref(), Some("dind.resources.requests.memory"), "{e}");
+        let e = Config::from_yaml(
+            "dind:\n  resources:\n    requests: {memory: 2Gi}\n    limits: {memory: 1Gi}\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.field.as_deref(),
+            Some("dind.resources.requests.memory"),
+            "{e}"
+        );
 
         let e = Config::from_yaml("dood:\n  hostSocket: relative/docker.sock\n").unwrap_err();
         assert_eq!(e.field.as_deref(), Some("dood.hostSocket"), "{e}");

@@ -67,7 +67,6 @@ pub struct Decision {
     pub warnings: Vec<String>,
 }
 
-
 /// Name of the daemon container nestdock adds.
 pub const DAEMON_CONTAINER: &str = "nestdock-dind";
 /// emptyDir shared by the daemon and the targets; holds `docker.sock`.
@@ -105,8 +104,20 @@ const MTU_FLAGS: &str =
 /// Paths in the daemon that a mirrored mount must not shadow, besides the
 /// daemon's own mounts: shadowing them would break the daemon image itself.
 const DAEMON_SYSTEM_PATHS: [&str; 14] = [
-    "/", "/bin", "/sbin", "/lib", "/usr", "/usr/bin", "/usr/sbin", "/usr/lib", "/usr/local",
-    "/usr/local/bin", "/etc", "/proc", "/sys", "/dev",
+    "/",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/usr",
+    "/usr/bin",
+    "/usr/sbin",
+    "/usr/lib",
+    "/usr/local",
+    "/usr/local/bin",
+    "/etc",
+    "/proc",
+    "/sys",
+    "/dev",
 ];
 
 /// Decides what happens to `pod` (the object exactly as the API server sent it).
@@ -215,10 +226,7 @@ fn ptr<'t>(tokens: impl IntoIterator<Item = &'t str>) -> PointerBuf {
     PointerBuf::from_tokens(tokens)
 }
 
-fn slots<'a>(
-    spec: &'a Map<String, Value>,
-    list: &'static str,
-) -> Result<Vec<Slot<'a>>, Denial> {
+fn slots<'a>(spec: &'a Map<String, Value>, list: &'static str) -> Result<Vec<Slot<'a>>, Denial> {
     let Some(items) = spec.get(list) else {
         return Ok(Vec::new());
     };
@@ -235,9 +243,10 @@ fn slots<'a>(
             let obj = c
                 .as_object()
                 .ok_or_else(|| bad(format!("spec.{list}[{index}] must be an object")))?;
-            let name = obj.get("name").and_then(Value::as_str).ok_or_else(|| {
-                bad(format!("spec.{list}[{index}] has no name"))
-            })?;
+            let name = obj
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad(format!("spec.{list}[{index}] has no name")))?;
             Ok(Slot {
                 list,
                 index,
@@ -268,7 +277,8 @@ fn mount_path(m: &Map<String, Value>) -> &str {
 /// True when `path` is `base` or lies below it.
 fn under(path: &str, base: &str) -> bool {
     path == base
-        || (path.starts_with(base) && (base == "/" || path.as_bytes().get(base.len()) == Some(&b'/')))
+        || (path.starts_with(base)
+            && (base == "/" || path.as_bytes().get(base.len()) == Some(&b'/')))
 }
 
 fn limit_warning(mut s: String) -> String {
@@ -283,7 +293,6 @@ fn limit_warning(mut s: String) -> String {
     }
     s
 }
-
 
 /// The parts of the pod the engine reads, resolved once.
 struct PodView<'a> {
@@ -358,7 +367,8 @@ impl<'v, 'a> Planner<'v, 'a> {
     }
 
     fn add(&mut self, path: PointerBuf, value: Value) {
-        self.ops.push(PatchOperation::Add(AddOperation { path, value }));
+        self.ops
+            .push(PatchOperation::Add(AddOperation { path, value }));
     }
 
     /// Appends `items` to the list `key` of the object `parent` found at
@@ -404,7 +414,9 @@ impl<'v, 'a> Planner<'v, 'a> {
             Mode::None => Ok(()),
             Mode::Dood => {
                 for k in self.ann.daemon_only_keys() {
-                    self.warn(format!("annotation nestdock.io/{k} has no effect in mode dood"));
+                    self.warn(format!(
+                        "annotation nestdock.io/{k} has no effect in mode dood"
+                    ));
                 }
                 self.plan_dood(&targets)
             }
@@ -517,7 +529,12 @@ impl<'v, 'a> Planner<'v, 'a> {
                 }
                 out.push(s);
             } else {
-                let all: Vec<&str> = view.init.iter().chain(view.app.iter()).map(|s| s.name).collect();
+                let all: Vec<&str> = view
+                    .init
+                    .iter()
+                    .chain(view.app.iter())
+                    .map(|s| s.name)
+                    .collect();
                 return Err(bad(format!(
                     "annotation nestdock.io/containers names {n:?}, which is not a container of this pod; \
                      accepted are: {}",
@@ -595,20 +612,35 @@ impl<'v, 'a> Planner<'v, 'a> {
                 }
             }
             self.append(t.obj, &at, "env", env);
-            self.append(t.obj, &at, "volumeMounts", vec![wiring.target_mount.clone()]);
+            self.append(
+                t.obj,
+                &at,
+                "volumeMounts",
+                vec![wiring.target_mount.clone()],
+            );
         }
         Ok(())
     }
 
     fn add_supplemental_group(&mut self, gid: i64) {
-        match self.view.spec.get("securityContext").and_then(Value::as_object) {
+        match self
+            .view
+            .spec
+            .get("securityContext")
+            .and_then(Value::as_object)
+        {
             Some(sc) => {
                 let has = sc
                     .get("supplementalGroups")
                     .and_then(Value::as_array)
                     .is_some_and(|g| g.iter().any(|x| x.as_i64() == Some(gid)));
                 if !has {
-                    self.append(sc, &["spec", "securityContext"], "supplementalGroups", vec![json!(gid)]);
+                    self.append(
+                        sc,
+                        &["spec", "securityContext"],
+                        "supplementalGroups",
+                        vec![json!(gid)],
+                    );
                 }
             }
             None => self.add(
@@ -665,7 +697,12 @@ impl<'v, 'a> Planner<'v, 'a> {
         if wanted.is_empty() {
             return;
         }
-        match self.view.spec.get("nodeSelector").and_then(Value::as_object) {
+        match self
+            .view
+            .spec
+            .get("nodeSelector")
+            .and_then(Value::as_object)
+        {
             Some(existing) => {
                 for (k, v) in wanted {
                     match existing.get(k).and_then(Value::as_str) {
@@ -742,15 +779,27 @@ impl<'v, 'a> Planner<'v, 'a> {
                 env: vec![("DOCKER_HOST", format!("unix://{socket}"))],
                 target_mount: json!({ "name": VOL_SOCKET, "mountPath": socket_dir }),
                 reserved_target_paths: vec![socket_dir.to_string(), socket.clone()],
-                group: Some(if rootless { ROOTLESS_ID } else { cfg.socket_group }),
+                group: Some(if rootless {
+                    ROOTLESS_ID
+                } else {
+                    cfg.socket_group
+                }),
             }
         };
         self.mark_injected();
         self.wire_targets(targets, &wiring)?;
 
         // The daemon's own mounts, then the targets' mounts mirrored at the same paths.
-        let daemon_socket_dir = if rootless { ROOTLESS_RUNTIME_DIR } else { socket_dir };
-        let storage_path = if rootless { ROOTLESS_STORAGE } else { DIND_STORAGE };
+        let daemon_socket_dir = if rootless {
+            ROOTLESS_RUNTIME_DIR
+        } else {
+            socket_dir
+        };
+        let storage_path = if rootless {
+            ROOTLESS_STORAGE
+        } else {
+            DIND_STORAGE
+        };
         let mut daemon_mounts = Vec::new();
         if !tls {
             daemon_mounts.push(json!({ "name": VOL_SOCKET, "mountPath": daemon_socket_dir }));
@@ -759,12 +808,19 @@ impl<'v, 'a> Planner<'v, 'a> {
         if tls {
             daemon_mounts.push(json!({ "name": VOL_CERTS, "mountPath": CERTS_DIR }));
         }
-        let own_paths = [daemon_socket_dir, storage_path, CERTS_DIR, "/var/run", "/run"];
+        let own_paths = [
+            daemon_socket_dir,
+            storage_path,
+            CERTS_DIR,
+            "/var/run",
+            "/run",
+        ];
         if cfg.mirror_mounts {
             self.mirror_mounts(targets, &own_paths, &mut daemon_mounts);
         }
 
-        let daemon = self.daemon_container(sidecar, tls, resources, daemon_socket_dir, daemon_mounts);
+        let daemon =
+            self.daemon_container(sidecar, tls, resources, daemon_socket_dir, daemon_mounts);
 
         let mut volumes = Vec::new();
         volumes.push(json!({ "name": shared, "emptyDir": {} }));
@@ -835,7 +891,7 @@ impl<'v, 'a> Planner<'v, 'a> {
                     continue;
                 }
                 if let Some((_, first, _)) = seen.iter().find(|(p, _, _)| *p == path) {
-                    if *first != name || !seen.iter().any(|s| *s == (path, name, sub)) {
+                    if *first != name || !seen.contains(&(path, name, sub)) {
                         let w = skip(&format!("the path already holds volume {first}"));
                         self.warn(w);
                     }
@@ -911,7 +967,11 @@ impl<'v, 'a> Planner<'v, 'a> {
                 args.push(format!("--group={}", cfg.socket_group));
             }
         }
-        for m in ann.registry_mirrors.as_ref().unwrap_or(&dind.registry_mirrors) {
+        for m in ann
+            .registry_mirrors
+            .as_ref()
+            .unwrap_or(&dind.registry_mirrors)
+        {
             args.push(format!("--registry-mirror={m}"));
         }
         for r in ann
@@ -925,7 +985,10 @@ impl<'v, 'a> Planner<'v, 'a> {
             args.push(format!("--bip={bip}"));
         }
         for p in &dind.default_address_pools {
-            args.push(format!("--default-address-pool=base={},size={}", p.base, p.size));
+            args.push(format!(
+                "--default-address-pool=base={},size={}",
+                p.base, p.size
+            ));
         }
         args.extend(dind.extra_args.iter().cloned());
 
@@ -943,12 +1006,20 @@ impl<'v, 'a> Planner<'v, 'a> {
         if rootless {
             env.push(json!({ "name": "XDG_RUNTIME_DIR", "value": ROOTLESS_RUNTIME_DIR }));
         }
-        env.extend(dind.env.iter().map(|e| json!({ "name": e.name, "value": e.value })));
+        env.extend(
+            dind.env
+                .iter()
+                .map(|e| json!({ "name": e.name, "value": e.value })),
+        );
 
         let probe = if tls {
-            json!(["sh", "-c", "test -f /certs/client/cert.pem && docker --host=tcp://localhost:2376 \
+            json!([
+                "sh",
+                "-c",
+                "test -f /certs/client/cert.pem && docker --host=tcp://localhost:2376 \
                 --tlsverify --tlscacert=/certs/client/ca.pem --tlscert=/certs/client/cert.pem \
-                --tlskey=/certs/client/key.pem version >/dev/null"])
+                --tlskey=/certs/client/key.pem version >/dev/null"
+            ])
         } else {
             json!(["docker", format!("--host={host}"), "version"])
         };

@@ -189,11 +189,7 @@ mod tests {
             .collect()
     }
 
-    fn with(
-        ann: Option<Mode>,
-        kv: &[(&str, &str)],
-        cfg: &Config,
-    ) -> Result<ModeChoice, Denial> {
+    fn with(ann: Option<Mode>, kv: &[(&str, &str)], cfg: &Config) -> Result<ModeChoice, Denial> {
         let l = labels(kv);
         resolve(
             ann,
@@ -211,7 +207,10 @@ mod tests {
         let c = with(Some(Mode::Dind), &[(LABEL_MODE, "dind-rootless")], &cfg).unwrap();
         assert_eq!((c.mode, c.source), (Mode::Dind, Source::Annotation));
         let c = with(None, &[(LABEL_MODE, "dind-rootless")], &cfg).unwrap();
-        assert_eq!((c.mode, c.source), (Mode::DindRootless, Source::NamespaceLabel));
+        assert_eq!(
+            (c.mode, c.source),
+            (Mode::DindRootless, Source::NamespaceLabel)
+        );
         let c = with(None, &[], &cfg).unwrap();
         assert_eq!((c.mode, c.source), (Mode::None, Source::ConfigDefault));
     }
@@ -219,15 +218,28 @@ mod tests {
     #[test]
     fn enforce_blocks_other_modes_including_opting_in_under_none() {
         let cfg = Config::default();
-        let e = with(Some(Mode::Dind), &[(LABEL_MODE, "none"), (LABEL_ENFORCE, "true")], &cfg)
-            .unwrap_err();
+        let e = with(
+            Some(Mode::Dind),
+            &[(LABEL_MODE, "none"), (LABEL_ENFORCE, "true")],
+            &cfg,
+        )
+        .unwrap_err();
         assert_eq!(e.code, 403);
         assert!(e.message.contains(LABEL_ENFORCE) && e.message.contains("enforces mode none"));
         // The enforced mode itself, asked explicitly, is fine.
-        with(Some(Mode::Dind), &[(LABEL_MODE, "dind"), (LABEL_ENFORCE, "true")], &cfg).unwrap();
+        with(
+            Some(Mode::Dind),
+            &[(LABEL_MODE, "dind"), (LABEL_ENFORCE, "true")],
+            &cfg,
+        )
+        .unwrap();
         // Without a mode label, enforce uses the config default.
         let e = with(Some(Mode::Dind), &[(LABEL_ENFORCE, "true")], &cfg).unwrap_err();
-        assert!(e.message.contains("config file's defaultMode"), "{}", e.message);
+        assert!(
+            e.message.contains("config file's defaultMode"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
@@ -244,11 +256,17 @@ mod tests {
         let cfg = Config::default();
         let e = with(
             Some(Mode::Dood),
-            &[(LABEL_PSA_ENFORCE, "baseline"), (LABEL_MODE, "dind"), (LABEL_ENFORCE, "true")],
+            &[
+                (LABEL_PSA_ENFORCE, "baseline"),
+                (LABEL_MODE, "dind"),
+                (LABEL_ENFORCE, "true"),
+            ],
             &cfg,
         )
         .unwrap_err();
-        assert!(e.message.contains("pod-security.kubernetes.io/enforce=baseline"));
+        assert!(e
+            .message
+            .contains("pod-security.kubernetes.io/enforce=baseline"));
         assert!(e.message.contains("hostPath"));
         assert!(e.message.contains("enforces mode dind"));
         assert!(e.message.contains(LABEL_ALLOW_DOOD));
@@ -259,7 +277,11 @@ mod tests {
     #[test]
     fn invalid_labels_are_reported_not_treated_as_none() {
         let e = with(None, &[(LABEL_MODE, "dnid")], &Config::default()).unwrap_err();
-        assert!(e.message.contains("nestdock.io/mode=\"dnid\""), "{}", e.message);
+        assert!(
+            e.message.contains("nestdock.io/mode=\"dnid\""),
+            "{}",
+            e.message
+        );
         let e = with(None, &[(LABEL_ENFORCE, "yes")], &Config::default()).unwrap_err();
         assert!(e.message.contains(LABEL_ENFORCE), "{}", e.message);
     }
@@ -272,8 +294,14 @@ mod tests {
         cfg.dood.allow_without_namespace_policy = true;
         resolve(Some(Mode::Dood), NamespacePolicy::Off, &cfg).unwrap();
         // Offline inject: the flag acts like a label, the annotation wins, no gate.
-        let c = resolve(None, NamespacePolicy::Offline { mode: Some(Mode::Dood) }, &Config::default())
-            .unwrap();
+        let c = resolve(
+            None,
+            NamespacePolicy::Offline {
+                mode: Some(Mode::Dood),
+            },
+            &Config::default(),
+        )
+        .unwrap();
         assert_eq!((c.mode, c.source), (Mode::Dood, Source::InjectFlag));
     }
 }

@@ -141,7 +141,9 @@ mod tests {
 
     #[test]
     fn rejects_garbage_with_the_accepted_forms() {
-        for bad in ["", " 1", "1 ", "abc", "1GB", "1.2.3", "--1", "1e", "Gi", ".", "1x"] {
+        for bad in [
+            "", " 1", "1 ", "abc", "1GB", "1.2.3", "--1", "1e", "Gi", ".", "1x",
+        ] {
             let e = Quantity::parse(bad).unwrap_err();
             assert!(e.contains("expected a number"), "{bad}: {e}");
         }

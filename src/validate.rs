@@ -51,7 +51,11 @@ pub fn registry_mirror(s: &str) -> Result<(), String> {
         .or_else(|| s.strip_prefix("http://"))
         .ok_or_else(bad)?;
     let host = rest.split('/').next().unwrap_or("");
-    if host.is_empty() || !rest.bytes().all(|b| b.is_ascii_graphic() && b != b',' && b != b'"' && b != b'\'') {
+    if host.is_empty()
+        || !rest
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b',' && b != b'"' && b != b'\'')
+    {
         return Err(bad());
     }
     host_port(host).map_err(|_| bad())
@@ -65,7 +69,9 @@ pub fn insecure_registry(s: &str) -> Result<(), String> {
         });
     }
     host_port(s).map_err(|_| {
-        format!("{s:?} is not an insecure registry: expected host[:port] or a CIDR such as 10.0.0.0/8")
+        format!(
+            "{s:?} is not an insecure registry: expected host[:port] or a CIDR such as 10.0.0.0/8"
+        )
     })
 }
 
@@ -114,7 +120,10 @@ pub fn image(s: &str) -> Result<(), String> {
     if s.is_empty() {
         return Err("an image reference must not be empty".into());
     }
-    if s.len() > 4096 || !s.bytes().all(|b| b.is_ascii_graphic()) || s.starts_with(['-', ':', '@', '/']) {
+    if s.len() > 4096
+        || !s.bytes().all(|b| b.is_ascii_graphic())
+        || s.starts_with(['-', ':', '@', '/'])
+    {
         return Err(format!(
             "{s:?} is not an image reference: expected [registry/]name[:tag][@digest], e.g. docker:28-dind"
         ));
@@ -126,7 +135,8 @@ pub fn image(s: &str) -> Result<(), String> {
 pub fn env_name(s: &str) -> Result<(), String> {
     let ok = !s.is_empty()
         && !s.starts_with(|c: char| c.is_ascii_digit())
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-');
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-');
     if ok {
         Ok(())
     } else {
@@ -141,7 +151,8 @@ pub fn label_key(s: &str) -> Result<(), String> {
         None => (None, s),
     };
     if let Some(p) = prefix {
-        dns_subdomain(p).map_err(|_| format!("{s:?} is not a valid label key: bad prefix {p:?}"))?;
+        dns_subdomain(p)
+            .map_err(|_| format!("{s:?} is not a valid label key: bad prefix {p:?}"))?;
     }
     label_value(name)
         .ok()
@@ -153,7 +164,8 @@ pub fn label_key(s: &str) -> Result<(), String> {
 pub fn label_value(s: &str) -> Result<(), String> {
     let ok = s.is_empty()
         || (s.len() <= 63
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
             && s.starts_with(|c: char| c.is_ascii_alphanumeric())
             && s.ends_with(|c: char| c.is_ascii_alphanumeric()));
     if ok {

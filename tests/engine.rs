@@ -17,12 +17,20 @@ fn pod(annotations: Value, mut spec: Value) -> Value {
     for list in ["initContainers", "containers"] {
         if let Some(cs) = spec.get_mut(list).and_then(Value::as_array_mut) {
             for c in cs {
-                let mounts = c.as_object_mut().unwrap().entry("volumeMounts").or_insert(json!([]));
+                let mounts = c
+                    .as_object_mut()
+                    .unwrap()
+                    .entry("volumeMounts")
+                    .or_insert(json!([]));
                 mounts.as_array_mut().unwrap().push(token.clone());
             }
         }
     }
-    let vols = spec.as_object_mut().unwrap().entry("volumes").or_insert(json!([]));
+    let vols = spec
+        .as_object_mut()
+        .unwrap()
+        .entry("volumes")
+        .or_insert(json!([]));
     vols.as_array_mut().unwrap().push(json!({"name": "kube-api-access-x7k2p", "projected": {"sources": [{"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}}]}}));
     json!({
         "apiVersion": "v1",
@@ -61,7 +69,11 @@ fn injected(p: &Value, config: &Config) -> (Value, Vec<String>) {
     let patched = common::apply_patch(p, &serde_json::to_value(patch).unwrap());
     invariants::check_against(Some(p), &patched, config);
     let again = decide(&patched, config);
-    assert_eq!(again.outcome, Outcome::Unchanged, "second pass must change nothing");
+    assert_eq!(
+        again.outcome,
+        Outcome::Unchanged,
+        "second pass must change nothing"
+    );
     (patched, d.warnings)
 }
 
@@ -74,18 +86,30 @@ fn denied(p: &Value, config: &Config) -> (u16, String) {
 
 #[test]
 fn plain_pod_gets_a_native_dind_sidecar() {
-    let p = pod(json!({"nestdock.io/mode": "dind"}), json!({"containers": [app("build")]}));
+    let p = pod(
+        json!({"nestdock.io/mode": "dind"}),
+        json!({"containers": [app("build")]}),
+    );
     let (out, warnings) = injected(&p, &Config::default());
     assert!(warnings.is_empty(), "{warnings:?}");
     let daemon = &out["spec"]["initContainers"][0];
     assert_eq!(daemon["name"], "nestdock-dind");
     assert_eq!(daemon["image"], "docker:28-dind");
-    assert_eq!(env(container(&out, "build").unwrap(), "DOCKER_HOST"), Some("unix:///var/run/docker.sock"));
-    assert_eq!(out["spec"]["securityContext"]["supplementalGroups"], json!([2375]));
+    assert_eq!(
+        env(container(&out, "build").unwrap(), "DOCKER_HOST"),
+        Some("unix:///var/run/docker.sock")
+    );
+    assert_eq!(
+        out["spec"]["securityContext"]["supplementalGroups"],
+        json!([2375])
+    );
     assert_eq!(annotation(&out, "nestdock.io/injected"), Some("dind"));
     // The service-account token is not mirrored into the daemon.
     assert!(mount(daemon, "kube-api-access-x7k2p").is_none());
-    assert_eq!(volume(&out, "nestdock-docker-storage").unwrap()["emptyDir"], json!({}));
+    assert_eq!(
+        volume(&out, "nestdock-docker-storage").unwrap()["emptyDir"],
+        json!({})
+    );
 }
 
 #[test]
@@ -138,7 +162,10 @@ fn init_containers_keep_their_order_after_the_daemon() {
 
 #[test]
 fn job_pod_uses_the_native_sidecar_so_the_job_completes() {
-    let mut p = pod(json!({"nestdock.io/mode": "dind"}), json!({"restartPolicy": "Never", "containers": [app("build")]}));
+    let mut p = pod(
+        json!({"nestdock.io/mode": "dind"}),
+        json!({"restartPolicy": "Never", "containers": [app("build")]}),
+    );
     p["metadata"]["ownerReferences"] = json!([{"apiVersion": "batch/v1", "kind": "Job", "name": "build", "uid": "6f1c", "controller": true}]);
     let (out, _) = injected(&p, &Config::default());
     assert_eq!(out["spec"]["initContainers"][0]["restartPolicy"], "Always");
@@ -149,25 +176,48 @@ fn job_pod_uses_the_native_sidecar_so_the_job_completes() {
 fn user_docker_host_is_kept_with_a_warning() {
     let mut c = app("build");
     c["env"] = json!([{"name": "DOCKER_HOST", "value": "tcp://docker:2375"}]);
-    let p = pod(json!({"nestdock.io/mode": "dind"}), json!({"containers": [c]}));
+    let p = pod(
+        json!({"nestdock.io/mode": "dind"}),
+        json!({"containers": [c]}),
+    );
     let (out, warnings) = injected(&p, &Config::default());
-    assert_eq!(env(container(&out, "build").unwrap(), "DOCKER_HOST"), Some("tcp://docker:2375"));
-    assert!(warnings.iter().any(|w| w.contains("build") && w.contains("DOCKER_HOST")), "{warnings:?}");
+    assert_eq!(
+        env(container(&out, "build").unwrap(), "DOCKER_HOST"),
+        Some("tcp://docker:2375")
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("build") && w.contains("DOCKER_HOST")),
+        "{warnings:?}"
+    );
 }
 
 #[test]
 fn name_clashes_are_denied_naming_the_name() {
-    let p = pod(json!({"nestdock.io/mode": "dind"}), json!({"containers": [app("nestdock-dind")]}));
+    let p = pod(
+        json!({"nestdock.io/mode": "dind"}),
+        json!({"containers": [app("nestdock-dind")]}),
+    );
     let (code, msg) = denied(&p, &Config::default());
     assert_eq!(code, 400);
     assert!(msg.contains("nestdock-dind"), "{msg}");
 
-    let mut p = pod(json!({"nestdock.io/mode": "dind"}), json!({"containers": [app("build")]}));
-    p["spec"]["volumes"].as_array_mut().unwrap().push(json!({"name": "nestdock-docker-storage", "emptyDir": {}}));
+    let mut p = pod(
+        json!({"nestdock.io/mode": "dind"}),
+        json!({"containers": [app("build")]}),
+    );
+    p["spec"]["volumes"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "nestdock-docker-storage", "emptyDir": {}}));
     let (_, msg) = denied(&p, &Config::default());
     assert!(msg.contains("nestdock-docker-storage"), "{msg}");
 
-    let mut p = pod(json!({"nestdock.io/mode": "dind"}), json!({"containers": [app("build")]}));
+    let mut p = pod(
+        json!({"nestdock.io/mode": "dind"}),
+        json!({"containers": [app("build")]}),
+    );
     p["spec"]["ephemeralContainers"] = json!([{"name": "nestdock-dind", "image": "busybox"}]);
     let (_, msg) = denied(&p, &Config::default());
     assert!(msg.contains("ephemeralContainers"), "{msg}");
@@ -183,7 +233,10 @@ fn containers_subset_gets_the_daemon_only() {
     assert!(env(container(&out, "sidecar-proxy").unwrap(), "DOCKER_HOST").is_none());
     assert!(env(container(&out, "build").unwrap(), "DOCKER_HOST").is_some());
 
-    let p = pod(json!({"nestdock.io/mode": "dind", "nestdock.io/containers": "nope"}), json!({"containers": [app("build")]}));
+    let p = pod(
+        json!({"nestdock.io/mode": "dind", "nestdock.io/containers": "nope"}),
+        json!({"containers": [app("build")]}),
+    );
     let (code, msg) = denied(&p, &Config::default());
     assert_eq!(code, 400);
     assert!(msg.contains("\"nope\"") && msg.contains("build"), "{msg}");
@@ -193,23 +246,36 @@ fn containers_subset_gets_the_daemon_only() {
 fn mount_at_the_socket_directory_is_denied_unless_left_out() {
     let mut c = app("build");
     c["volumeMounts"] = json!([{"name": "run", "mountPath": "/var/run"}]);
-    let spec = json!({"containers": [c, app("test")], "volumes": [{"name": "run", "emptyDir": {}}]});
+    let spec =
+        json!({"containers": [c, app("test")], "volumes": [{"name": "run", "emptyDir": {}}]});
     let p = pod(json!({"nestdock.io/mode": "dind"}), spec.clone());
     let (code, msg) = denied(&p, &Config::default());
     assert_eq!(code, 400);
     assert!(msg.contains("build") && msg.contains("/var/run"), "{msg}");
-    let p = pod(json!({"nestdock.io/mode": "dind", "nestdock.io/containers": "test"}), spec);
+    let p = pod(
+        json!({"nestdock.io/mode": "dind", "nestdock.io/containers": "test"}),
+        spec,
+    );
     injected(&p, &Config::default());
 }
 
 #[test]
 fn rootless_uses_its_own_image_paths_and_group() {
-    let p = pod(json!({"nestdock.io/mode": "dind-rootless"}), json!({"containers": [app("build")]}));
+    let p = pod(
+        json!({"nestdock.io/mode": "dind-rootless"}),
+        json!({"containers": [app("build")]}),
+    );
     let (out, _) = injected(&p, &Config::default());
     let daemon = container(&out, "nestdock-dind").unwrap();
     assert_eq!(daemon["image"], "docker:28-dind-rootless");
-    assert_eq!(mount(daemon, "nestdock-docker-sock").unwrap()["mountPath"], "/run/user/1000");
-    assert_eq!(out["spec"]["securityContext"]["supplementalGroups"], json!([1000]));
+    assert_eq!(
+        mount(daemon, "nestdock-docker-sock").unwrap()["mountPath"],
+        "/run/user/1000"
+    );
+    assert_eq!(
+        out["spec"]["securityContext"]["supplementalGroups"],
+        json!([1000])
+    );
 }
 
 #[test]
@@ -217,8 +283,13 @@ fn dood_mounts_the_node_socket_into_init_and_app_containers() {
     let mut cfg = Config::default();
     cfg.dood.allow_without_namespace_policy = true;
     cfg.dood.socket_group = Some(998);
-    cfg.dood.node_selector.insert("nestdock.io/docker".into(), "true".into());
-    let p = pod(json!({"nestdock.io/mode": "dood"}), json!({"initContainers": [app("warm")], "containers": [app("build")]}));
+    cfg.dood
+        .node_selector
+        .insert("nestdock.io/docker".into(), "true".into());
+    let p = pod(
+        json!({"nestdock.io/mode": "dood"}),
+        json!({"initContainers": [app("warm")], "containers": [app("build")]}),
+    );
     let (out, _) = injected(&p, &cfg);
     assert!(mount(container(&out, "warm").unwrap(), "nestdock-host-docker").is_some());
     assert_eq!(out["spec"]["nodeSelector"]["nestdock.io/docker"], "true");
@@ -227,7 +298,10 @@ fn dood_mounts_the_node_socket_into_init_and_app_containers() {
 
 #[test]
 fn dood_is_denied_without_namespace_policy_by_default() {
-    let p = pod(json!({"nestdock.io/mode": "dood"}), json!({"containers": [app("build")]}));
+    let p = pod(
+        json!({"nestdock.io/mode": "dood"}),
+        json!({"containers": [app("build")]}),
+    );
     let (code, msg) = denied(&p, &Config::default());
     assert_eq!(code, 403);
     assert!(msg.contains("allowWithoutNamespacePolicy"), "{msg}");
@@ -235,13 +309,22 @@ fn dood_is_denied_without_namespace_policy_by_default() {
 
 #[test]
 fn tls_mode_uses_the_gitlab_layout() {
-    let p = pod(json!({"nestdock.io/mode": "dind", "nestdock.io/tls": "true"}), json!({"containers": [app("build")]}));
+    let p = pod(
+        json!({"nestdock.io/mode": "dind", "nestdock.io/tls": "true"}),
+        json!({"containers": [app("build")]}),
+    );
     let (out, _) = injected(&p, &Config::default());
     let daemon = container(&out, "nestdock-dind").unwrap();
     let probe = daemon["startupProbe"]["exec"]["command"].to_string();
-    assert!(probe.contains("/certs/client/cert.pem") && probe.contains("tcp://localhost:2376"), "{probe}");
+    assert!(
+        probe.contains("/certs/client/cert.pem") && probe.contains("tcp://localhost:2376"),
+        "{probe}"
+    );
 
-    let p = pod(json!({"nestdock.io/mode": "dood", "nestdock.io/tls": "true"}), json!({"containers": [app("b")]}));
+    let p = pod(
+        json!({"nestdock.io/mode": "dood", "nestdock.io/tls": "true"}),
+        json!({"containers": [app("b")]}),
+    );
     let mut cfg = Config::default();
     cfg.dood.allow_without_namespace_policy = true;
     let (code, msg) = denied(&p, &cfg);
@@ -258,7 +341,12 @@ fn sidecar_container_warns_and_leaves_init_containers_alone() {
     let (out, warnings) = injected(&p, &Config::default());
     assert_eq!(out["spec"]["containers"][1]["name"], "nestdock-dind");
     assert!(env(container(&out, "fetch").unwrap(), "DOCKER_HOST").is_none());
-    assert!(warnings.iter().any(|w| w.contains("Jobs will not complete")), "{warnings:?}");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("Jobs will not complete")),
+        "{warnings:?}"
+    );
 
     let p = pod(
         json!({"nestdock.io/mode": "dind", "nestdock.io/sidecar": "container", "nestdock.io/containers": "fetch"}),
@@ -270,24 +358,39 @@ fn sidecar_container_warns_and_leaves_init_containers_alone() {
 
 #[test]
 fn mode_none_and_other_kinds_of_no_change() {
-    let p = pod(json!({"nestdock.io/mode": "none"}), json!({"containers": [app("build")]}));
+    let p = pod(
+        json!({"nestdock.io/mode": "none"}),
+        json!({"containers": [app("build")]}),
+    );
     assert_eq!(decide(&p, &Config::default()).outcome, Outcome::Unchanged);
     let p = pod(json!({}), json!({"containers": [app("build")]}));
     assert_eq!(decide(&p, &Config::default()).outcome, Outcome::Unchanged);
     // Bad values are denied whatever the mode.
-    let p = pod(json!({"nestdock.io/mode": "none", "nestdock.io/mtu": "9"}), json!({"containers": [app("build")]}));
+    let p = pod(
+        json!({"nestdock.io/mode": "none", "nestdock.io/mtu": "9"}),
+        json!({"containers": [app("build")]}),
+    );
     let (code, msg) = denied(&p, &Config::default());
     assert_eq!(code, 400);
-    assert!(msg.contains("nestdock.io/mtu") && msg.contains("\"9\""), "{msg}");
+    assert!(
+        msg.contains("nestdock.io/mtu") && msg.contains("\"9\""),
+        "{msg}"
+    );
 }
 
 #[test]
 fn host_network_and_host_users_false_are_denied_for_dind() {
-    let p = pod(json!({"nestdock.io/mode": "dind"}), json!({"hostNetwork": true, "containers": [app("b")]}));
+    let p = pod(
+        json!({"nestdock.io/mode": "dind"}),
+        json!({"hostNetwork": true, "containers": [app("b")]}),
+    );
     let (code, msg) = denied(&p, &Config::default());
     assert_eq!(code, 403);
     assert!(msg.contains("hostNetwork"), "{msg}");
-    let p = pod(json!({"nestdock.io/mode": "dind-rootless"}), json!({"hostUsers": false, "containers": [app("b")]}));
+    let p = pod(
+        json!({"nestdock.io/mode": "dind-rootless"}),
+        json!({"hostUsers": false, "containers": [app("b")]}),
+    );
     let (_, msg) = denied(&p, &Config::default());
     assert!(msg.contains("hostUsers"), "{msg}");
 }
@@ -314,11 +417,24 @@ fn mirrored_mounts_follow_the_targets_and_skip_the_daemons_paths() {
     let (out, warnings) = injected(&p, &Config::default());
     let daemon = container(&out, "nestdock-dind").unwrap();
     assert_eq!(mount(daemon, "src").unwrap()["mountPath"], "/workspace");
-    assert_eq!(mount(daemon, "cache").unwrap(), &json!({"name": "cache", "mountPath": "/cache", "subPath": "docker", "readOnly": true}));
+    assert_eq!(
+        mount(daemon, "cache").unwrap(),
+        &json!({"name": "cache", "mountPath": "/cache", "subPath": "docker", "readOnly": true})
+    );
     assert!(mount(daemon, "lib").is_none());
     assert!(mount(daemon, "other").is_none());
-    assert!(warnings.iter().any(|w| w.contains("lib") && w.contains("/var/lib/docker")), "{warnings:?}");
-    assert!(warnings.iter().any(|w| w.contains("other") && w.contains("cache")), "{warnings:?}");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("lib") && w.contains("/var/lib/docker")),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("other") && w.contains("cache")),
+        "{warnings:?}"
+    );
     assert_eq!(warnings.len(), 2, "{warnings:?}");
 }
 
@@ -351,8 +467,16 @@ dind:
     let (out, _) = injected(&p, &cfg);
     let d = container(&out, "nestdock-dind").unwrap();
     assert_eq!(d["image"], "registry.example.com/docker:28-dind");
-    assert_eq!(d["resources"], json!({"requests": {"cpu": "250m", "memory": "1Gi"}, "limits": {"cpu": "2"}}));
-    let args: Vec<&str> = d["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    assert_eq!(
+        d["resources"],
+        json!({"requests": {"cpu": "250m", "memory": "1Gi"}, "limits": {"cpu": "2"}})
+    );
+    let args: Vec<&str> = d["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
     for want in [
         "--registry-mirror=https://mirror.example.com",
         "--insecure-registry=registry.local:5000",
@@ -364,37 +488,63 @@ dind:
     assert_eq!(env(d, "NESTDOCK_MTU"), Some("1400"));
     assert_eq!(env(d, "HTTPS_PROXY"), Some("http://proxy:3128"));
     let v = volume(&out, "nestdock-docker-storage").unwrap();
-    assert_eq!(v["ephemeral"]["volumeClaimTemplate"]["spec"]["resources"]["requests"]["storage"], "20Gi");
-    assert_eq!(v["ephemeral"]["volumeClaimTemplate"]["spec"]["storageClassName"], "fast");
+    assert_eq!(
+        v["ephemeral"]["volumeClaimTemplate"]["spec"]["resources"]["requests"]["storage"],
+        "20Gi"
+    );
+    assert_eq!(
+        v["ephemeral"]["volumeClaimTemplate"]["spec"]["storageClassName"],
+        "fast"
+    );
 
-    let p = pod(json!({"nestdock.io/mode": "dind", "nestdock.io/image": "evil/docker:dind"}), json!({"containers": [app("b")]}));
+    let p = pod(
+        json!({"nestdock.io/mode": "dind", "nestdock.io/image": "evil/docker:dind"}),
+        json!({"containers": [app("b")]}),
+    );
     let (code, msg) = denied(&p, &cfg);
     assert_eq!(code, 400);
-    assert!(msg.contains("evil/docker:dind") && msg.contains("registry.example.com/docker:*"), "{msg}");
+    assert!(
+        msg.contains("evil/docker:dind") && msg.contains("registry.example.com/docker:*"),
+        "{msg}"
+    );
 
     let p = pod(
         json!({"nestdock.io/mode": "dind", "nestdock.io/memory-request": "2Gi", "nestdock.io/memory-limit": "1Gi"}),
         json!({"containers": [app("b")]}),
     );
     let (_, msg) = denied(&p, &cfg);
-    assert!(msg.contains("memory request 2Gi is above its limit 1Gi"), "{msg}");
+    assert!(
+        msg.contains("memory request 2Gi is above its limit 1Gi"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn configured_socket_dir_moves_every_piece_together() {
     let cfg = Config::from_yaml("socketDir: /run/docker\nsocketGroup: 999\n").unwrap();
-    let p = pod(json!({"nestdock.io/mode": "dind"}), json!({"containers": [app("build")]}));
+    let p = pod(
+        json!({"nestdock.io/mode": "dind"}),
+        json!({"containers": [app("build")]}),
+    );
     let (out, _) = injected(&p, &cfg);
-    assert_eq!(env(container(&out, "build").unwrap(), "DOCKER_HOST"), Some("unix:///run/docker/docker.sock"));
+    assert_eq!(
+        env(container(&out, "build").unwrap(), "DOCKER_HOST"),
+        Some("unix:///run/docker/docker.sock")
+    );
 }
 
 #[test]
 fn namespace_labels_feed_the_engine() {
-    let labels = [("nestdock.io/mode".to_string(), "dind".to_string())].into_iter().collect();
+    let labels = [("nestdock.io/mode".to_string(), "dind".to_string())]
+        .into_iter()
+        .collect();
     let cfg = Config::default();
     let c = Context {
         config: &cfg,
-        namespace: NamespacePolicy::Labels { namespace: "ci", labels: &labels },
+        namespace: NamespacePolicy::Labels {
+            namespace: "ci",
+            labels: &labels,
+        },
         native_sidecars: true,
     };
     let p = pod(json!({}), json!({"containers": [app("build")]}));
@@ -405,14 +555,19 @@ fn namespace_labels_feed_the_engine() {
 
 #[test]
 fn sidecar_auto_follows_the_api_server() {
-    let p = pod(json!({"nestdock.io/mode": "dind"}), json!({"containers": [app("build")]}));
+    let p = pod(
+        json!({"nestdock.io/mode": "dind"}),
+        json!({"containers": [app("build")]}),
+    );
     let cfg = Config::default();
     let c = Context {
         config: &cfg,
         namespace: NamespacePolicy::Off,
         native_sidecars: false,
     };
-    let Outcome::Patched(patch) = mutate(&p, &c).outcome else { panic!() };
+    let Outcome::Patched(patch) = mutate(&p, &c).outcome else {
+        panic!()
+    };
     let out = common::apply_patch(&p, &serde_json::to_value(&patch).unwrap());
     assert_eq!(out["spec"]["containers"][1]["name"], "nestdock-dind");
     invariants::check_against(Some(&p), &out, &cfg);

@@ -138,7 +138,19 @@ fn pod_shape() -> impl Strategy<Value = PodShape> {
         prop::option::of(prop::collection::vec(0..6usize, 1..3)),
     )
         .prop_map(
-            |(init, init_presence, app, volumes, volumes_presence, annotations, security_context, mode, tls, sidecar, subset)| {
+            |(
+                init,
+                init_presence,
+                app,
+                volumes,
+                volumes_presence,
+                annotations,
+                security_context,
+                mode,
+                tls,
+                sidecar,
+                subset,
+            )| {
                 PodShape {
                     init,
                     init_presence,
@@ -158,7 +170,11 @@ fn pod_shape() -> impl Strategy<Value = PodShape> {
 
 fn build(s: &PodShape) -> Value {
     // Volumes are only referenced when they exist in the pod.
-    let volumes = if matches!(s.volumes_presence, Presence::Filled) { s.volumes } else { 0 };
+    let volumes = if matches!(s.volumes_presence, Presence::Filled) {
+        s.volumes
+    } else {
+        0
+    };
     let init: Vec<Value> = s
         .init
         .iter()
@@ -181,7 +197,9 @@ fn build(s: &PodShape) -> Value {
     };
     put(&mut spec, "initContainers", init_presence, init);
     spec.insert("containers".into(), Value::Array(app));
-    let vols = (0..s.volumes).map(|i| json!({"name": format!("vol{i}"), "emptyDir": {}})).collect();
+    let vols = (0..s.volumes)
+        .map(|i| json!({"name": format!("vol{i}"), "emptyDir": {}}))
+        .collect();
     put(&mut spec, "volumes", s.volumes_presence, vols);
     match s.security_context {
         0 => {}
@@ -189,10 +207,16 @@ fn build(s: &PodShape) -> Value {
             spec.insert("securityContext".into(), json!({}));
         }
         2 => {
-            spec.insert("securityContext".into(), json!({"runAsNonRoot": true, "runAsUser": 1001}));
+            spec.insert(
+                "securityContext".into(),
+                json!({"runAsNonRoot": true, "runAsUser": 1001}),
+            );
         }
         _ => {
-            spec.insert("securityContext".into(), json!({"supplementalGroups": [2375, 5000]}));
+            spec.insert(
+                "securityContext".into(),
+                json!({"supplementalGroups": [2375, 5000]}),
+            );
         }
     }
     let mut ann = Map::new();
@@ -206,7 +230,13 @@ fn build(s: &PodShape) -> Value {
     if let Some(subset) = &s.subset {
         let names: Vec<String> = subset
             .iter()
-            .map(|i| if i % 2 == 0 && !s.init.is_empty() { format!("init{}", i % s.init.len()) } else { format!("app{}", i % s.app.len()) })
+            .map(|i| {
+                if i % 2 == 0 && !s.init.is_empty() {
+                    format!("init{}", i % s.init.len())
+                } else {
+                    format!("app{}", i % s.app.len())
+                }
+            })
             .collect();
         ann.insert("nestdock.io/containers".into(), json!(names.join(",")));
     }

@@ -72,7 +72,11 @@ pub fn check_valid(pod: &Value) {
     }
     let mut vols = HashSet::new();
     for v in arr(spec, "volumes") {
-        assert!(vols.insert(s(v, "name").to_string()), "duplicate volume {:?}", s(v, "name"));
+        assert!(
+            vols.insert(s(v, "name").to_string()),
+            "duplicate volume {:?}",
+            s(v, "name")
+        );
     }
     for list in ["initContainers", "containers"] {
         for c in arr(spec, list) {
@@ -116,7 +120,11 @@ fn targets<'a>(pod: &'a Value, mode: &str, native: bool) -> Vec<&'a Value> {
         .filter(|_| init_ok)
         .chain(arr(spec, "containers"))
         .filter(|c| s(c, "name") != DAEMON)
-        .filter(|c| subset.as_ref().is_none_or(|names| names.contains(&s(c, "name"))))
+        .filter(|c| {
+            subset
+                .as_ref()
+                .is_none_or(|names| names.contains(&s(c, "name")))
+        })
         .collect()
 }
 
@@ -155,7 +163,8 @@ pub fn check_against(original: Option<&Value>, pod: &Value, config: &Config) {
             let ts = targets(pod, mode, true);
             assert!(!ts.is_empty(), "no target container");
             for t in ts {
-                let m = mount(t, VOL_HOST).unwrap_or_else(|| panic!("{} lacks the socket", s(t, "name")));
+                let m = mount(t, VOL_HOST)
+                    .unwrap_or_else(|| panic!("{} lacks the socket", s(t, "name")));
                 assert_eq!(s(m, "mountPath"), socket);
                 let want = user_env(t, "DOCKER_HOST").unwrap_or(format!("unix://{socket}"));
                 assert_eq!(env(t, "DOCKER_HOST"), Some(want.as_str()));
@@ -164,7 +173,10 @@ pub fn check_against(original: Option<&Value>, pod: &Value, config: &Config) {
                 assert!(groups.contains(&g), "supplementalGroups lacks {g}");
             }
             for (k, v) in &config.dood.node_selector {
-                assert!(spec["nodeSelector"].get(k).is_some(), "nodeSelector lacks {k}={v}");
+                assert!(
+                    spec["nodeSelector"].get(k).is_some(),
+                    "nodeSelector lacks {k}={v}"
+                );
             }
         }
         "dind" | "dind-rootless" => {
@@ -174,17 +186,25 @@ pub fn check_against(original: Option<&Value>, pod: &Value, config: &Config) {
             let native = inits.first().is_some_and(|c| s(c, "name") == DAEMON);
             let daemon = container(pod, DAEMON).expect("daemon container");
             if native {
-                assert_eq!(daemon["restartPolicy"], "Always", "native sidecar restarts Always");
+                assert_eq!(
+                    daemon["restartPolicy"], "Always",
+                    "native sidecar restarts Always"
+                );
             } else {
                 assert!(
-                    arr(spec, "containers").iter().any(|c| s(c, "name") == DAEMON),
+                    arr(spec, "containers")
+                        .iter()
+                        .any(|c| s(c, "name") == DAEMON),
                     "daemon must be the first init container or an app container"
                 );
                 assert!(daemon.get("restartPolicy").is_none());
             }
             let probe = &daemon["startupProbe"];
             assert_eq!(probe["periodSeconds"], 1, "startup probe period 1 s");
-            assert!(probe["exec"]["command"].is_array(), "startup probe runs a command");
+            assert!(
+                probe["exec"]["command"].is_array(),
+                "startup probe runs a command"
+            );
             let sc = &daemon["securityContext"];
             assert_eq!(sc["privileged"], true);
             if rootless {
@@ -193,12 +213,27 @@ pub fn check_against(original: Option<&Value>, pod: &Value, config: &Config) {
                 assert_eq!(sc["runAsUser"], 0);
                 assert_eq!(sc["runAsNonRoot"], false);
             }
-            let cmd: Vec<&str> = arr(daemon, "command").iter().filter_map(|v| v.as_str()).collect();
-            let args: Vec<&str> = arr(daemon, "args").iter().filter_map(|v| v.as_str()).collect();
+            let cmd: Vec<&str> = arr(daemon, "command")
+                .iter()
+                .filter_map(|v| v.as_str())
+                .collect();
+            let args: Vec<&str> = arr(daemon, "args")
+                .iter()
+                .filter_map(|v| v.as_str())
+                .collect();
             let script = cmd.join(" ");
-            assert!(script.contains("dockerd-entrypoint.sh"), "daemon starts through the entrypoint");
-            assert!(script.contains("/sys/class/net/eth0/mtu"), "MTU follows the pod interface");
-            assert!(script.contains("--default-network-opt"), "MTU applies to user networks");
+            assert!(
+                script.contains("dockerd-entrypoint.sh"),
+                "daemon starts through the entrypoint"
+            );
+            assert!(
+                script.contains("/sys/class/net/eth0/mtu"),
+                "MTU follows the pod interface"
+            );
+            assert!(
+                script.contains("--default-network-opt"),
+                "MTU applies to user networks"
+            );
             assert!(env(daemon, "NESTDOCK_MTU").is_some());
 
             // Storage: a volume, never the overlay filesystem.
@@ -216,8 +251,14 @@ pub fn check_against(original: Option<&Value>, pod: &Value, config: &Config) {
             assert!(!ts.is_empty(), "no target container");
             if tls {
                 assert_eq!(env(daemon, "DOCKER_TLS_CERTDIR"), Some("/certs"));
-                assert_eq!(s(mount(daemon, VOL_CERTS).expect("certs"), "mountPath"), "/certs");
-                assert!(mount(daemon, VOL_SOCKET).is_none(), "TLS mode shares no socket");
+                assert_eq!(
+                    s(mount(daemon, VOL_CERTS).expect("certs"), "mountPath"),
+                    "/certs"
+                );
+                assert!(
+                    mount(daemon, VOL_SOCKET).is_none(),
+                    "TLS mode shares no socket"
+                );
                 for t in &ts {
                     let m = mount(t, VOL_CERTS).expect("client certs mount");
                     assert_eq!(s(m, "mountPath"), "/certs/client");
@@ -237,14 +278,18 @@ pub fn check_against(original: Option<&Value>, pod: &Value, config: &Config) {
                 assert!(!script.contains("tcp://") && !args.iter().any(|a| a.contains("tcp://")));
                 let dm = mount(daemon, VOL_SOCKET).expect("daemon socket mount");
                 let listen = format!("--host=unix://{}/docker.sock", s(dm, "mountPath"));
-                assert!(args.contains(&listen.as_str()), "daemon listens at {listen}: {args:?}");
+                assert!(
+                    args.contains(&listen.as_str()),
+                    "daemon listens at {listen}: {args:?}"
+                );
                 let gid = if rootless { 1000 } else { config.socket_group };
                 if !rootless {
                     assert!(args.contains(&format!("--group={gid}").as_str()));
                 }
                 assert!(groups.contains(&gid), "supplementalGroups lacks {gid}");
                 for t in &ts {
-                    let m = mount(t, VOL_SOCKET).unwrap_or_else(|| panic!("{} lacks socket", s(t, "name")));
+                    let m = mount(t, VOL_SOCKET)
+                        .unwrap_or_else(|| panic!("{} lacks socket", s(t, "name")));
                     assert_eq!(s(m, "mountPath"), socket_dir);
                     let want = user_env(t, "DOCKER_HOST").unwrap_or(format!("unix://{socket}"));
                     assert_eq!(env(t, "DOCKER_HOST"), Some(want.as_str()));
@@ -258,9 +303,11 @@ pub fn check_against(original: Option<&Value>, pod: &Value, config: &Config) {
                     continue;
                 }
                 assert!(
-                    ts.iter().any(|t| arr(t, "volumeMounts").iter().any(|tm| s(tm, "name") == name
-                        && s(tm, "mountPath") == s(m, "mountPath")
-                        && s(tm, "subPath") == s(m, "subPath"))),
+                    ts.iter().any(|t| arr(t, "volumeMounts")
+                        .iter()
+                        .any(|tm| s(tm, "name") == name
+                            && s(tm, "mountPath") == s(m, "mountPath")
+                            && s(tm, "subPath") == s(m, "subPath"))),
                     "daemon mount {m} mirrors no target mount"
                 );
             }
@@ -273,7 +320,8 @@ pub fn check_against(original: Option<&Value>, pod: &Value, config: &Config) {
                             || p.starts_with("/run")
                             || tm.get("subPathExpr").is_some()
                             || s(tm, "name").starts_with("kube-api-access-");
-                        if !skip && !["/", "/var", "/var/lib", "/etc", "/usr", "/certs"].contains(&p)
+                        if !skip
+                            && !["/", "/var", "/var/lib", "/etc", "/usr", "/certs"].contains(&p)
                             && !p.starts_with("/var/lib/docker")
                             && !p.starts_with("/certs/")
                             && !p.starts_with("/home")
@@ -286,7 +334,9 @@ pub fn check_against(original: Option<&Value>, pod: &Value, config: &Config) {
                             && !p.starts_with("/usr")
                         {
                             assert!(
-                                arr(daemon, "volumeMounts").iter().any(|dm| s(dm, "mountPath") == p),
+                                arr(daemon, "volumeMounts")
+                                    .iter()
+                                    .any(|dm| s(dm, "mountPath") == p),
                                 "target mount {tm} is not mirrored into the daemon"
                             );
                         }

@@ -18,7 +18,8 @@ pub fn apply_patch(original: &Value, patch: &Value) -> Value {
     let p: json_patch::Patch = serde_json::from_value(patch.clone())
         .unwrap_or_else(|e| panic!("patch is not a JSON Patch: {e}\n{patch:#}"));
     let mut doc = original.clone();
-    json_patch::patch(&mut doc, &p)
-        .unwrap_or_else(|e| panic!("patch does not apply: {e}\npatch: {patch:#}\nto: {original:#}"));
+    json_patch::patch(&mut doc, &p).unwrap_or_else(|e| {
+        panic!("patch does not apply: {e}\npatch: {patch:#}\nto: {original:#}")
+    });
     doc
 }
