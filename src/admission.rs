@@ -110,6 +110,108 @@ pub struct Reviewed {
 /// Handles one AdmissionReview body: pod CREATEs go through
 /// [`engine::mutate`], everything else is allowed unchanged.
 pub fn review(body: &[u8], ctx: &Context<'_>) -> Result<Reviewed, ReviewError> {
+    parse(body)?.answer(ctx)
+}
+
+/// A readable v1 review, not yet answered. The server looks at
+/// [`Parsed::pod_namespace`] to fetch the namespace's labels, then calls
+/// [`Parsed::answer`] with the matching [`Context`].
+#[derive(Debug)]
+pub struct Parsed {
+    api_version: String,
+    kind: String,
+    uid: String,
+    summary: Summary,
+    /// The pod of a pod CREATE (exactly as sent); `None` for anything the
+    /// engine does not evaluate.
+    pod: Option<Value>,
+}
+
+impl Parsed {
+    /// The namespace whose policy applies, when the engine will evaluate a pod.
+    pub fn pod_namespace(&self) -> Option<&str> {
+        self.pod.as_ref().map(|_| self.summary.namespace.as_str())
+    }
+
+    /// What the log line needs, as far as known before answering.
+    pub fn summary(&self) -> &Summary {
+        &self.summary
+    }
+
+    /// Decides (through the engine for a pod CREATE) and writes the response.
+    pub fn answer(self, ctx: &Context<'_>) -> Result<Reviewed, ReviewError> {
+        let Parsed {
+            api_version,
+            kind,
+            uid,
+            mut summary,
+            pod,
+        } = self;
+        let mut response = Response {
+            uid: &uid,
+            allowed: true,
+            patch_type: None,
+            patch: None,
+            warnings: &[],
+            audit_annotations: None,
+            status: None,
+        };
+        let Some(pod) = pod else {
+            let body = encode(&api_version, &kind, response)?;
+            return Ok(Reviewed { body, summary });
+        };
+        if !pod.is_object() {
+            summary.verdict = Verdict::Denied;
+            summary.code = Some(400);
+            response.allowed = false;
+            let message = format!(
+                "request.object must be a Pod object, found {}",
+                json_type(&pod)
+            );
+            response.status = Some(Status {
+                code: 400,
+                message: &message,
+            });
+            let body = encode(&api_version, &kind, response)?;
+            return Ok(Reviewed { body, summary });
+        }
+        let decision = engine::mutate(&pod, ctx);
+        summary.mode = Some(decision.mode);
+        response.warnings = &decision.warnings;
+        response.audit_annotations = Some(AuditAnnotations {
+            mode: decision.mode.as_str(),
+        });
+        let patch_b64;
+        match &decision.outcome {
+            Outcome::Patched(patch) if !patch.0.is_empty() => {
+                let json = serde_json::to_vec(patch).map_err(|e| ReviewError {
+                    status: 500,
+                    message: format!("cannot serialize the JSON patch: {e}"),
+                })?;
+                patch_b64 = base64::engine::general_purpose::STANDARD.encode(json);
+                response.patch_type = Some("JSONPatch");
+                response.patch = Some(&patch_b64);
+                summary.verdict = Verdict::Injected;
+            }
+            Outcome::Patched(_) | Outcome::Unchanged => summary.verdict = Verdict::Unchanged,
+            Outcome::Denied(denial) => {
+                response.allowed = false;
+                response.status = Some(Status {
+                    code: denial.code,
+                    message: &denial.message,
+                });
+                summary.verdict = Verdict::Denied;
+                summary.code = Some(denial.code);
+            }
+        }
+        let body = encode(&api_version, &kind, response)?;
+        Ok(Reviewed { body, summary })
+    }
+}
+
+/// Reads a review: a body that is not a readable v1 AdmissionReview is an
+/// error (HTTP 400 naming what is wrong).
+pub fn parse(body: &[u8]) -> Result<Parsed, ReviewError> {
     let mut doc: Value = serde_json::from_slice(body)
         .map_err(|e| ReviewError::bad_request(format!("malformed JSON: {e}")))?;
     let Some(top) = doc.as_object_mut() else {
@@ -176,7 +278,13 @@ pub fn review(body: &[u8], ctx: &Context<'_>) -> Result<Reviewed, ReviewError> {
     } else {
         format!("{}/{}/{}", gvk.group, gvk.version, gvk.kind)
     };
-    let mut summary = Summary {
+    let is_pod = gvk.group.is_empty() && gvk.version == "v1" && gvk.kind == "Pod";
+    let is_subresource = request
+        .sub_resource
+        .as_deref()
+        .is_some_and(|s| !s.is_empty());
+    let evaluated = is_pod && !is_subresource && request.operation == Operation::Create;
+    let summary = Summary {
         uid: request.uid.clone(),
         namespace,
         name,
@@ -187,76 +295,13 @@ pub fn review(body: &[u8], ctx: &Context<'_>) -> Result<Reviewed, ReviewError> {
         verdict: Verdict::Skipped,
         code: None,
     };
-    let mut response = Response {
-        uid: &request.uid,
-        allowed: true,
-        patch_type: None,
-        patch: None,
-        warnings: &[],
-        audit_annotations: None,
-        status: None,
-    };
-
-    let is_pod = gvk.group.is_empty() && gvk.version == "v1" && gvk.kind == "Pod";
-    let is_subresource = request
-        .sub_resource
-        .as_deref()
-        .is_some_and(|s| !s.is_empty());
-    let pod = match object {
-        Some(pod) if is_pod && !is_subresource && request.operation == Operation::Create => pod,
-        _ => {
-            let body = encode(&review.types.api_version, &review.types.kind, response)?;
-            return Ok(Reviewed { body, summary });
-        }
-    };
-
-    if !pod.is_object() {
-        summary.verdict = Verdict::Denied;
-        summary.code = Some(400);
-        response.allowed = false;
-        let message = format!(
-            "request.object must be a Pod object, found {}",
-            json_type(&pod)
-        );
-        response.status = Some(Status {
-            code: 400,
-            message: &message,
-        });
-        let body = encode(&review.types.api_version, &review.types.kind, response)?;
-        return Ok(Reviewed { body, summary });
-    }
-
-    let decision = engine::mutate(&pod, ctx);
-    summary.mode = Some(decision.mode);
-    response.warnings = &decision.warnings;
-    response.audit_annotations = Some(AuditAnnotations {
-        mode: decision.mode.as_str(),
-    });
-    let patch_b64;
-    match &decision.outcome {
-        Outcome::Patched(patch) if !patch.0.is_empty() => {
-            let json = serde_json::to_vec(patch).map_err(|e| ReviewError {
-                status: 500,
-                message: format!("cannot serialize the JSON patch: {e}"),
-            })?;
-            patch_b64 = base64::engine::general_purpose::STANDARD.encode(json);
-            response.patch_type = Some("JSONPatch");
-            response.patch = Some(&patch_b64);
-            summary.verdict = Verdict::Injected;
-        }
-        Outcome::Patched(_) | Outcome::Unchanged => summary.verdict = Verdict::Unchanged,
-        Outcome::Denied(denial) => {
-            response.allowed = false;
-            response.status = Some(Status {
-                code: denial.code,
-                message: &denial.message,
-            });
-            summary.verdict = Verdict::Denied;
-            summary.code = Some(denial.code);
-        }
-    }
-    let body = encode(&review.types.api_version, &review.types.kind, response)?;
-    Ok(Reviewed { body, summary })
+    Ok(Parsed {
+        api_version: review.types.api_version,
+        kind: review.types.kind,
+        uid: request.uid,
+        summary,
+        pod: object.filter(|_| evaluated),
+    })
 }
 
 /// Checks `apiVersion` and `kind` before anything else, so that a review in

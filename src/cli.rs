@@ -40,8 +40,38 @@ enum Command {
     Serve(ServeArgs),
     /// Mutate manifests offline (GitOps, CI): reads YAML or JSON, writes YAML.
     Inject(InjectArgs),
+    /// Say which mode applies to a pod and why, what would be injected, or why it is denied.
+    Explain(ExplainArgs),
     /// Write a CA and a serving certificate for the webhook's Service.
     Certs(CertsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ExplainArgs {
+    /// Pod manifest (YAML or JSON), or `-` for standard input.
+    #[arg(short = 'f', long = "filename", default_value = "-")]
+    file: String,
+    /// Labels of the pod's namespace, as the webhook would see them: k=v,k2=v2.
+    #[arg(long, value_parser = parse_labels, default_value = "")]
+    namespace_labels: Labels,
+    /// Configuration file (YAML); built-in defaults without it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+type Labels = std::collections::BTreeMap<String, String>;
+
+fn parse_labels(s: &str) -> Result<Labels, String> {
+    let mut out = Labels::new();
+    for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("{pair:?} is not key=value (expected k=v,k2=v2)"))?;
+        crate::validate::label_key(k.trim())?;
+        crate::validate::label_value(v.trim())?;
+        out.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    Ok(out)
 }
 
 #[derive(Debug, clap::Args)]
@@ -61,6 +91,10 @@ struct ServeArgs {
     /// Largest request body accepted, in bytes (an UPDATE review carries two objects).
     #[arg(long, default_value_t = 8 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// Read namespace labels from the cluster (in-cluster config or KUBECONFIG);
+    /// `--kube=false` turns namespace policy off.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    kube: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -117,6 +151,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Inject(args) => inject(args),
+        Command::Explain(args) => explain(args),
         Command::Certs(args) => certs(args),
     };
     match result {
@@ -151,31 +186,70 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
 
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(args.config.as_deref())?;
-    let opts = crate::server::ServeOptions {
-        listen: args.listen,
-        tls_cert: args.tls_cert,
-        tls_key: args.tls_key,
-        config,
-        max_body_bytes: args.max_body_bytes,
-    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(crate::server::serve(opts))?;
+    rt.block_on(async {
+        let opts = crate::server::ServeOptions {
+            listen: args.listen,
+            tls_cert: args.tls_cert,
+            tls_key: args.tls_key,
+            config,
+            max_body_bytes: args.max_body_bytes,
+            namespaces: crate::namespaces::connect(args.kube).await,
+        };
+        crate::server::serve(opts).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads a manifest file, or standard input for `-`.
+fn read_input(file: &str) -> anyhow::Result<String> {
+    if file == "-" {
+        let mut input = String::new();
+        std::io::stdin()
+            .read_to_string(&mut input)
+            .map_err(|e| anyhow::anyhow!("cannot read standard input: {e}"))?;
+        Ok(input)
+    } else {
+        std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("cannot read {file}: {e}"))
+    }
+}
+
+fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
+    let config = load_config(args.config.as_deref())?;
+    let input = read_input(&args.file)?;
+    let pod: serde_json::Value = serde_norway::from_str(&input)
+        .map_err(|e| anyhow::anyhow!("{} is not a YAML or JSON manifest: {e}", args.file))?;
+    if pod.get("kind").and_then(serde_json::Value::as_str) != Some("Pod") {
+        anyhow::bail!(
+            "{} is not a Pod (kind {}): explain takes one Pod manifest",
+            args.file,
+            pod.get("kind")
+                .map(|k| k.to_string())
+                .unwrap_or_else(|| "missing".into())
+        );
+    }
+    let namespace = pod
+        .pointer("/metadata/namespace")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("default")
+        .to_string();
+    let ctx = crate::engine::Context {
+        config: &config,
+        namespace: crate::engine::NamespacePolicy::Labels {
+            namespace: &namespace,
+            labels: &args.namespace_labels,
+        },
+        native_sidecars: true,
+    };
+    print!("{}", crate::explain::explain(&pod, &ctx));
     Ok(ExitCode::SUCCESS)
 }
 
 fn inject(args: InjectArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(args.config.as_deref())?;
-    let mut input = String::new();
-    if args.file == "-" {
-        std::io::stdin()
-            .read_to_string(&mut input)
-            .map_err(|e| anyhow::anyhow!("cannot read standard input: {e}"))?;
-    } else {
-        input = std::fs::read_to_string(&args.file)
-            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.file))?;
-    }
+    let input = read_input(&args.file)?;
     let opts = crate::inject::InjectOptions {
         mode: args.mode,
         config: &config,

@@ -43,6 +43,30 @@ pub struct ModeChoice {
     pub source: Source,
 }
 
+/// The mode that would apply before any gate, and where it comes from:
+/// the annotation, else the namespace label (when valid), else the inject
+/// flag, else the config default. What `explain` reports even for a denial.
+pub fn choose(
+    annotation: Option<Mode>,
+    namespace: NamespacePolicy<'_>,
+    config: &Config,
+) -> ModeChoice {
+    let label = match namespace {
+        NamespacePolicy::Labels { labels, .. } => labels
+            .get(LABEL_MODE)
+            .and_then(|v| v.parse::<Mode>().ok())
+            .map(|m| (m, Source::NamespaceLabel)),
+        NamespacePolicy::Offline { mode } => mode.map(|m| (m, Source::InjectFlag)),
+        NamespacePolicy::Off => None,
+    };
+    let (mode, source) = match (annotation, label) {
+        (Some(m), _) => (m, Source::Annotation),
+        (None, Some(found)) => found,
+        (None, None) => (config.default_mode, Source::ConfigDefault),
+    };
+    ModeChoice { mode, source }
+}
+
 fn forbidden(reasons: Vec<String>) -> Denial {
     Denial {
         code: 403,
@@ -54,35 +78,13 @@ fn forbidden(reasons: Vec<String>) -> Denial {
 /// every rule that applies, one sentence each.
 pub fn resolve(
     annotation: Option<Mode>,
-    namespace: NamespacePolicy<'_>,
+    policy: NamespacePolicy<'_>,
     config: &Config,
 ) -> Result<ModeChoice, Denial> {
-    match namespace {
-        NamespacePolicy::Offline { mode } => Ok(match (annotation, mode) {
-            (Some(m), _) => ModeChoice {
-                mode: m,
-                source: Source::Annotation,
-            },
-            (None, Some(m)) => ModeChoice {
-                mode: m,
-                source: Source::InjectFlag,
-            },
-            (None, None) => ModeChoice {
-                mode: config.default_mode,
-                source: Source::ConfigDefault,
-            },
-        }),
+    match policy {
+        NamespacePolicy::Offline { .. } => Ok(choose(annotation, policy, config)),
         NamespacePolicy::Off => {
-            let choice = match annotation {
-                Some(m) => ModeChoice {
-                    mode: m,
-                    source: Source::Annotation,
-                },
-                None => ModeChoice {
-                    mode: config.default_mode,
-                    source: Source::ConfigDefault,
-                },
-            };
+            let choice = choose(annotation, policy, config);
             if choice.mode == Mode::Dood && !config.dood.allow_without_namespace_policy {
                 return Err(forbidden(vec![format!(
                     "mode dood (from {}) is denied: namespace policy is off, and dood mounts the node's \
@@ -131,21 +133,12 @@ pub fn resolve(
                 Some(m) => (m, Source::NamespaceLabel),
                 None => (config.default_mode, Source::ConfigDefault),
             };
-            let choice = match annotation {
-                Some(m) => ModeChoice {
-                    mode: m,
-                    source: Source::Annotation,
-                },
-                None => ModeChoice {
-                    mode: ns_effective,
-                    source: ns_source,
-                },
-            };
+            let choice = choose(annotation, policy, config);
             let mut reasons = Vec::new();
             if enforce && choice.mode != ns_effective {
                 reasons.push(format!(
                     "namespace {namespace} enforces mode {ns_effective} (label {LABEL_ENFORCE}=true, mode from {ns_source}), \
-                     so the pod annotation nestdock.io/mode={} is not allowed.",
+                     so the pod annotation nestdock.io/mode={} is not allowed; remove it or set it to {ns_effective}.",
                     choice.mode
                 ));
             }

@@ -56,6 +56,7 @@ use tower::ServiceExt as _;
 use crate::admission;
 use crate::config::Config;
 use crate::engine::{Context, NamespacePolicy};
+use crate::namespaces::NamespaceCache;
 use crate::tls::CertResolver;
 
 /// What `nestdock serve` needs to run.
@@ -71,6 +72,8 @@ pub struct ServeOptions {
     pub config: Config,
     /// Largest request body accepted (an UPDATE review carries two objects).
     pub max_body_bytes: usize,
+    /// Namespace labels for policy; `None` turns namespace policy off.
+    pub namespaces: Option<NamespaceCache>,
 }
 
 /// Time limits of a connection (SPEC section 8). The defaults are the
@@ -122,6 +125,7 @@ struct AppState {
     max_body_bytes: usize,
     body_read: Duration,
     ready: Readiness,
+    namespaces: Option<NamespaceCache>,
 }
 
 /// A bound, not yet running server. [`bind`] then [`Server::run`]; in
@@ -156,6 +160,7 @@ pub async fn bind_with_limits(opts: ServeOptions, limits: Limits) -> anyhow::Res
         max_body_bytes: opts.max_body_bytes,
         body_read: limits.body_read,
         ready: Readiness(Arc::new(AtomicBool::new(true))),
+        namespaces: opts.namespaces,
     });
     Ok(Server {
         listener,
@@ -671,11 +676,18 @@ async fn healthz() -> Response {
     text(StatusCode::OK, "ok")
 }
 
+/// Ready when not shutting down and, with namespace policy on, once the
+/// namespace cache has its first full list.
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    if state.ready.is_ready() {
-        text(StatusCode::OK, "ok")
+    if !state.ready.is_ready() {
+        text(StatusCode::SERVICE_UNAVAILABLE, "not ready: shutting down")
+    } else if state.namespaces.as_ref().is_some_and(|c| !c.is_ready()) {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the namespace cache has not finished its first list",
+        )
     } else {
-        text(StatusCode::SERVICE_UNAVAILABLE, "not ready")
+        text(StatusCode::OK, "ok")
     }
 }
 
@@ -808,16 +820,52 @@ async fn mutate(State(state): State<Arc<AppState>>, request: Request) -> Respons
             return text(status, message);
         }
     };
-    let ctx = Context {
-        config: &state.config,
-        namespace: NamespacePolicy::Off,
-        native_sidecars: true,
-    };
     // The engine is pure code on untrusted input: a bug there must cost one
     // review (HTTP 500, which `failurePolicy` handles), not the connection.
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        admission::review(&body, &ctx)
-    }));
+    let parsed = match guarded(|| admission::parse(&body)) {
+        Ok(Ok(parsed)) => parsed,
+        Ok(Err(e)) => return refused(e, started),
+        Err(what) => return internal_error(&what, started),
+    };
+    // Namespace policy: labels from the watch-backed cache. When they cannot
+    // be had, HTTP 503 lets the API server apply the webhook's failurePolicy
+    // (closed for enforced namespaces) instead of nestdock guessing.
+    let namespace_name = parsed.pod_namespace().map(str::to_owned);
+    let namespace_obj;
+    let namespace = match (&state.namespaces, namespace_name.as_deref()) {
+        (Some(cache), Some(name)) => match cache.get(name).await {
+            Ok(found) => {
+                namespace_obj = found;
+                NamespacePolicy::Labels {
+                    namespace: name,
+                    labels: crate::namespaces::labels(&namespace_obj),
+                }
+            }
+            Err(e) => {
+                let s = parsed.summary();
+                tracing::warn!(
+                    uid = %s.uid,
+                    namespace = %s.namespace,
+                    name = %s.name,
+                    status = 503,
+                    error = %e,
+                    micros = micros(started),
+                    "review not answered: namespace policy unavailable"
+                );
+                return text(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+            }
+        },
+        _ => NamespacePolicy::Off,
+    };
+    let ctx = Context {
+        config: &state.config,
+        namespace,
+        native_sidecars: state
+            .namespaces
+            .as_ref()
+            .is_none_or(NamespaceCache::native_sidecars),
+    };
+    let result = guarded(|| parsed.answer(&ctx));
     match result {
         Ok(Ok(reviewed)) => {
             let s = &reviewed.summary;
@@ -844,29 +892,40 @@ async fn mutate(State(state): State<Arc<AppState>>, request: Request) -> Respons
             )
                 .into_response()
         }
-        Ok(Err(e)) => {
-            let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
-            tracing::warn!(
-                status = status.as_u16(),
-                error = %e.message,
-                micros = micros(started),
-                "review refused"
-            );
-            text(status, e.message)
-        }
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".to_string());
-            tracing::error!(error = %what, micros = micros(started), "review failed: internal error");
-            text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("internal error while handling the review: {what}"),
-            )
-        }
+        Ok(Err(e)) => refused(e, started),
+        Err(what) => internal_error(&what, started),
     }
+}
+
+/// Runs `f`, turning a panic into its message.
+fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
+        panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_string())
+    })
+}
+
+/// A body that is not a readable review: plain-text HTTP error with the reason.
+fn refused(e: admission::ReviewError, started: std::time::Instant) -> Response {
+    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
+    tracing::warn!(
+        status = status.as_u16(),
+        error = %e.message,
+        micros = micros(started),
+        "review refused"
+    );
+    text(status, e.message)
+}
+
+fn internal_error(what: &str, started: std::time::Instant) -> Response {
+    tracing::error!(error = %what, micros = micros(started), "review failed: internal error");
+    text(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("internal error while handling the review: {what}"),
+    )
 }
 
 fn micros(started: std::time::Instant) -> u64 {
@@ -909,6 +968,7 @@ mod tests {
             tls_key: dir.path().join("tls.key"),
             config: Config::default(),
             max_body_bytes: 1024,
+            namespaces: None,
         };
         let server = bind_with_limits(opts, SHORT).await.unwrap();
         let addr = server.local_addr();

@@ -162,7 +162,8 @@ fn listening_addr(line: &str) -> Option<SocketAddr> {
 fn serve_command(program: &Path, config: Option<&Path>) -> Command {
     let dir = certs_dir();
     let mut cmd = Command::new(program);
-    cmd.args(["serve", "--listen", "127.0.0.1:0"])
+    // Namespace policy off: tests/namespaces.rs covers it against a fake API.
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--kube=false"])
         .arg("--tls-cert")
         .arg(dir.join("tls.crt"))
         .arg("--tls-key")

@@ -1,0 +1,273 @@
+//! Namespace labels for policy (SPEC section 3), from a watch-backed cache.
+//!
+//! A kube reflector keeps every Namespace's labels in memory, so a review
+//! never waits on the API server: the request path reads the store. Only a
+//! namespace the watch has not delivered yet (created a moment ago) is
+//! fetched once directly and remembered. The watcher relists and resumes on
+//! its own after a disconnect; meanwhile the last known labels keep serving.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client};
+
+/// How long a direct fetch of a missing namespace may take on the request path.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a namespace's labels are not available.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LookupError {
+    #[error("the namespace cache has not finished its first list yet")]
+    NotReady,
+    #[error("namespace {name} is not in the cache and could not be fetched: {reason}")]
+    Unavailable { name: String, reason: String },
+}
+
+/// Labels of namespaces, kept current by a watch.
+#[derive(Clone)]
+pub struct NamespaceCache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store<Namespace>,
+    ready: AtomicBool,
+    native_sidecars: AtomicBool,
+    api: Api<Namespace>,
+    /// Namespaces fetched directly because the watch had not delivered them.
+    fetched: RwLock<HashMap<String, Arc<Namespace>>>,
+}
+
+impl std::fmt::Debug for NamespaceCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NamespaceCache")
+            .field("ready", &self.is_ready())
+            .field("namespaces", &self.len())
+            .finish()
+    }
+}
+
+/// Connects to the cluster and starts the cache, or says once why namespace
+/// policy is off: `--kube=false`, or no cluster configuration (no in-cluster
+/// service account, no kubeconfig) when run locally.
+pub async fn connect(kube: bool) -> Option<NamespaceCache> {
+    if !kube {
+        tracing::info!(
+            "namespace policy is off (--kube=false): pod annotations and the config decide alone"
+        );
+        return None;
+    }
+    crate::tls::install_ring();
+    match Client::try_default().await {
+        Ok(client) => Some(NamespaceCache::start(client)),
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                "namespace policy is off: no cluster configuration found (in-cluster or kubeconfig)"
+            );
+            None
+        }
+    }
+}
+
+/// Keeps only what policy reads: the labels (10,000 namespaces stay small).
+fn strip(ns: &mut Namespace) {
+    ns.metadata.managed_fields = None;
+    ns.metadata.annotations = None;
+    ns.metadata.owner_references = None;
+    ns.metadata.finalizers = None;
+    ns.spec = None;
+    ns.status = None;
+}
+
+/// Parses the API server's version and says whether it runs native sidecars
+/// (1.29 and newer). Minor versions may carry a suffix (`"29+"` on EKS/GKE).
+pub fn supports_native_sidecars(major: &str, minor: &str) -> bool {
+    let digits = |s: &str| -> Option<u32> {
+        let d: String = s.chars().take_while(char::is_ascii_digit).collect();
+        d.parse().ok()
+    };
+    match (digits(major), digits(minor)) {
+        (Some(maj), Some(min)) => maj > 1 || (maj == 1 && min >= 29),
+        _ => true,
+    }
+}
+
+async fn detect_native_sidecars(client: &Client) -> Option<bool> {
+    match client.apiserver_version().await {
+        Ok(info) => {
+            let native = supports_native_sidecars(&info.major, &info.minor);
+            tracing::info!(
+                version = %info.git_version,
+                native_sidecars = native,
+                "API server version read"
+            );
+            Some(native)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the API server version; keeping the previous sidecar choice");
+            None
+        }
+    }
+}
+
+impl NamespaceCache {
+    /// Starts the watch in the background and returns at once; [`is_ready`]
+    /// turns true when the first full list has arrived.
+    ///
+    /// [`is_ready`]: NamespaceCache::is_ready
+    pub fn start(client: Client) -> NamespaceCache {
+        let api: Api<Namespace> = Api::all(client.clone());
+        let (store, writer) = reflector::store();
+        let inner = Arc::new(Inner {
+            store,
+            ready: AtomicBool::new(false),
+            native_sidecars: AtomicBool::new(true),
+            api: api.clone(),
+            fetched: RwLock::new(HashMap::new()),
+        });
+        let task_inner = inner.clone();
+        tokio::spawn(async move {
+            if let Some(native) = detect_native_sidecars(&client).await {
+                task_inner.native_sidecars.store(native, Ordering::Relaxed);
+            }
+            let stream = watcher(api, watcher::Config::default())
+                .default_backoff()
+                .modify(strip);
+            let mut stream = std::pin::pin!(reflector::reflector(writer, stream));
+            let mut failed = false;
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(watcher::Event::InitDone) => {
+                        let count = task_inner.store.len();
+                        if failed {
+                            tracing::info!(
+                                namespaces = count,
+                                "namespace watch reconnected and relisted"
+                            );
+                            if let Some(native) = detect_native_sidecars(&client).await {
+                                task_inner.native_sidecars.store(native, Ordering::Relaxed);
+                            }
+                        } else if !task_inner.ready.load(Ordering::Relaxed) {
+                            tracing::info!(namespaces = count, "namespace cache synced");
+                        }
+                        failed = false;
+                        task_inner.ready.store(true, Ordering::Release);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        if !failed {
+                            tracing::warn!(
+                                error = %e,
+                                "namespace watch lost; reconnecting with backoff, last known labels keep serving"
+                            );
+                        }
+                        failed = true;
+                    }
+                }
+            }
+        });
+        NamespaceCache { inner }
+    }
+
+    /// True once the first full list has arrived (and ever after: a lost watch
+    /// keeps serving the last known labels while it reconnects).
+    pub fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::Acquire)
+    }
+
+    /// Whether the API server runs native sidecars (resolves `sidecar: auto`).
+    pub fn native_sidecars(&self) -> bool {
+        self.inner.native_sidecars.load(Ordering::Relaxed)
+    }
+
+    /// Number of namespaces in the watch-backed store.
+    pub fn len(&self) -> usize {
+        self.inner.store.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inner.store.is_empty()
+    }
+
+    /// The namespace as cached, without any I/O; `None` when it is not there.
+    pub fn cached(&self, name: &str) -> Option<Arc<Namespace>> {
+        if let Some(ns) = self.inner.store.get(&ObjectRef::new(name)) {
+            return Some(ns);
+        }
+        self.inner
+            .fetched
+            .read()
+            .ok()
+            .and_then(|f| f.get(name).cloned())
+    }
+
+    /// The namespace for a review: from the cache, or fetched once directly
+    /// when the watch has not delivered it yet.
+    pub async fn get(&self, name: &str) -> Result<Arc<Namespace>, LookupError> {
+        if !self.is_ready() {
+            return Err(LookupError::NotReady);
+        }
+        if let Some(ns) = self.inner.store.get(&ObjectRef::new(name)) {
+            // The watch caught up: forget a direct fetch of it.
+            if let Ok(mut f) = self.inner.fetched.try_write() {
+                f.remove(name);
+            }
+            return Ok(ns);
+        }
+        if let Some(ns) = self
+            .inner
+            .fetched
+            .read()
+            .ok()
+            .and_then(|f| f.get(name).cloned())
+        {
+            return Ok(ns);
+        }
+        let unavailable = |reason: String| LookupError::Unavailable {
+            name: name.to_string(),
+            reason,
+        };
+        let mut ns = tokio::time::timeout(FETCH_TIMEOUT, self.inner.api.get(name))
+            .await
+            .map_err(|_| unavailable(format!("no answer within {FETCH_TIMEOUT:?}")))?
+            .map_err(|e| unavailable(e.to_string()))?;
+        strip(&mut ns);
+        let ns = Arc::new(ns);
+        tracing::info!(
+            namespace = name,
+            "namespace fetched directly (not yet in the watch cache)"
+        );
+        if let Ok(mut f) = self.inner.fetched.write() {
+            f.insert(name.to_string(), ns.clone());
+        }
+        Ok(ns)
+    }
+}
+
+/// The labels of a cached namespace (empty when it has none).
+pub fn labels(ns: &Namespace) -> &BTreeMap<String, String> {
+    static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+    ns.metadata.labels.as_ref().unwrap_or(&EMPTY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn native_sidecars_from_version() {
+        assert!(supports_native_sidecars("1", "29"));
+        assert!(supports_native_sidecars("1", "31+"));
+        assert!(!supports_native_sidecars("1", "28"));
+        assert!(!supports_native_sidecars("1", "27+"));
+        assert!(supports_native_sidecars("2", "0"));
+        assert!(supports_native_sidecars("?", ""));
+    }
+}
