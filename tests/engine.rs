@@ -572,3 +572,37 @@ fn sidecar_auto_follows_the_api_server() {
     assert_eq!(out["spec"]["containers"][1]["name"], "nestdock-dind");
     invariants::check_against(Some(&p), &out, &cfg);
 }
+
+/// The patched pods of the main cases also pass the independent Kubernetes
+/// schema check (kubernetes-validate, strict): our reading of the Pod schema
+/// is not the only judge.
+#[test]
+fn patched_pods_pass_the_kubernetes_schema() {
+    let mut dood = Config::default();
+    dood.dood.allow_without_namespace_policy = true;
+    dood.dood.socket_group = Some(998);
+    dood.dood.node_selector.insert("nestdock.io/docker".into(), "true".into());
+    let ephemeral = Config::from_yaml(
+        "dind:\n  storage: {ephemeral: {storageClassName: fast, size: 50Gi}}\n  bip: 172.30.0.1/16\n  defaultAddressPools: [{base: 172.31.0.0/16, size: 24}]\n",
+    )
+    .unwrap();
+    let mut with_mounts = app("build");
+    with_mounts["volumeMounts"] = json!([{"name": "src", "mountPath": "/workspace", "subPath": "app", "readOnly": true}]);
+    let cases = [
+        (pod(json!({"nestdock.io/mode": "dind"}), json!({"containers": [app("build")]})), Config::default()),
+        (
+            pod(
+                json!({"nestdock.io/mode": "dind", "nestdock.io/memory-limit": "4Gi", "nestdock.io/storage-limit": "20Gi"}),
+                json!({"initContainers": [app("fetch")], "containers": [with_mounts, app("test")], "volumes": [{"name": "src", "emptyDir": {}}]}),
+            ),
+            Config::default(),
+        ),
+        (pod(json!({"nestdock.io/mode": "dind-rootless"}), json!({"containers": [app("build")]})), Config::default()),
+        (pod(json!({"nestdock.io/mode": "dind", "nestdock.io/tls": "true"}), json!({"containers": [app("build")]})), Config::default()),
+        (pod(json!({"nestdock.io/mode": "dind", "nestdock.io/sidecar": "container"}), json!({"containers": [app("build")]})), Config::default()),
+        (pod(json!({"nestdock.io/mode": "dood"}), json!({"initContainers": [app("warm")], "containers": [app("build")]})), dood),
+        (pod(json!({"nestdock.io/mode": "dind"}), json!({"containers": [app("build")]})), ephemeral),
+    ];
+    let patched: Vec<Value> = cases.iter().map(|(p, cfg)| injected(p, cfg).0).collect();
+    common::schema::validate_k8s(&patched);
+}

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod invariants;
+pub mod schema;
 
 use serde_json::Value;
 
