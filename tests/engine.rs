@@ -581,15 +581,24 @@ fn patched_pods_pass_the_kubernetes_schema() {
     let mut dood = Config::default();
     dood.dood.allow_without_namespace_policy = true;
     dood.dood.socket_group = Some(998);
-    dood.dood.node_selector.insert("nestdock.io/docker".into(), "true".into());
+    dood.dood
+        .node_selector
+        .insert("nestdock.io/docker".into(), "true".into());
     let ephemeral = Config::from_yaml(
         "dind:\n  storage: {ephemeral: {storageClassName: fast, size: 50Gi}}\n  bip: 172.30.0.1/16\n  defaultAddressPools: [{base: 172.31.0.0/16, size: 24}]\n",
     )
     .unwrap();
     let mut with_mounts = app("build");
-    with_mounts["volumeMounts"] = json!([{"name": "src", "mountPath": "/workspace", "subPath": "app", "readOnly": true}]);
+    with_mounts["volumeMounts"] =
+        json!([{"name": "src", "mountPath": "/workspace", "subPath": "app", "readOnly": true}]);
     let cases = [
-        (pod(json!({"nestdock.io/mode": "dind"}), json!({"containers": [app("build")]})), Config::default()),
+        (
+            pod(
+                json!({"nestdock.io/mode": "dind"}),
+                json!({"containers": [app("build")]}),
+            ),
+            Config::default(),
+        ),
         (
             pod(
                 json!({"nestdock.io/mode": "dind", "nestdock.io/memory-limit": "4Gi", "nestdock.io/storage-limit": "20Gi"}),
@@ -597,11 +606,41 @@ fn patched_pods_pass_the_kubernetes_schema() {
             ),
             Config::default(),
         ),
-        (pod(json!({"nestdock.io/mode": "dind-rootless"}), json!({"containers": [app("build")]})), Config::default()),
-        (pod(json!({"nestdock.io/mode": "dind", "nestdock.io/tls": "true"}), json!({"containers": [app("build")]})), Config::default()),
-        (pod(json!({"nestdock.io/mode": "dind", "nestdock.io/sidecar": "container"}), json!({"containers": [app("build")]})), Config::default()),
-        (pod(json!({"nestdock.io/mode": "dood"}), json!({"initContainers": [app("warm")], "containers": [app("build")]})), dood),
-        (pod(json!({"nestdock.io/mode": "dind"}), json!({"containers": [app("build")]})), ephemeral),
+        (
+            pod(
+                json!({"nestdock.io/mode": "dind-rootless"}),
+                json!({"containers": [app("build")]}),
+            ),
+            Config::default(),
+        ),
+        (
+            pod(
+                json!({"nestdock.io/mode": "dind", "nestdock.io/tls": "true"}),
+                json!({"containers": [app("build")]}),
+            ),
+            Config::default(),
+        ),
+        (
+            pod(
+                json!({"nestdock.io/mode": "dind", "nestdock.io/sidecar": "container"}),
+                json!({"containers": [app("build")]}),
+            ),
+            Config::default(),
+        ),
+        (
+            pod(
+                json!({"nestdock.io/mode": "dood"}),
+                json!({"initContainers": [app("warm")], "containers": [app("build")]}),
+            ),
+            dood,
+        ),
+        (
+            pod(
+                json!({"nestdock.io/mode": "dind"}),
+                json!({"containers": [app("build")]}),
+            ),
+            ephemeral,
+        ),
     ];
     let patched: Vec<Value> = cases.iter().map(|(p, cfg)| injected(p, cfg).0).collect();
     common::schema::validate_k8s(&patched);
