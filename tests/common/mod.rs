@@ -2,6 +2,7 @@
 //! SPEC section 1 invariants every patched pod must satisfy.
 #![allow(dead_code)]
 
+pub mod harness;
 pub mod invariants;
 pub mod schema;
 
