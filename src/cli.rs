@@ -5,6 +5,7 @@ use std::io::{IsTerminal, Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -88,13 +89,70 @@ struct ServeArgs {
     /// Configuration file (YAML); built-in defaults without it.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Largest request body accepted, in bytes (an UPDATE review carries two objects).
-    #[arg(long, default_value_t = 8 * 1024 * 1024)]
+    /// Largest request body accepted, in bytes; a larger one gets HTTP 413.
+    /// Above axum's 2 MiB default: an UPDATE review carries two objects.
+    #[arg(long, default_value_t = crate::server::DEFAULT_MAX_BODY_BYTES, value_name = "BYTES")]
     max_body_bytes: usize,
     /// Read namespace labels from the cluster (in-cluster config or KUBECONFIG);
     /// `--kube=false` turns namespace policy off.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     kube: bool,
+    /// Address of the Prometheus endpoint (plain HTTP, GET /metrics): reviews
+    /// by mode and outcome, latency, in-flight reviews, certificate reloads,
+    /// namespace cache state. Not served unless given.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+    /// Open connections served at once; at the limit new connections wait in
+    /// the listen backlog until one closes.
+    #[arg(long, default_value_t = 4096, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// Concurrent streams allowed on one HTTP/2 connection.
+    #[arg(long, default_value_t = 256, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_concurrent_streams: u32,
+    /// Deadline of one review, from its request head to its answer; past it the
+    /// answer is HTTP 503 (the API server then applies the webhook's
+    /// failurePolicy, as it would on its own timeout). Nine tenths of the API
+    /// server's `?timeout=` applies when shorter. Keep it below the webhook's
+    /// timeoutSeconds.
+    #[arg(long, default_value = "9s", value_parser = parse_positive_duration, value_name = "DURATION")]
+    request_timeout: Duration,
+    /// Time allowed for the TLS handshake, for a request's headers, and for
+    /// its body, each; a slower client is cut off (408 for a body).
+    #[arg(long, default_value = "10s", value_parser = parse_positive_duration, value_name = "DURATION")]
+    read_timeout: Duration,
+    /// How long an idle keep-alive connection is kept; longer than the API
+    /// server's own 90 s, so that nestdock never closes a connection the API
+    /// server is about to reuse.
+    #[arg(long, default_value = "120s", value_parser = parse_positive_duration, value_name = "DURATION")]
+    idle_timeout: Duration,
+    /// After SIGTERM: how long to keep serving with /readyz false, so that
+    /// the Service stops routing here before the listener closes. Keep
+    /// shutdown-delay + drain-timeout below terminationGracePeriodSeconds.
+    #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    shutdown_delay: Duration,
+    /// After the listener closes: how long in-flight requests may take to
+    /// finish before the process exits anyway.
+    #[arg(long, default_value = "20s", value_parser = parse_duration, value_name = "DURATION")]
+    drain_timeout: Duration,
+    /// The certificate files are reloaded when their directory changes
+    /// (inotify); they are also compared this often, in case an event was
+    /// missed.
+    #[arg(long, default_value = "60s", value_parser = parse_positive_duration, value_name = "DURATION")]
+    cert_check_interval: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    crate::server::parse_duration(s)
+}
+
+/// A duration that must be above zero.
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match crate::server::parse_duration(s)? {
+        d if d.is_zero() => Err(format!("{s:?} must be above zero")),
+        d => Ok(d),
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -197,8 +255,21 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             config,
             max_body_bytes: args.max_body_bytes,
             namespaces: crate::namespaces::connect(args.kube).await,
+            metrics_listen: args.metrics_listen,
+            cert_check_interval: args.cert_check_interval,
+            shutdown_delay: args.shutdown_delay,
         };
-        crate::server::serve(opts).await
+        let limits = crate::server::Limits {
+            handshake: args.read_timeout,
+            header_read: args.read_timeout,
+            body_read: args.read_timeout,
+            keep_alive_idle: args.idle_timeout,
+            drain: args.drain_timeout,
+            request: args.request_timeout,
+            max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
+            max_streams: args.max_concurrent_streams,
+        };
+        crate::server::serve_with_limits(opts, limits).await
     })?;
     Ok(ExitCode::SUCCESS)
 }

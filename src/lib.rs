@@ -13,6 +13,7 @@ pub mod config;
 pub mod engine;
 pub mod explain;
 pub mod inject;
+pub mod metrics;
 pub mod mode;
 pub mod namespaces;
 pub mod policy;

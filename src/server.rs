@@ -23,6 +23,34 @@
 //!   the client always closes first); HTTP/2 pings do not count as activity;
 //! - the request body must arrive within [`Limits::body_read`] (10 s), enforced
 //!   by the `/mutate` handler.
+//!
+//! Beyond time, what one client can hold is bounded too:
+//!
+//! - at most [`Limits::max_connections`] open connections (4096): at the cap
+//!   the accept loop stops accepting, so new connections wait in the kernel's
+//!   backlog instead of being reset;
+//! - at most [`Limits::max_streams`] concurrent HTTP/2 streams per connection
+//!   (256);
+//! - request bodies up to `--max-body-bytes` (8 MiB; 413 above);
+//! - a review must be answered within [`Limits::request`] (9 s), or within
+//!   nine tenths of the `?timeout=` the API server appends, whichever is
+//!   shorter. Past it the answer is HTTP 503 with the reason. The API server
+//!   would treat its own timeout exactly like a 503, applying the webhook's
+//!   `failurePolicy` (Ignore: the pod is created unmutated; Fail: it is
+//!   refused), so answering first changes nothing for the pod, but frees the
+//!   handler at once, and the API server's error names the cause instead of
+//!   "context deadline exceeded".
+//!
+//! Shutdown (SIGTERM): `/readyz` turns 503 at once, connections keep being
+//! served for [`ServeOptions::shutdown_delay`] (5 s) while the endpoints
+//! controller takes the pod out of the Service (a listener closed right away
+//! would refuse the connections still routed here), then the listener closes,
+//! idle connections are closed, in-flight requests finish (at most
+//! [`Limits::drain`], 20 s) and the process exits 0. SIGINT skips the delay.
+//!
+//! Panics: the engine runs inside `catch_unwind` (a panic costs one review:
+//! HTTP 500 and a log line), and so does every request as a whole; the
+//! connection and the server go on.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -46,16 +74,17 @@ use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
-use crate::admission;
+use crate::admission::{self, Summary};
 use crate::config::Config;
 use crate::engine::{Context, NamespacePolicy};
+use crate::metrics::{Metrics, Outcome, MODE_UNKNOWN};
 use crate::namespaces::NamespaceCache;
 use crate::tls::CertResolver;
 
@@ -74,10 +103,39 @@ pub struct ServeOptions {
     pub max_body_bytes: usize,
     /// Namespace labels for policy; `None` turns namespace policy off.
     pub namespaces: Option<NamespaceCache>,
+    /// Address of the plain-HTTP Prometheus endpoint; `None` serves none.
+    pub metrics_listen: Option<SocketAddr>,
+    /// How often the certificate files are compared with what is served, in
+    /// case a file event was missed (events trigger a check at once).
+    pub cert_check_interval: Duration,
+    /// After SIGTERM, how long connections keep being accepted with `/readyz`
+    /// false, so that the Service stops routing here first.
+    pub shutdown_delay: Duration,
 }
 
-/// Time limits of a connection (SPEC section 8). The defaults are the
-/// product's; tests use shorter ones in-process.
+impl ServeOptions {
+    /// The product's defaults around the three things that have none.
+    pub fn new(listen: SocketAddr, tls_cert: PathBuf, tls_key: PathBuf) -> ServeOptions {
+        ServeOptions {
+            listen,
+            tls_cert,
+            tls_key,
+            config: Config::default(),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            namespaces: None,
+            metrics_listen: None,
+            cert_check_interval: crate::tls::WatchOptions::default().interval,
+            shutdown_delay: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Default request body limit: above axum's 2 MiB, since an UPDATE review
+/// carries two objects.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+
+/// Time and size limits of connections and requests (SPEC section 8). The
+/// defaults are the product's; tests use shorter ones in-process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// From TCP accept to a finished TLS handshake.
@@ -90,6 +148,13 @@ pub struct Limits {
     pub body_read: Duration,
     /// After SIGTERM, how long open connections may take to finish.
     pub drain: Duration,
+    /// A review's deadline, from the handler's start to its answer (also
+    /// bounded by the API server's `?timeout=`).
+    pub request: Duration,
+    /// Open connections at once; at the cap, accepting pauses.
+    pub max_connections: usize,
+    /// Concurrent streams on one HTTP/2 connection.
+    pub max_streams: u32,
 }
 
 impl Default for Limits {
@@ -100,6 +165,9 @@ impl Default for Limits {
             keep_alive_idle: Duration::from_secs(120),
             body_read: Duration::from_secs(10),
             drain: Duration::from_secs(20),
+            request: Duration::from_secs(9),
+            max_connections: 4096,
+            max_streams: 256,
         }
     }
 }
@@ -124,8 +192,10 @@ struct AppState {
     config: Config,
     max_body_bytes: usize,
     body_read: Duration,
+    request_timeout: Duration,
     ready: Readiness,
     namespaces: Option<NamespaceCache>,
+    metrics: Arc<Metrics>,
 }
 
 /// A bound, not yet running server. [`bind`] then [`Server::run`]; in
@@ -133,10 +203,13 @@ struct AppState {
 pub struct Server {
     listener: TcpListener,
     local_addr: SocketAddr,
+    metrics_listener: Option<(TcpListener, SocketAddr)>,
     acceptor: TlsAcceptor,
     certs: Arc<CertResolver>,
+    cert_watch: crate::tls::WatchOptions,
     state: Arc<AppState>,
     limits: Limits,
+    shutdown_delay: Duration,
 }
 
 /// Loads the certificate and binds the listener with the default [`Limits`].
@@ -155,29 +228,86 @@ pub async fn bind_with_limits(opts: ServeOptions, limits: Limits) -> anyhow::Res
     let local_addr = listener
         .local_addr()
         .with_context(|| format!("cannot read the address bound for {}", opts.listen))?;
+    let metrics_listener = match opts.metrics_listen {
+        Some(addr) => {
+            let listener = crate::metrics::bind(addr).await?;
+            let bound = listener
+                .local_addr()
+                .with_context(|| format!("cannot read the address bound for {addr}"))?;
+            Some((listener, bound))
+        }
+        None => None,
+    };
+    anyhow::ensure!(
+        limits.max_connections > 0,
+        "the connection limit must be at least 1 (--max-connections)"
+    );
+    anyhow::ensure!(
+        limits.max_streams > 0,
+        "the HTTP/2 stream limit must be at least 1 (--max-concurrent-streams)"
+    );
+    anyhow::ensure!(
+        !opts.cert_check_interval.is_zero(),
+        "the certificate check interval must be above zero (--cert-check-interval)"
+    );
+    let metrics = Arc::new(Metrics::new(opts.namespaces.clone()));
     let state = Arc::new(AppState {
         config: opts.config,
         max_body_bytes: opts.max_body_bytes,
         body_read: limits.body_read,
+        request_timeout: limits.request,
         ready: Readiness(Arc::new(AtomicBool::new(true))),
         namespaces: opts.namespaces,
+        metrics,
     });
     Ok(Server {
         listener,
         local_addr,
+        metrics_listener,
         acceptor: TlsAcceptor::from(tls_config),
         certs,
+        cert_watch: crate::tls::WatchOptions {
+            interval: opts.cert_check_interval,
+            ..crate::tls::WatchOptions::default()
+        },
         state,
         limits,
+        shutdown_delay: opts.shutdown_delay,
     })
 }
 
 /// Runs the webhook until SIGTERM or SIGINT, then drains and returns.
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
-    let server = bind(opts).await?;
+    serve_with_limits(opts, Limits::default()).await
+}
+
+/// [`serve`] with other limits.
+pub async fn serve_with_limits(opts: ServeOptions, limits: Limits) -> anyhow::Result<()> {
+    let server = bind_with_limits(opts, limits).await?;
     let addr = server.local_addr();
     tracing::info!(%addr, "listening on {addr}");
-    server.run(shutdown_signal()).await
+    if let Some(metrics) = server.metrics_addr() {
+        tracing::info!(%metrics, "metrics at http://{metrics}/metrics");
+    }
+    let ready = server.readiness();
+    let delay = server.shutdown_delay;
+    server
+        .run(async move {
+            let signal = shutdown_signal().await;
+            ready.set(false);
+            if signal == "SIGTERM" && !delay.is_zero() {
+                tracing::info!(
+                    delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                    "readiness off; still serving during the shutdown delay so that the Service stops routing here"
+                );
+                // A second signal cuts the delay short.
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    _ = shutdown_signal() => {}
+                }
+            }
+        })
+        .await
 }
 
 impl Server {
@@ -196,28 +326,77 @@ impl Server {
         self.certs.clone()
     }
 
+    /// The metrics this server updates.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.state.metrics.clone()
+    }
+
+    /// The address of the metrics endpoint, when one was asked for.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().map(|(_, addr)| *addr)
+    }
+
     /// Accepts connections until `shutdown` completes; then stops accepting,
     /// lets open connections finish their requests (at most
     /// [`Limits::drain`]) and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let Server {
             listener,
+            metrics_listener,
             acceptor,
+            certs,
+            cert_watch,
             state,
             limits,
             ..
         } = self;
         let ready = state.ready.clone();
+        let metrics = state.metrics.clone();
         let router = router(state);
-        let builder = Arc::new(http_builder());
+        let builder = Arc::new(http_builder(&limits));
         // `stop` tells connections to finish; `open` counts them: every
         // connection task holds a receiver, and `closed()` resolves when the
         // last one is gone.
         let (stop_tx, stop_rx) = watch::channel(false);
         let (open_tx, open_rx) = watch::channel(());
 
+        let reload_metrics = metrics.clone();
+        let _cert_watcher = crate::tls::watch(certs, cert_watch, move |ok| {
+            reload_metrics.cert_reload(ok);
+        });
+        // The metrics endpoint outlives the drain (it is stopped last), so
+        // that a scrape can watch in-flight reviews go to zero.
+        let (metrics_stop_tx, metrics_stop_rx) = watch::channel(false);
+        let metrics_task = metrics_listener.map(|(listener, _)| {
+            tokio::spawn(crate::metrics::serve(
+                listener,
+                metrics.clone(),
+                metrics_stop_rx,
+            ))
+        });
+
+        let slots = Arc::new(Semaphore::new(limits.max_connections));
+        let mut saturated = false;
         tokio::pin!(shutdown);
         loop {
+            if slots.available_permits() == 0 && !saturated {
+                saturated = true;
+                tracing::warn!(
+                    max_connections = limits.max_connections,
+                    "connection limit reached: new connections wait until one closes (--max-connections)"
+                );
+            }
+            let permit = tokio::select! {
+                () = &mut shutdown => break,
+                permit = slots.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+            };
+            if saturated && slots.available_permits() > limits.max_connections / 10 {
+                saturated = false;
+                tracing::info!("connections below the limit again");
+            }
             let (tcp, peer) = tokio::select! {
                 () = &mut shutdown => break,
                 accepted = listener.accept() => match accepted {
@@ -239,6 +418,7 @@ impl Server {
                 limits,
                 stop: stop_rx.clone(),
                 _open: open_rx.clone(),
+                _slot: permit,
             };
             tokio::spawn(conn.serve(tcp, peer));
         }
@@ -261,13 +441,17 @@ impl Server {
                 "connections still open after the drain period; closing them"
             );
         }
+        let _ = metrics_stop_tx.send(true);
+        if let Some(task) = metrics_task {
+            let _ = task.await;
+        }
         tracing::info!("stopped");
         Ok(())
     }
 }
 
-/// Resolves on SIGTERM (what Kubernetes sends) or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
+/// Resolves on SIGTERM (what Kubernetes sends) or SIGINT (Ctrl-C), naming it.
+async fn shutdown_signal() -> &'static str {
     #[cfg(unix)]
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -298,22 +482,30 @@ async fn shutdown_signal() {
     };
     tracing::info!(
         signal,
-        "shutting down: no new connections, open ones may finish"
+        "shutting down: readiness off, then no new connections; open ones may finish"
     );
+    signal
 }
 
 /// HTTP/1.1 with keep-alive and HTTP/2 on the same port, chosen by ALPN (or the
 /// HTTP/2 preface). hyper's header timeout is off: `TimedIo` does it.
-fn http_builder() -> auto::Builder<TokioExecutor> {
+fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .keep_alive(true)
         .header_read_timeout(None)
-        .max_headers(100);
-    builder.http2().max_concurrent_streams(250);
+        .max_headers(100)
+        .max_buf_size(MAX_HEADER_BYTES);
+    builder
+        .http2()
+        .max_concurrent_streams(limits.max_streams)
+        .max_header_list_size(MAX_HEADER_BYTES as u32);
     builder
 }
+
+/// Largest request head accepted (the API server's are well under 1 KiB).
+const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// One accepted connection and what it needs.
 struct Conn {
@@ -324,6 +516,8 @@ struct Conn {
     stop: watch::Receiver<bool>,
     /// Held for the connection's lifetime: the drain waits for all of them.
     _open: watch::Receiver<()>,
+    /// The connection's place under [`Limits::max_connections`].
+    _slot: OwnedSemaphorePermit,
 }
 
 impl Conn {
@@ -333,8 +527,26 @@ impl Conn {
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
         }
+        let handshake_deadline = Instant::now() + self.limits.handshake;
+        let tcp = tokio::select! {
+            checked = tokio::time::timeout_at(handshake_deadline, refuse_plain_http(tcp, peer)) => {
+                match checked {
+                    Ok(Some(tcp)) => tcp,
+                    Ok(None) => return,
+                    Err(_) => {
+                        tracing::info!(
+                            %peer,
+                            timeout_secs = self.limits.handshake.as_secs(),
+                            "TLS handshake timed out"
+                        );
+                        return;
+                    }
+                }
+            }
+            _ = self.stop.changed() => return,
+        };
         let tls = tokio::select! {
-            handshake = tokio::time::timeout(self.limits.handshake, self.acceptor.accept(tcp)) => {
+            handshake = tokio::time::timeout_at(handshake_deadline, self.acceptor.accept(tcp)) => {
                 match handshake {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => {
@@ -371,6 +583,7 @@ impl Conn {
             activity,
         };
         let conn = self.builder.serve_connection(TokioIo::new(io), service);
+        // The connection's slot is given back when this task ends.
         tokio::pin!(conn);
         let result = tokio::select! {
             result = conn.as_mut() => result,
@@ -385,6 +598,55 @@ impl Conn {
             tracing::debug!(%peer, error = %e, "connection ended with an error");
         }
     }
+}
+
+/// The first byte of a TLS connection is a handshake record (0x16). A client
+/// that speaks plain HTTP to this port gets a plain-text 400 that says so
+/// (as Go's servers do), rather than a TLS alert it cannot read. Returns the
+/// stream, nothing read from it, when it may be TLS; `None` when it was
+/// answered or is gone.
+async fn refuse_plain_http(mut tcp: TcpStream, peer: SocketAddr) -> Option<TcpStream> {
+    let mut first = [0u8; 1];
+    match tcp.peek(&mut first).await {
+        Ok(0) => {
+            tracing::debug!(%peer, "connection closed before the TLS handshake");
+            return None;
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "connection failed before the TLS handshake");
+            return None;
+        }
+    }
+    // Every HTTP/1 method (and the HTTP/2 preface, "PRI") starts with an
+    // upper-case letter; a TLS record starts with a content type below 0x20.
+    if !first[0].is_ascii_uppercase() {
+        return Some(tcp);
+    }
+    tracing::info!(%peer, status = 400, "plain HTTP on the HTTPS port");
+    let body = "this port speaks HTTPS only; the client sent plain HTTP (use https://)\n";
+    let response = format!(
+        "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    if tcp.write_all(response.as_bytes()).await.is_ok() {
+        let _ = tcp.shutdown().await;
+        // Closing with unread bytes would reset the connection, and the
+        // client might lose the answer: read what it sends (a little, briefly).
+        let mut sink = [0u8; 4096];
+        let mut total = 0usize;
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while let Ok(n) = tcp.read(&mut sink).await {
+                total += n;
+                if n == 0 || total > 64 * 1024 {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    None
 }
 
 /// What a connection's [`TimedIo`] needs to know about its requests.
@@ -468,12 +730,53 @@ impl hyper::service::Service<hyper::Request<Incoming>> for ConnService {
     fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
         let guard = InFlight::enter(&self.activity);
         let router = self.router.clone();
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let handled = CatchPanic(Box::pin(router.oneshot(request)));
         Box::pin(async move {
-            let response = router.oneshot(request).await;
+            let response = match handled.await {
+                Ok(response) => response,
+                Err(what) => {
+                    tracing::error!(%method, path, status = 500, error = %what, "request handler panicked; the server goes on");
+                    text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("internal error while handling the request: {what}"),
+                    )
+                }
+            };
             drop(guard);
-            response
+            Ok(response)
         })
     }
+}
+
+/// A future whose panic becomes an `Err` with the panic's message, so that a
+/// bug in a handler costs one request (HTTP 500), not the connection.
+struct CatchPanic<F>(Pin<Box<F>>);
+
+impl<F, T> Future for CatchPanic<F>
+where
+    F: Future<Output = Result<T, Infallible>>,
+{
+    type Output = Result<T, String>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let inner = &mut self.get_mut().0;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.as_mut().poll(cx))) {
+            Ok(Poll::Ready(Ok(value))) => Poll::Ready(Ok(value)),
+            Ok(Poll::Ready(Err(never))) => match never {},
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(panic) => Poll::Ready(Err(panic_message(panic.as_ref()))),
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_string())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -797,9 +1100,200 @@ async fn collect_limited(
     Ok((!*over).then(|| Bytes::from(buf)))
 }
 
-/// `POST /mutate`: one AdmissionReview, one log line.
+/// `POST /mutate`: one AdmissionReview, one log line, counted in the metrics.
 async fn mutate(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let started = std::time::Instant::now();
+    let _inflight = state.metrics.review_started();
+    let mut counted = Abandoned {
+        metrics: &state.metrics,
+        started,
+        answered: false,
+    };
+    let deadline = review_deadline(state.request_timeout, request.uri().query());
+    // What is known of the review when the deadline cuts it short.
+    let mut known: Option<Summary> = None;
+    let handled =
+        tokio::time::timeout(deadline, review(&state, request, started, &mut known)).await;
+    let (response, mode, outcome) = match handled {
+        Ok(done) => done,
+        Err(_) => failed(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the review was not answered within its deadline of {:.1} s \
+                 (serve --request-timeout, or nine tenths of the API server's timeout)",
+                deadline.as_secs_f64()
+            ),
+            known.as_ref(),
+            started,
+        ),
+    };
+    counted.answered = true;
+    state.metrics.review_done(mode, outcome, started.elapsed());
+    response
+}
+
+/// Counts (as an error) and logs a review whose handler was dropped before it
+/// answered: the client closed the connection or reset the stream, which the
+/// API server does when its own timeout passes.
+struct Abandoned<'a> {
+    metrics: &'a Metrics,
+    started: std::time::Instant,
+    answered: bool,
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        tracing::warn!(
+            mode = %MODE_UNKNOWN,
+            outcome = %Outcome::Error,
+            micros = micros(self.started),
+            "review abandoned: the client went away before the answer"
+        );
+        self.metrics
+            .review_done(MODE_UNKNOWN, Outcome::Error, self.started.elapsed());
+    }
+}
+
+/// The review's deadline: `configured`, or nine tenths of the `timeout` the
+/// API server puts in the query (`?timeout=10s`) when that is shorter, so that
+/// nestdock answers before the API server gives up.
+fn review_deadline(configured: Duration, query: Option<&str>) -> Duration {
+    let asked = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| pair.strip_prefix("timeout="))
+        .and_then(|value| parse_duration(value).ok())
+        .filter(|d| !d.is_zero());
+    match asked {
+        Some(asked) => configured.min(asked.mul_f64(0.9)),
+        None => configured,
+    }
+}
+
+/// Parses a duration as Go prints it (`10s`, `1m30s`, `500ms`, `1.5s`; units
+/// `h`, `m`, `s`, `ms`, `us`, `µs`, `ns`), or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = |why: &str| {
+        format!("invalid duration {text:?}: {why} (expected e.g. 10s, 500ms, 1m30s, or seconds)")
+    };
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(bad("empty"));
+    }
+    if let Ok(secs) = text.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs).map_err(|_| bad("out of range"));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| bad("a number without a unit"))?;
+        if number_len == 0 {
+            return Err(bad("a unit without a number"));
+        }
+        let number: f64 = rest[..number_len]
+            .parse()
+            .map_err(|_| bad("not a number"))?;
+        rest = &rest[number_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return Err(bad("unknown unit")),
+        };
+        rest = &rest[unit_len..];
+        total += Duration::try_from_secs_f64(number * scale).map_err(|_| bad("out of range"))?;
+    }
+    Ok(total)
+}
+
+/// Why a `Content-Type` is refused: the API server always sends
+/// `application/json`; a request without the header is read as JSON too.
+fn content_type_problem(headers: &axum::http::HeaderMap) -> Option<String> {
+    let value = headers.get(header::CONTENT_TYPE)?;
+    let essence = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase());
+    match essence.as_deref() {
+        Some("application/json") => None,
+        _ => Some(format!(
+            "unsupported Content-Type {}: an AdmissionReview is sent as application/json",
+            String::from_utf8_lossy(value.as_bytes())
+        )),
+    }
+}
+
+/// A review answered with an HTTP error (no AdmissionReview): its log line
+/// and what the metrics count.
+fn failed(
+    status: StatusCode,
+    message: String,
+    known: Option<&Summary>,
+    started: std::time::Instant,
+) -> (Response, &'static str, Outcome) {
+    let field = |f: fn(&Summary) -> &str| known.map(f).unwrap_or("-");
+    let (uid, namespace, name, kind) = (
+        field(|s| &s.uid),
+        field(|s| &s.namespace),
+        field(|s| &s.name),
+        field(|s| &s.kind),
+    );
+    let operation = known.map(|s| s.operation).unwrap_or("-");
+    if status.is_server_error() {
+        tracing::error!(
+            uid = %uid,
+            namespace = %namespace,
+            name = %name,
+            kind = %kind,
+            operation = %operation,
+            mode = %MODE_UNKNOWN,
+            outcome = %Outcome::Error,
+            status = status.as_u16(),
+            error = %message,
+            micros = micros(started),
+            "review"
+        );
+    } else {
+        tracing::warn!(
+            uid = %uid,
+            namespace = %namespace,
+            name = %name,
+            kind = %kind,
+            operation = %operation,
+            mode = %MODE_UNKNOWN,
+            outcome = %Outcome::Error,
+            status = status.as_u16(),
+            error = %message,
+            micros = micros(started),
+            "review"
+        );
+    }
+    (text(status, message), MODE_UNKNOWN, Outcome::Error)
+}
+
+/// Reads, decides and answers one review; `known` receives the review's
+/// summary as soon as it is parsed.
+async fn review(
+    state: &AppState,
+    request: Request,
+    started: std::time::Instant,
+    known: &mut Option<Summary>,
+) -> (Response, &'static str, Outcome) {
+    if let Some(problem) = content_type_problem(request.headers()) {
+        return failed(StatusCode::UNSUPPORTED_MEDIA_TYPE, problem, None, started);
+    }
     let drain = request.version() < axum::http::Version::HTTP_2;
     let body = match read_body(
         request.into_body(),
@@ -810,23 +1304,19 @@ async fn mutate(State(state): State<Arc<AppState>>, request: Request) -> Respons
     .await
     {
         Ok(body) => body,
-        Err((status, message)) => {
-            tracing::warn!(
-                status = status.as_u16(),
-                error = %message,
-                micros = micros(started),
-                "review not read"
-            );
-            return text(status, message);
-        }
+        Err((status, message)) => return failed(status, message, None, started),
     };
     // The engine is pure code on untrusted input: a bug there must cost one
     // review (HTTP 500, which `failurePolicy` handles), not the connection.
     let parsed = match guarded(|| admission::parse(&body)) {
         Ok(Ok(parsed)) => parsed,
-        Ok(Err(e)) => return refused(e, started),
-        Err(what) => return internal_error(&what, started),
+        Ok(Err(e)) => {
+            let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
+            return failed(status, e.message, None, started);
+        }
+        Err(what) => return internal_error(&what, None, started),
     };
+    *known = Some(parsed.summary().clone());
     // Namespace policy: labels from the watch-backed cache. When they cannot
     // be had, HTTP 503 lets the API server apply the webhook's failurePolicy
     // (closed for enforced namespaces) instead of nestdock guessing.
@@ -842,17 +1332,12 @@ async fn mutate(State(state): State<Arc<AppState>>, request: Request) -> Respons
                 }
             }
             Err(e) => {
-                let s = parsed.summary();
-                tracing::warn!(
-                    uid = %s.uid,
-                    namespace = %s.namespace,
-                    name = %s.name,
-                    status = 503,
-                    error = %e,
-                    micros = micros(started),
-                    "review not answered: namespace policy unavailable"
-                );
-                return text(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+                return failed(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("namespace policy unavailable: {e}"),
+                    known.as_ref(),
+                    started,
+                )
             }
         },
         _ => NamespacePolicy::Off,
@@ -865,10 +1350,11 @@ async fn mutate(State(state): State<Arc<AppState>>, request: Request) -> Respons
             .as_ref()
             .is_none_or(NamespaceCache::native_sidecars),
     };
-    let result = guarded(|| parsed.answer(&ctx));
-    match result {
+    match guarded(|| parsed.answer(&ctx)) {
         Ok(Ok(reviewed)) => {
             let s = &reviewed.summary;
+            let mode = s.mode.map(|m| m.as_str()).unwrap_or(MODE_UNKNOWN);
+            let outcome = Outcome::from(s.verdict);
             tracing::info!(
                 uid = %s.uid,
                 namespace = %s.namespace,
@@ -876,13 +1362,13 @@ async fn mutate(State(state): State<Arc<AppState>>, request: Request) -> Respons
                 kind = %s.kind,
                 operation = %s.operation,
                 dry_run = s.dry_run,
-                mode = %s.mode.map(|m| m.as_str()).unwrap_or("-"),
-                outcome = %s.verdict,
+                mode = %mode,
+                outcome = %outcome,
                 code = s.code,
                 micros = micros(started),
                 "review"
             );
-            (
+            let response = (
                 StatusCode::OK,
                 [(
                     header::CONTENT_TYPE,
@@ -890,41 +1376,33 @@ async fn mutate(State(state): State<Arc<AppState>>, request: Request) -> Respons
                 )],
                 reviewed.body,
             )
-                .into_response()
+                .into_response();
+            (response, mode, outcome)
         }
-        Ok(Err(e)) => refused(e, started),
-        Err(what) => internal_error(&what, started),
+        Ok(Err(e)) => {
+            let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
+            failed(status, e.message, known.as_ref(), started)
+        }
+        Err(what) => internal_error(&what, known.as_ref(), started),
     }
 }
 
 /// Runs `f`, turning a panic into its message.
 fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
-        panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".to_string())
-    })
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .map_err(|panic| panic_message(panic.as_ref()))
 }
 
-/// A body that is not a readable review: plain-text HTTP error with the reason.
-fn refused(e: admission::ReviewError, started: std::time::Instant) -> Response {
-    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
-    tracing::warn!(
-        status = status.as_u16(),
-        error = %e.message,
-        micros = micros(started),
-        "review refused"
-    );
-    text(status, e.message)
-}
-
-fn internal_error(what: &str, started: std::time::Instant) -> Response {
-    tracing::error!(error = %what, micros = micros(started), "review failed: internal error");
-    text(
+fn internal_error(
+    what: &str,
+    known: Option<&Summary>,
+    started: std::time::Instant,
+) -> (Response, &'static str, Outcome) {
+    failed(
         StatusCode::INTERNAL_SERVER_ERROR,
         format!("internal error while handling the review: {what}"),
+        known,
+        started,
     )
 }
 
@@ -948,6 +1426,9 @@ mod tests {
         keep_alive_idle: Duration::from_millis(1200),
         body_read: Duration::from_millis(300),
         drain: Duration::from_secs(2),
+        request: Duration::from_secs(5),
+        max_connections: 64,
+        max_streams: 16,
     };
 
     struct Running {
@@ -959,18 +1440,22 @@ mod tests {
     }
 
     async fn start() -> Running {
+        start_with(SHORT).await
+    }
+
+    async fn start_with(limits: Limits) -> Running {
         let dir = tempfile::tempdir().unwrap();
         let bundle = crate::certs::generate("nestdock", "nestdock-system").unwrap();
         bundle.write_to(dir.path()).unwrap();
         let opts = ServeOptions {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            tls_cert: dir.path().join("tls.crt"),
-            tls_key: dir.path().join("tls.key"),
-            config: Config::default(),
             max_body_bytes: 1024,
-            namespaces: None,
+            ..ServeOptions::new(
+                "127.0.0.1:0".parse().unwrap(),
+                dir.path().join("tls.crt"),
+                dir.path().join("tls.key"),
+            )
         };
-        let server = bind_with_limits(opts, SHORT).await.unwrap();
+        let server = bind_with_limits(opts, limits).await.unwrap();
         let addr = server.local_addr();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let done = tokio::spawn(server.run(async {
@@ -986,8 +1471,12 @@ mod tests {
     }
 
     async fn connect(running: &Running, alpn: &[u8]) -> TlsStream<TcpStream> {
+        connect_to(running.addr, &running.ca, alpn).await
+    }
+
+    async fn connect_to(addr: SocketAddr, ca: &[u8], alpn: &[u8]) -> TlsStream<TcpStream> {
         let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(&running.ca) {
+        for cert in CertificateDer::pem_slice_iter(ca) {
             roots.add(cert.unwrap()).unwrap();
         }
         let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -998,7 +1487,7 @@ mod tests {
         .with_root_certificates(roots)
         .with_no_client_auth();
         config.alpn_protocols = vec![alpn.to_vec()];
-        let tcp = TcpStream::connect(running.addr).await.unwrap();
+        let tcp = TcpStream::connect(addr).await.unwrap();
         tokio_rustls::TlsConnector::from(Arc::new(config))
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
             .await
@@ -1163,5 +1652,134 @@ mod tests {
         // The idle keep-alive connection was closed, not waited for.
         closed_after(&mut tls).await;
         assert!(TcpStream::connect(running.addr).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn slow_review_gets_503_at_the_deadline() {
+        let running = start_with(Limits {
+            request: Duration::from_millis(200),
+            body_read: Duration::from_secs(5),
+            ..SHORT
+        })
+        .await;
+        let mut tls = connect(&running, b"http/1.1").await;
+        tls.write_all(
+            b"POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{\"apiVersion\"",
+        )
+        .await
+        .unwrap();
+        let response = read_response(&mut tls).await.expect("a response");
+        assert!(response.starts_with("HTTP/1.1 503"), "{response}");
+        assert!(response.contains("deadline of 0.2 s"), "{response}");
+    }
+
+    #[tokio::test]
+    async fn plain_http_on_the_tls_port_gets_a_readable_400() {
+        let running = start().await;
+        let mut tcp = TcpStream::connect(running.addr).await.unwrap();
+        tcp.write_all(HEALTHZ).await.unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(5), tcp.read_to_string(&mut answer))
+            .await
+            .expect("answered and closed within 5 s")
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        assert!(answer.contains("HTTPS"), "{answer}");
+        // TLS clients are still served.
+        let mut tls = connect(&running, b"http/1.1").await;
+        tls.write_all(HEALTHZ).await.unwrap();
+        assert!(read_response(&mut tls)
+            .await
+            .unwrap()
+            .starts_with("HTTP/1.1 200"));
+    }
+
+    #[tokio::test]
+    async fn connections_over_the_cap_wait_for_a_slot() {
+        let running = start_with(Limits {
+            max_connections: 2,
+            handshake: Duration::from_secs(5),
+            header_read: Duration::from_secs(5),
+            ..SHORT
+        })
+        .await;
+        let mut first = connect(&running, b"http/1.1").await;
+        let _second = connect(&running, b"http/1.1").await;
+        // The third is queued by the kernel, not served: no handshake yet.
+        let third = tokio::spawn({
+            let (addr, ca) = (running.addr, running.ca.clone());
+            async move { connect_to(addr, &ca, b"http/1.1").await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !third.is_finished(),
+            "a third connection was served over the cap"
+        );
+        // Closing one lets it in.
+        first
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(read_response(&mut first).await.is_some());
+        drop(first);
+        let mut third = tokio::time::timeout(Duration::from_secs(5), third)
+            .await
+            .expect("served once a slot was free")
+            .unwrap();
+        third.write_all(HEALTHZ).await.unwrap();
+        assert!(read_response(&mut third)
+            .await
+            .unwrap()
+            .starts_with("HTTP/1.1 200"));
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_costs_one_request() {
+        let ok = CatchPanic(Box::pin(async { Ok::<_, Infallible>(1) })).await;
+        assert_eq!(ok, Ok(1));
+        let panicked = CatchPanic(Box::pin(async {
+            if std::hint::black_box(true) {
+                panic!("boom in a handler");
+            }
+            Ok::<u8, Infallible>(0)
+        }))
+        .await;
+        assert_eq!(panicked, Err("boom in a handler".to_string()));
+    }
+
+    #[test]
+    fn durations_and_deadlines() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        for bad in ["", "s", "10x", "ten", "-1"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+        let nine = Duration::from_secs(9);
+        assert_eq!(review_deadline(nine, Some("timeout=10s")), nine);
+        assert_eq!(
+            review_deadline(nine, Some("x=1&timeout=5s")),
+            Duration::from_millis(4500)
+        );
+        assert_eq!(review_deadline(nine, Some("timeout=30s")), nine);
+        assert_eq!(review_deadline(nine, Some("timeout=0s")), nine);
+        assert_eq!(review_deadline(nine, Some("timeout=junk")), nine);
+        assert_eq!(review_deadline(nine, None), nine);
+    }
+
+    #[test]
+    fn content_types() {
+        let mut headers = axum::http::HeaderMap::new();
+        assert_eq!(content_type_problem(&headers), None);
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("Application/JSON; charset=utf-8"),
+        );
+        assert_eq!(content_type_problem(&headers), None);
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/yaml"));
+        let problem = content_type_problem(&headers).unwrap();
+        assert!(problem.contains("text/yaml") && problem.contains("application/json"));
     }
 }
