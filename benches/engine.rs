@@ -1,0 +1,208 @@
+//! Criterion benchmarks of the engine alone, no sockets (`cargo bench --bench engine`):
+//!
+//! - `mutate/typical`: `engine::mutate` on the typical pod of `bench/run.sh`
+//!   (target: under 10 µs);
+//! - `containers/mutate/N`: pods of 1, 10, 100 and 1000 containers, each with
+//!   env, a volume of its own and the service-account token; the table printed
+//!   at the end gives the cost per container, which must not grow with N;
+//! - `review/*`: `admission::review`, bytes in and bytes out, on the three
+//!   bodies of `bench/run.sh`;
+//! - `floor/*`: what the floor server does with the same bytes (parse into a
+//!   `serde_json::Value`), the in-process bound that `review/*` is held to.
+//!
+//! The pods are built by `bench/common/src/pods.rs`, the same code that writes
+//! the fixtures `bench/run.sh` sends.
+
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use nestdock::admission;
+use nestdock::config::Config;
+use nestdock::engine::{self, Context, NamespacePolicy, Outcome};
+use serde_json::Value;
+
+#[path = "../bench/common/src/pods.rs"]
+mod pods;
+
+const SIZES: [usize; 4] = [1, 10, 100, 1000];
+
+fn ctx(config: &Config) -> Context<'_> {
+    Context {
+        config,
+        namespace: NamespacePolicy::Off,
+        native_sidecars: true,
+    }
+}
+
+/// Fails loudly when the engine does not inject: a benchmark of a denial
+/// would measure the wrong thing.
+fn assert_injects(pod: &Value, config: &Config) {
+    let decision = engine::mutate(pod, &ctx(config));
+    assert!(
+        matches!(decision.outcome, Outcome::Patched(ref p) if !p.0.is_empty()),
+        "the benchmark pod is not injected: {:?}",
+        decision.outcome
+    );
+}
+
+fn bench_engine(c: &mut Criterion) {
+    let config = Config::default();
+    let typical = pods::typical_pod();
+    assert_injects(&typical, &config);
+    c.bench_function("mutate/typical", |b| {
+        b.iter(|| engine::mutate(black_box(&typical), &ctx(&config)))
+    });
+
+    let mut group = c.benchmark_group("containers");
+    for n in SIZES {
+        let pod = pods::pod_with_containers(n);
+        assert_injects(&pod, &config);
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_with_input(BenchmarkId::new("mutate", n), &pod, |b, pod| {
+            b.iter(|| engine::mutate(black_box(pod), &ctx(&config)))
+        });
+    }
+    group.finish();
+}
+
+fn bodies() -> Vec<(&'static str, Vec<u8>)> {
+    [
+        ("typical", pods::typical_pod()),
+        ("c100", pods::pod_with_containers(100)),
+        ("1mib", pods::large_pod(1024 * 1024)),
+    ]
+    .into_iter()
+    .map(|(name, pod)| {
+        let body = serde_json::to_vec(&pods::review(&pod)).expect("serializable");
+        (name, body)
+    })
+    .collect()
+}
+
+fn bench_review(c: &mut Criterion) {
+    let config = Config::default();
+    let bodies = bodies();
+    let mut group = c.benchmark_group("review");
+    for (name, body) in &bodies {
+        let answer = admission::review(body, &ctx(&config)).expect("a readable review");
+        assert_eq!(
+            answer.summary.verdict,
+            admission::Verdict::Injected,
+            "{name}"
+        );
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(name), body, |b, body| {
+            b.iter(|| admission::review(black_box(body), &ctx(&config)))
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("floor");
+    for (name, body) in &bodies {
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(name), body, |b, body| {
+            b.iter(|| serde_json::from_slice::<Value>(black_box(body)).expect("JSON"))
+        });
+    }
+    group.finish();
+}
+
+/// Where Criterion writes its estimates (its own rule: `CRITERION_HOME`, else
+/// the cargo target directory).
+fn criterion_dir() -> PathBuf {
+    if let Some(home) = std::env::var_os("CRITERION_HOME") {
+        return PathBuf::from(home);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
+    target.join("criterion")
+}
+
+/// Criterion's mean estimate of one benchmark, in nanoseconds.
+fn mean_ns(id: &str) -> Option<f64> {
+    let path = criterion_dir().join(id).join("new").join("estimates.json");
+    let json: Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    json.pointer("/mean/point_estimate")?.as_f64()
+}
+
+fn fmt_ns(ns: f64) -> String {
+    if ns >= 1_000_000.0 {
+        format!("{:.2} ms", ns / 1_000_000.0)
+    } else if ns >= 1_000.0 {
+        format!("{:.2} µs", ns / 1_000.0)
+    } else {
+        format!("{ns:.0} ns")
+    }
+}
+
+/// The per-container table: total per pod, per container, and the marginal
+/// cost of a container between two sizes (constant when growth is linear).
+fn print_per_container() {
+    let times: Vec<(usize, f64)> = SIZES
+        .iter()
+        .filter_map(|&n| mean_ns(&format!("containers/mutate/{n}")).map(|t| (n, t)))
+        .collect();
+    if times.len() != SIZES.len() {
+        return;
+    }
+    println!("\nengine::mutate by number of containers (Criterion's mean estimates)");
+    println!(
+        "{:>10}  {:>10}  {:>14}  {:>26}",
+        "containers", "per pod", "per container", "marginal, from the previous"
+    );
+    let mut previous: Option<(usize, f64)> = None;
+    for &(n, t) in &times {
+        let marginal = previous
+            .map(|(m, u)| fmt_ns((t - u) / (n - m) as f64))
+            .unwrap_or_default();
+        println!(
+            "{n:>10}  {:>10}  {:>14}  {:>26}",
+            fmt_ns(t),
+            fmt_ns(t / n as f64),
+            marginal
+        );
+        previous = Some((n, t));
+    }
+    let per = |n: usize| {
+        times
+            .iter()
+            .find(|(m, _)| *m == n)
+            .map(|(_, t)| t / n as f64)
+    };
+    if let (Some(a), Some(b)) = (per(10), per(1000)) {
+        println!(
+            "cost per container at 1000 ÷ at 10: {:.2}× (linear growth: about 1.0× or below)",
+            b / a
+        );
+    }
+    if let Some(t) = mean_ns("mutate/typical") {
+        println!("typical pod: {} (target: under 10 µs)", fmt_ns(t));
+    }
+    for name in ["typical", "c100", "1mib"] {
+        if let (Some(r), Some(f)) = (
+            mean_ns(&format!("review/{name}")),
+            mean_ns(&format!("floor/{name}")),
+        ) {
+            println!(
+                "admission::review on {name}: {} = {:.2}× the floor's parse into a Value ({})",
+                fmt_ns(r),
+                r / f,
+                fmt_ns(f)
+            );
+        }
+    }
+}
+
+fn main() {
+    let mut c = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .configure_from_args();
+    bench_engine(&mut c);
+    bench_review(&mut c);
+    c.final_summary();
+    print_per_container();
+}
