@@ -10,6 +10,7 @@ use serde_json::{json, Map, Value};
 
 use crate::config::{Config, Sidecar, SidecarConfig, Storage};
 use crate::mode::Mode;
+use crate::pod::{Container, Field, Metadata, Pairs, Spec, Volume};
 use crate::quantity::Quantity;
 
 /// What the engine knows about the pod's namespace.
@@ -122,23 +123,34 @@ const DAEMON_SYSTEM_PATHS: [&str; 14] = [
 
 /// Decides what happens to `pod` (the object exactly as the API server sent it).
 pub fn mutate(pod: &Value, ctx: &Context<'_>) -> Decision {
-    let annotations = pod
-        .pointer("/metadata/annotations")
-        .and_then(Value::as_object);
+    match crate::pod::from_value(pod) {
+        Ok(pod) => mutate_pod(&pod, ctx),
+        Err(message) => denied(ctx.config.default_mode, 400, message),
+    }
+}
+
+/// [`mutate`] on the pod's JSON text, as the webhook receives it: the pod is
+/// read borrowed and typed, without building a tree of it.
+pub fn mutate_json(pod: &str, ctx: &Context<'_>) -> Decision {
+    match crate::pod::from_json(pod) {
+        Ok(pod) => mutate_pod(&pod, ctx),
+        Err(message) => denied(ctx.config.default_mode, 400, message),
+    }
+}
+
+/// [`mutate`] on a pod already read (the webhook reads it with the review).
+pub fn mutate_pod(pod: &crate::pod::Pod<'_>, ctx: &Context<'_>) -> Decision {
+    let annotations = pod.metadata.as_ref().and_then(|m| m.annotations.as_ref());
     // Idempotency: the API server may call again (reinvocationPolicy: IfNeeded)
     // and `inject` may run twice; a pod we already patched is left alone.
     if let Some(done) = annotations.and_then(|a| a.get(crate::annotations::INJECTED)) {
-        let mode = done
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(Mode::None);
         return Decision {
-            mode,
+            mode: done.parse().unwrap_or(Mode::None),
             outcome: Outcome::Unchanged,
             warnings: Vec::new(),
         };
     }
-    let ann = match crate::annotations::parse(annotations) {
+    let ann = match crate::annotations::parse(annotations.into_iter().flat_map(Pairs::iter)) {
         Ok(a) => a,
         Err(message) => return denied(ctx.config.default_mode, 400, message),
     };
@@ -207,7 +219,7 @@ struct Slot<'a> {
     list: &'static str,
     index: usize,
     name: &'a str,
-    obj: &'a Map<String, Value>,
+    obj: &'a Container<'a>,
 }
 
 /// The pieces of a mode's wiring that differ between dind, rootless, TLS and dood.
@@ -226,52 +238,18 @@ fn ptr<'t>(tokens: impl IntoIterator<Item = &'t str>) -> PointerBuf {
     PointerBuf::from_tokens(tokens)
 }
 
-fn slots<'a>(spec: &'a Map<String, Value>, list: &'static str) -> Result<Vec<Slot<'a>>, Denial> {
-    let Some(items) = spec.get(list) else {
-        return Ok(Vec::new());
-    };
-    if items.is_null() {
-        return Ok(Vec::new());
-    }
-    let items = items
-        .as_array()
-        .ok_or_else(|| bad(format!("spec.{list} must be a list")))?;
+fn slots<'a>(list: &'static str, items: &'a Field<Vec<Container<'a>>>) -> Vec<Slot<'a>> {
     items
+        .items()
         .iter()
         .enumerate()
-        .map(|(index, c)| {
-            let obj = c
-                .as_object()
-                .ok_or_else(|| bad(format!("spec.{list}[{index}] must be an object")))?;
-            let name = obj
-                .get("name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| bad(format!("spec.{list}[{index}] has no name")))?;
-            Ok(Slot {
-                list,
-                index,
-                name,
-                obj,
-            })
+        .map(|(index, c)| Slot {
+            list,
+            index,
+            name: c.name.as_ref(),
+            obj: c,
         })
         .collect()
-}
-
-fn mounts(c: &Map<String, Value>) -> impl Iterator<Item = &Map<String, Value>> {
-    c.get("volumeMounts")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_object)
-}
-
-fn mount_path(m: &Map<String, Value>) -> &str {
-    let p = m.get("mountPath").and_then(Value::as_str).unwrap_or("");
-    if p.len() > 1 {
-        p.trim_end_matches('/')
-    } else {
-        p
-    }
 }
 
 /// True when `path` is `base` or lies below it.
@@ -296,56 +274,39 @@ fn limit_warning(mut s: String) -> String {
 
 /// The parts of the pod the engine reads, resolved once.
 struct PodView<'a> {
-    spec: &'a Map<String, Value>,
-    meta: Option<&'a Map<String, Value>>,
+    spec: &'a Spec<'a>,
+    meta: Option<&'a Metadata<'a>>,
     init: Vec<Slot<'a>>,
     app: Vec<Slot<'a>>,
 }
 
 impl<'a> PodView<'a> {
-    fn new(pod: &'a Value) -> Result<PodView<'a>, Denial> {
+    fn new(pod: &'a crate::pod::Pod<'a>) -> Result<PodView<'a>, Denial> {
         let spec = pod
-            .get("spec")
-            .and_then(Value::as_object)
+            .spec
+            .as_ref()
             .ok_or_else(|| bad("the pod has no spec object".to_string()))?;
         Ok(PodView {
             spec,
-            meta: pod.get("metadata").and_then(Value::as_object),
-            init: slots(spec, "initContainers")?,
-            app: slots(spec, "containers")?,
+            meta: pod.metadata.as_ref(),
+            init: slots("initContainers", &spec.init_containers),
+            app: slots("containers", &spec.containers),
         })
     }
 
-    fn list(&self, key: &str) -> impl Iterator<Item = &'a Map<String, Value>> {
-        self.spec
-            .get(key)
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_object)
-    }
-
-    fn volume(&self, name: &str) -> Option<&'a Map<String, Value>> {
-        self.list("volumes")
-            .find(|v| v.get("name").and_then(Value::as_str) == Some(name))
-    }
-
-    fn flag(&self, key: &str) -> Option<bool> {
-        self.spec.get(key).and_then(Value::as_bool)
+    fn volume(&self, name: &str) -> Option<&'a Volume<'a>> {
+        self.spec.volumes.items().iter().find(|v| v.name == name)
     }
 }
 
 /// Mounts of the service-account token: the ServiceAccount admission plugin
 /// adds them to every container, and the daemon has no use for them.
 fn is_service_account_token(view: &PodView<'_>, name: &str, path: &str) -> bool {
-    if under(path, SA_TOKEN_PATH) || name.starts_with("kube-api-access-") {
-        return true;
-    }
-    view.volume(name)
-        .and_then(|v| v.get("projected"))
-        .and_then(|p| p.get("sources"))
-        .and_then(Value::as_array)
-        .is_some_and(|s| s.iter().any(|src| src.get("serviceAccountToken").is_some()))
+    under(path, SA_TOKEN_PATH)
+        || name.starts_with("kube-api-access-")
+        || view
+            .volume(name)
+            .is_some_and(Volume::is_service_account_token)
 }
 
 struct Planner<'v, 'a> {
@@ -371,24 +332,15 @@ impl<'v, 'a> Planner<'v, 'a> {
             .push(PatchOperation::Add(AddOperation { path, value }));
     }
 
-    /// Appends `items` to the list `key` of the object `parent` found at
-    /// `parent_path`. An absent or null list is added whole, because
-    /// `add .../-` needs the list to exist in the object as sent.
-    fn append(
-        &mut self,
-        parent: &Map<String, Value>,
-        parent_path: &[&str],
-        key: &str,
-        items: Vec<Value>,
-    ) {
+    /// Appends `items` to the list at `path`. A list that is absent or null
+    /// in the object as sent is added whole, because `add .../-` needs the
+    /// list to exist.
+    fn append(&mut self, exists: bool, path: &[&str], items: Vec<Value>) {
         if items.is_empty() {
             return;
         }
-        let mut path: Vec<&str> = parent_path.to_vec();
-        path.push(key);
-        if parent.get(key).is_some_and(Value::is_array) {
-            path.push("-");
-            let p = ptr(path.iter().copied());
+        if exists {
+            let p = ptr(path.iter().copied().chain(["-"]));
             for item in items {
                 self.add(p.clone(), item);
             }
@@ -547,12 +499,35 @@ impl<'v, 'a> Planner<'v, 'a> {
     }
 
     fn check_container_name_free(&self, name: &str) -> Result<(), Denial> {
-        for list in ["initContainers", "containers", "ephemeralContainers"] {
-            if self
-                .view
-                .list(list)
-                .any(|c| c.get("name").and_then(Value::as_str) == Some(name))
-            {
+        let spec = self.view.spec;
+        let lists: [(&str, Vec<&str>); 3] = [
+            (
+                "initContainers",
+                spec.init_containers
+                    .items()
+                    .iter()
+                    .map(|c| c.name.as_ref())
+                    .collect(),
+            ),
+            (
+                "containers",
+                spec.containers
+                    .items()
+                    .iter()
+                    .map(|c| c.name.as_ref())
+                    .collect(),
+            ),
+            (
+                "ephemeralContainers",
+                spec.ephemeral_containers
+                    .items()
+                    .iter()
+                    .map(|c| c.name.as_ref())
+                    .collect(),
+            ),
+        ];
+        for (list, names) in lists {
+            if names.contains(&name) {
                 return Err(bad(format!(
                     "the pod already has a container named {name} (in spec.{list}), the name of the \
                      daemon container nestdock adds; rename that container"
@@ -577,10 +552,10 @@ impl<'v, 'a> Planner<'v, 'a> {
     /// Gives every target the environment and the mount of `wiring`.
     fn wire_targets(&mut self, targets: &[&'v Slot<'a>], wiring: &Wiring) -> Result<(), Denial> {
         for t in targets {
-            for m in mounts(t.obj) {
-                let path = mount_path(m);
+            for m in t.obj.volume_mounts.items() {
+                let path = m.path();
                 if wiring.reserved_target_paths.iter().any(|r| r == path) {
-                    let vol = m.get("name").and_then(Value::as_str).unwrap_or("?");
+                    let vol = &m.name;
                     return Err(bad(format!(
                         "container {} already mounts volume {vol} at {path}, where nestdock puts the docker \
                          socket; remove that mount, or leave the container out with nestdock.io/containers",
@@ -591,15 +566,7 @@ impl<'v, 'a> Planner<'v, 'a> {
         }
         for t in targets {
             let index = t.index.to_string();
-            let at = ["spec", t.list, index.as_str()];
-            let existing: Vec<&str> = t
-                .obj
-                .get("env")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(|e| e.get("name").and_then(Value::as_str))
-                .collect();
+            let existing: Vec<&str> = t.obj.env.items().iter().map(|e| e.name.as_ref()).collect();
             let mut env = Vec::with_capacity(wiring.env.len());
             for (k, v) in &wiring.env {
                 if existing.contains(k) {
@@ -611,11 +578,12 @@ impl<'v, 'a> Planner<'v, 'a> {
                     env.push(json!({ "name": k, "value": v }));
                 }
             }
-            self.append(t.obj, &at, "env", env);
+            let env_path = ["spec", t.list, index.as_str(), "env"];
+            self.append(t.obj.env.is_present(), &env_path, env);
+            let mounts_path = ["spec", t.list, index.as_str(), "volumeMounts"];
             self.append(
-                t.obj,
-                &at,
-                "volumeMounts",
+                t.obj.volume_mounts.is_present(),
+                &mounts_path,
                 vec![wiring.target_mount.clone()],
             );
         }
@@ -623,27 +591,18 @@ impl<'v, 'a> Planner<'v, 'a> {
     }
 
     fn add_supplemental_group(&mut self, gid: i64) {
-        match self
-            .view
-            .spec
-            .get("securityContext")
-            .and_then(Value::as_object)
-        {
-            Some(sc) => {
-                let has = sc
-                    .get("supplementalGroups")
-                    .and_then(Value::as_array)
-                    .is_some_and(|g| g.iter().any(|x| x.as_i64() == Some(gid)));
-                if !has {
+        match &self.view.spec.security_context {
+            Field::Present(sc) => {
+                let groups = &sc.supplemental_groups;
+                if !groups.items().contains(&gid) {
                     self.append(
-                        sc,
-                        &["spec", "securityContext"],
-                        "supplementalGroups",
+                        groups.is_present(),
+                        &["spec", "securityContext", "supplementalGroups"],
                         vec![json!(gid)],
                     );
                 }
             }
-            None => self.add(
+            _ => self.add(
                 ptr(["spec", "securityContext"]),
                 json!({ "supplementalGroups": [gid] }),
             ),
@@ -651,8 +610,8 @@ impl<'v, 'a> Planner<'v, 'a> {
     }
 
     fn add_volumes(&mut self, volumes: Vec<Value>) {
-        let spec = self.view.spec;
-        self.append(spec, &["spec"], "volumes", volumes);
+        let exists = self.view.spec.volumes.is_present();
+        self.append(exists, &["spec", "volumes"], volumes);
     }
 
     /// Records the idempotency marker `nestdock.io/injected: <mode>`.
@@ -660,10 +619,10 @@ impl<'v, 'a> Planner<'v, 'a> {
         let key = crate::annotations::INJECTED;
         let mode = Value::String(self.mode.as_str().into());
         match self.view.meta {
-            Some(meta) => match meta.get("annotations").and_then(Value::as_object) {
-                Some(_) => self.add(ptr(["metadata", "annotations", key]), mode),
-                None => self.add(ptr(["metadata", "annotations"]), json!({ key: mode })),
-            },
+            Some(meta) if meta.annotations.is_present() => {
+                self.add(ptr(["metadata", "annotations", key]), mode)
+            }
+            Some(_) => self.add(ptr(["metadata", "annotations"]), json!({ key: mode })),
             None => self.add(ptr(["metadata"]), json!({ "annotations": { key: mode } })),
         }
     }
@@ -697,15 +656,10 @@ impl<'v, 'a> Planner<'v, 'a> {
         if wanted.is_empty() {
             return;
         }
-        match self
-            .view
-            .spec
-            .get("nodeSelector")
-            .and_then(Value::as_object)
-        {
+        match self.view.spec.node_selector.as_ref() {
             Some(existing) => {
                 for (k, v) in wanted {
-                    match existing.get(k).and_then(Value::as_str) {
+                    match existing.get(k) {
                         Some(have) if have == v => {}
                         Some(have) => self.warn(format!(
                             "nodeSelector {k}={have} kept; dood expects {k}={v} (nodes with a docker daemon)"
@@ -737,7 +691,7 @@ impl<'v, 'a> Planner<'v, 'a> {
         let mode = self.mode;
         let rootless = mode == Mode::DindRootless;
         let tls = self.ann.tls == Some(true);
-        if self.view.flag("hostNetwork") == Some(true) {
+        if self.view.spec.host_network == Some(true) {
             return Err(Denial {
                 code: 403,
                 message: format!(
@@ -746,7 +700,7 @@ impl<'v, 'a> Planner<'v, 'a> {
                 ),
             });
         }
-        if self.view.flag("hostUsers") == Some(false) {
+        if self.view.spec.host_users == Some(false) {
             return Err(Denial {
                 code: 403,
                 message: format!(
@@ -833,7 +787,7 @@ impl<'v, 'a> Planner<'v, 'a> {
         let spec = self.view.spec;
         match sidecar {
             Sidecar::Native => {
-                if spec.get("initContainers").is_some_and(Value::is_array) {
+                if spec.init_containers.is_present() {
                     self.add(ptr(["spec", "initContainers", "0"]), daemon);
                 } else {
                     self.add(ptr(["spec", "initContainers"]), json!([daemon]));
@@ -845,7 +799,11 @@ impl<'v, 'a> Planner<'v, 'a> {
                      complete while it runs"
                         .to_string(),
                 );
-                self.append(spec, &["spec"], "containers", vec![daemon]);
+                self.append(
+                    spec.containers.is_present(),
+                    &["spec", "containers"],
+                    vec![daemon],
+                );
             }
         }
         Ok(())
@@ -859,10 +817,10 @@ impl<'v, 'a> Planner<'v, 'a> {
         // (path, volume, subPath) of what is mirrored so far.
         let mut seen: Vec<(&str, &str, &str)> = Vec::new();
         for t in targets {
-            for m in mounts(t.obj) {
-                let name = m.get("name").and_then(Value::as_str).unwrap_or("");
-                let path = mount_path(m);
-                let sub = m.get("subPath").and_then(Value::as_str).unwrap_or("");
+            for m in t.obj.volume_mounts.items() {
+                let name = m.name.as_ref();
+                let path = m.path();
+                let sub = m.sub_path.as_deref().unwrap_or("");
                 if name.is_empty() || path.is_empty() || ours.contains(&name) {
                     continue;
                 }
@@ -875,7 +833,7 @@ impl<'v, 'a> Planner<'v, 'a> {
                         t.name
                     )
                 };
-                if m.get("subPathExpr").is_some() {
+                if m.sub_path_expr.is_some() {
                     let w = skip("subPathExpr cannot be expanded there");
                     self.warn(w);
                     continue;
@@ -904,7 +862,7 @@ impl<'v, 'a> Planner<'v, 'a> {
                 if !sub.is_empty() {
                     mirrored.insert("subPath".into(), Value::String(sub.into()));
                 }
-                if m.get("readOnly").and_then(Value::as_bool) == Some(true) {
+                if m.read_only == Some(true) {
                     mirrored.insert("readOnly".into(), Value::Bool(true));
                 }
                 out.push(Value::Object(mirrored));

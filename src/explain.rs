@@ -74,9 +74,14 @@ pub fn explain(pod: &Value, ctx: &Context<'_>) -> String {
         return out;
     }
     // Why this mode: the same choice the engine made, before any gate.
-    let ann_mode = crate::annotations::parse(annotations)
-        .ok()
-        .and_then(|a| a.mode);
+    let ann_mode = crate::annotations::parse(
+        annotations
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, v)| Some((k.as_str(), v.as_str()?))),
+    )
+    .ok()
+    .and_then(|a| a.mode);
     let choice = policy::choose(ann_mode, ctx.namespace, ctx.config);
     let why = match choice.source {
         Source::Annotation => "the pod annotation nestdock.io/mode".to_string(),
