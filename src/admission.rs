@@ -17,7 +17,7 @@
 use std::borrow::Cow;
 
 use base64::Engine as _;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::engine::{self, Context, Outcome};
@@ -181,16 +181,10 @@ impl<'a> Parsed<'a> {
         response.audit_annotations = Some(AuditAnnotations {
             mode: decision.mode.as_str(),
         });
-        let patch_b64;
         match &decision.outcome {
-            Outcome::Patched(patch) if !patch.0.is_empty() => {
-                let json = serde_json::to_vec(patch).map_err(|e| ReviewError {
-                    status: 500,
-                    message: format!("cannot serialize the JSON patch: {e}"),
-                })?;
-                patch_b64 = base64::engine::general_purpose::STANDARD.encode(json);
+            Outcome::Patched(patch) if !patch.is_empty() => {
                 response.patch_type = Some("JSONPatch");
-                response.patch = Some(&patch_b64);
+                response.patch = Some(patch.as_json());
                 summary.verdict = Verdict::Injected;
             }
             Outcome::Patched(_) | Outcome::Unchanged => summary.verdict = Verdict::Unchanged,
@@ -264,6 +258,90 @@ struct GroupVersionKind<'a> {
 pub fn parse(body: &[u8]) -> Result<Parsed<'_>, ReviewError> {
     let text = std::str::from_utf8(body)
         .map_err(|e| ReviewError::bad_request(format!("malformed JSON: not UTF-8 ({e})")))?;
+    // One pass over a well-formed review; anything else is read again,
+    // field by field, to say exactly what is wrong.
+    if let Ok(review) = serde_json::from_str::<ReviewFast<'_>>(text) {
+        if review.api_version == API_VERSION && review.kind == KIND {
+            if let Some(parsed) = finish_fast(review) {
+                return Ok(parsed);
+            }
+        }
+    }
+    parse_checked(text)
+}
+
+/// A well-formed v1 review of a pod (or of an object that reads as one),
+/// read in one pass: the object is read as a [`crate::pod::Pod`] directly.
+#[derive(Deserialize)]
+struct ReviewFast<'a> {
+    #[serde(rename = "apiVersion", borrow)]
+    api_version: Cow<'a, str>,
+    #[serde(borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    request: RequestFast<'a>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RequestFast<'a> {
+    #[serde(borrow)]
+    uid: Cow<'a, str>,
+    #[serde(borrow)]
+    kind: GroupVersionKind<'a>,
+    #[serde(borrow, default)]
+    sub_resource: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    namespace: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    operation: Cow<'a, str>,
+    #[serde(default)]
+    dry_run: Option<bool>,
+    #[serde(borrow, default)]
+    object: Option<crate::pod::Pod<'a>>,
+}
+
+/// The fast path's [`finish`]: only a pod CREATE with its object, or
+/// `None` to take the checked path.
+fn finish_fast(review: ReviewFast<'_>) -> Option<Parsed<'_>> {
+    let r = review.request;
+    let gvk = &r.kind;
+    let pod_create = gvk.group.is_empty()
+        && gvk.version == "v1"
+        && gvk.kind == "Pod"
+        && r.operation == "CREATE"
+        && r.sub_resource.as_deref().is_none_or(str::is_empty);
+    if !pod_create {
+        return None;
+    }
+    let pod = r.object?;
+    let meta = pod.metadata.as_ref();
+    let (namespace, name) = log_names(&r.namespace, &r.name, meta);
+    let summary = Summary {
+        uid: r.uid.to_string(),
+        namespace,
+        name,
+        kind: "v1/Pod".to_string(),
+        operation: "CREATE",
+        dry_run: r.dry_run.unwrap_or(false),
+        mode: None,
+        verdict: Verdict::Skipped,
+        code: None,
+    };
+    Some(Parsed {
+        api_version: review.api_version,
+        kind: review.kind,
+        uid: r.uid,
+        summary,
+        pod: Some(Ok(pod)),
+    })
+}
+
+/// [`parse`] one check at a time, for the message of a review that is not
+/// well-formed.
+fn parse_checked(text: &str) -> Result<Parsed<'_>, ReviewError> {
     let first = text.trim_start().as_bytes().first().copied();
     if first != Some(b'{') {
         // Let serde name a syntax error; otherwise say what was found.
@@ -319,6 +397,16 @@ pub fn parse(body: &[u8]) -> Result<Parsed<'_>, ReviewError> {
             e.inner()
         ))
     })?;
+    finish(api_version, kind, request)
+}
+
+/// Turns a read request into a [`Parsed`]: the operation checked, the pod of
+/// a pod CREATE read, the names for the log line.
+fn finish<'a>(
+    api_version: Cow<'a, str>,
+    kind: Cow<'a, str>,
+    request: RequestIn<'a>,
+) -> Result<Parsed<'a>, ReviewError> {
     let operation = match request.operation.as_ref() {
         "CREATE" => "CREATE",
         "UPDATE" => "UPDATE",
@@ -362,15 +450,7 @@ pub fn parse(body: &[u8]) -> Result<Parsed<'_>, ReviewError> {
             other_meta.as_ref()
         }
     };
-    let nonempty =
-        |s: &Option<Cow<'_, str>>| s.as_deref().filter(|s| !s.is_empty()).map(str::to_owned);
-    let namespace = nonempty(&request.namespace)
-        .or_else(|| meta.and_then(|m| nonempty(&m.namespace)))
-        .unwrap_or_default();
-    let name = nonempty(&request.name)
-        .or_else(|| meta.and_then(|m| nonempty(&m.name)))
-        .or_else(|| meta.and_then(|m| nonempty(&m.generate_name)))
-        .unwrap_or_default();
+    let (namespace, name) = log_names(&request.namespace, &request.name, meta);
     let kind_label = if gvk.group.is_empty() {
         format!("{}/{}", gvk.version, gvk.kind)
     } else {
@@ -394,6 +474,25 @@ pub fn parse(body: &[u8]) -> Result<Parsed<'_>, ReviewError> {
         summary,
         pod,
     })
+}
+
+/// Namespace and name for the log line: the request's, else the object's
+/// (a pod made from a template has only a `generateName` at admission).
+fn log_names(
+    namespace: &Option<Cow<'_, str>>,
+    name: &Option<Cow<'_, str>>,
+    meta: Option<&crate::pod::Metadata<'_>>,
+) -> (String, String) {
+    let nonempty =
+        |s: &Option<Cow<'_, str>>| s.as_deref().filter(|s| !s.is_empty()).map(str::to_owned);
+    let namespace = nonempty(namespace)
+        .or_else(|| meta.and_then(|m| nonempty(&m.namespace)))
+        .unwrap_or_default();
+    let name = nonempty(name)
+        .or_else(|| meta.and_then(|m| nonempty(&m.name)))
+        .or_else(|| meta.and_then(|m| nonempty(&m.generate_name)))
+        .unwrap_or_default();
+    (namespace, name)
 }
 
 /// Reads `apiVersion` or `kind`, naming what is accepted when it is missing
@@ -426,56 +525,89 @@ fn json_type(v: &RawValue) -> &'static str {
     }
 }
 
-/// The response review, exactly as the API server reads it.
-#[derive(Serialize)]
-struct ReviewOut<'a> {
-    #[serde(rename = "apiVersion")]
-    api_version: &'a str,
-    kind: &'a str,
-    response: Response<'a>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
+/// The response of an AdmissionReview.
 struct Response<'a> {
     uid: &'a str,
     allowed: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
     patch_type: Option<&'static str>,
-    /// Base64 of the JSON Patch array.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    patch: Option<&'a str>,
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    /// The JSON Patch document; it goes out base64-encoded.
+    patch: Option<&'a [u8]>,
     warnings: &'a [String],
     /// Key `mode` without a slash: the API server prefixes the webhook's name
     /// and drops keys that already contain one.
-    #[serde(skip_serializing_if = "Option::is_none")]
     audit_annotations: Option<AuditAnnotations<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     status: Option<Status<'a>>,
 }
 
-#[derive(Serialize)]
 struct AuditAnnotations<'a> {
     mode: &'a str,
 }
 
-#[derive(Serialize)]
 struct Status<'a> {
     code: u16,
     message: &'a str,
 }
 
+/// Writes the response review, exactly as the API server reads it.
+///
+/// Written field by field rather than derived: the base64 patch is most of
+/// the bytes, and a serializer would scan it for characters to escape that
+/// base64 never contains.
 fn encode(api_version: &str, kind: &str, response: Response<'_>) -> Result<Vec<u8>, ReviewError> {
-    serde_json::to_vec(&ReviewOut {
-        api_version,
-        kind,
-        response,
-    })
-    .map_err(|e| ReviewError {
-        status: 500,
-        message: format!("cannot serialize the {KIND}: {e}"),
-    })
+    use base64::engine::general_purpose::STANDARD;
+    let patch_len = response
+        .patch
+        .map(|p| base64::encoded_len(p.len(), true).unwrap_or(usize::MAX))
+        .unwrap_or(0);
+    let mut out = Vec::with_capacity(256 + patch_len.min(64 << 20));
+    let string = |out: &mut Vec<u8>, s: &str| {
+        // Writing a &str into a Vec cannot fail.
+        let _ = serde_json::to_writer(out, s);
+    };
+    out.extend_from_slice(b"{\"apiVersion\":");
+    string(&mut out, api_version);
+    out.extend_from_slice(b",\"kind\":");
+    string(&mut out, kind);
+    out.extend_from_slice(b",\"response\":{\"uid\":");
+    string(&mut out, response.uid);
+    out.extend_from_slice(if response.allowed {
+        b",\"allowed\":true"
+    } else {
+        b",\"allowed\":false"
+    });
+    if let (Some(patch_type), Some(patch)) = (response.patch_type, response.patch) {
+        out.extend_from_slice(b",\"patchType\":");
+        string(&mut out, patch_type);
+        out.extend_from_slice(b",\"patch\":\"");
+        let start = out.len();
+        out.resize(start + patch_len, 0);
+        let written = STANDARD
+            .encode_slice(patch, &mut out[start..])
+            .map_err(|e| ReviewError {
+                status: 500,
+                message: format!("cannot encode the JSON patch: {e}"),
+            })?;
+        out.truncate(start + written);
+        out.push(b'"');
+    }
+    if !response.warnings.is_empty() {
+        out.extend_from_slice(b",\"warnings\":");
+        let _ = serde_json::to_writer(&mut out, response.warnings);
+    }
+    if let Some(audit) = response.audit_annotations {
+        out.extend_from_slice(b",\"auditAnnotations\":{\"mode\":");
+        string(&mut out, audit.mode);
+        out.push(b'}');
+    }
+    if let Some(status) = response.status {
+        out.extend_from_slice(b",\"status\":{\"code\":");
+        out.extend_from_slice(status.code.to_string().as_bytes());
+        out.extend_from_slice(b",\"message\":");
+        string(&mut out, status.message);
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"}}");
+    Ok(out)
 }
 
 #[cfg(test)]

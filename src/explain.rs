@@ -118,7 +118,7 @@ pub fn explain(pod: &Value, ctx: &Context<'_>) -> String {
         }
         Outcome::Patched(patch) => {
             let mut patched = pod.clone();
-            if json_patch::patch(&mut patched, patch).is_err() {
+            if patch.apply(&mut patched).is_err() {
                 let _ = writeln!(out, "result: injected (the patch could not be previewed)");
             } else {
                 let _ = writeln!(out, "result: injected");

@@ -15,6 +15,7 @@ pub mod explain;
 pub mod inject;
 pub mod mode;
 pub mod namespaces;
+pub mod patch;
 pub mod pod;
 pub mod policy;
 pub mod quantity;

@@ -258,9 +258,11 @@ impl Volume<'_> {
 
 /// Reads the pod from a JSON text (the webhook's path: borrowed, no tree).
 pub fn from_json(text: &str) -> Result<Pod<'_>, String> {
-    let mut de = serde_json::Deserializer::from_str(text);
-    let pod = serde_path_to_error::deserialize(&mut de).map_err(describe)?;
-    Ok(pod)
+    // Fast path without path tracking; a failure is read again to say where.
+    serde_json::from_str(text).or_else(|_| {
+        let mut de = serde_json::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(&mut de).map_err(describe)
+    })
 }
 
 /// Reads the pod from a JSON value (offline `inject`, tests).
