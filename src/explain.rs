@@ -146,6 +146,11 @@ fn describe(out: &mut String, before: &Value, after: &Value, mode: Mode) {
             engine::DAEMON_CONTAINER,
             daemon["image"].as_str().unwrap_or("?")
         );
+        let _ = writeln!(
+            out,
+            "  (with sidecar: auto this assumes Kubernetes 1.29 or newer; the webhook asks the API server, \
+             and before 1.29 the daemon is a plain container)"
+        );
     } else if let Some(daemon) = find(spec.get("containers"), engine::DAEMON_CONTAINER) {
         let _ = writeln!(
             out,
