@@ -41,7 +41,7 @@ fn ctx(config: &Config) -> Context<'_> {
 fn assert_injects(pod: &Value, config: &Config) {
     let decision = engine::mutate(pod, &ctx(config));
     assert!(
-        matches!(decision.outcome, Outcome::Patched(ref p) if !p.0.is_empty()),
+        matches!(decision.outcome, Outcome::Patched(ref p) if !p.is_empty()),
         "the benchmark pod is not injected: {:?}",
         decision.outcome
     );

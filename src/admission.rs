@@ -3,21 +3,22 @@
 //!
 //! Two choices worth knowing:
 //!
-//! - The pod is taken out of the review as raw JSON and handed to the engine
-//!   as it is. Going through typed objects would drop unknown fields or
-//!   normalise values, and a patch built against a normalised pod may not
-//!   apply to the pod the API server holds, which fails the pod's creation
-//!   with HTTP 500 even under `failurePolicy: Ignore`. The rest of the request
-//!   (uid, kind, operation, ...) is read with kube's admission types.
+//! - The review is read borrowed and typed: only the fields a decision needs
+//!   (uid, kind, operation, namespace, the object as raw JSON), strings
+//!   borrowed from the body, no tree of the whole document. The pod is read
+//!   the same way by [`crate::pod`], and every patch is built against the
+//!   object exactly as it was sent: a patch that does not apply fails the
+//!   pod's creation with HTTP 500 even under `failurePolicy: Ignore`. The
+//!   `oldObject` of an UPDATE and `userInfo` are skipped, not parsed.
 //! - The response is written here, not with kube's `AdmissionResponse`: that
 //!   type serializes the patch as an array of numbers (kube-rs issue 1781),
 //!   while the API server wants a base64 string.
 
+use std::borrow::Cow;
+
 use base64::Engine as _;
-use kube::core::admission::{AdmissionReview, Operation};
-use kube::core::DynamicObject;
-use serde::Serialize;
-use serde_json::Value;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use crate::engine::{self, Context, Outcome};
 use crate::mode::Mode;
@@ -117,17 +118,17 @@ pub fn review(body: &[u8], ctx: &Context<'_>) -> Result<Reviewed, ReviewError> {
 /// [`Parsed::pod_namespace`] to fetch the namespace's labels, then calls
 /// [`Parsed::answer`] with the matching [`Context`].
 #[derive(Debug)]
-pub struct Parsed {
-    api_version: String,
-    kind: String,
-    uid: String,
+pub struct Parsed<'a> {
+    api_version: Cow<'a, str>,
+    kind: Cow<'a, str>,
+    uid: Cow<'a, str>,
     summary: Summary,
-    /// The pod of a pod CREATE (exactly as sent); `None` for anything the
-    /// engine does not evaluate.
-    pod: Option<Value>,
+    /// The pod of a pod CREATE, read (or why it cannot be); `None` for
+    /// anything the engine does not evaluate.
+    pod: Option<Result<crate::pod::Pod<'a>, String>>,
 }
 
-impl Parsed {
+impl<'a> Parsed<'a> {
     /// The namespace whose policy applies, when the engine will evaluate a pod.
     pub fn pod_namespace(&self) -> Option<&str> {
         self.pod.as_ref().map(|_| self.summary.namespace.as_str())
@@ -156,41 +157,34 @@ impl Parsed {
             audit_annotations: None,
             status: None,
         };
-        let Some(pod) = pod else {
-            let body = encode(&api_version, &kind, response)?;
-            return Ok(Reviewed { body, summary });
+        let pod = match pod {
+            None => {
+                let body = encode(&api_version, &kind, response)?;
+                return Ok(Reviewed { body, summary });
+            }
+            Some(Err(message)) => {
+                summary.verdict = Verdict::Denied;
+                summary.code = Some(400);
+                response.allowed = false;
+                response.status = Some(Status {
+                    code: 400,
+                    message: &message,
+                });
+                let body = encode(&api_version, &kind, response)?;
+                return Ok(Reviewed { body, summary });
+            }
+            Some(Ok(pod)) => pod,
         };
-        if !pod.is_object() {
-            summary.verdict = Verdict::Denied;
-            summary.code = Some(400);
-            response.allowed = false;
-            let message = format!(
-                "request.object must be a Pod object, found {}",
-                json_type(&pod)
-            );
-            response.status = Some(Status {
-                code: 400,
-                message: &message,
-            });
-            let body = encode(&api_version, &kind, response)?;
-            return Ok(Reviewed { body, summary });
-        }
-        let decision = engine::mutate(&pod, ctx);
+        let decision = engine::mutate_pod(&pod, ctx);
         summary.mode = Some(decision.mode);
         response.warnings = &decision.warnings;
         response.audit_annotations = Some(AuditAnnotations {
             mode: decision.mode.as_str(),
         });
-        let patch_b64;
         match &decision.outcome {
-            Outcome::Patched(patch) if !patch.0.is_empty() => {
-                let json = serde_json::to_vec(patch).map_err(|e| ReviewError {
-                    status: 500,
-                    message: format!("cannot serialize the JSON patch: {e}"),
-                })?;
-                patch_b64 = base64::engine::general_purpose::STANDARD.encode(json);
+            Outcome::Patched(patch) if !patch.is_empty() => {
                 response.patch_type = Some("JSONPatch");
-                response.patch = Some(&patch_b64);
+                response.patch = Some(patch.as_json());
                 summary.verdict = Verdict::Injected;
             }
             Outcome::Patched(_) | Outcome::Unchanged => summary.verdict = Verdict::Unchanged,
@@ -209,209 +203,418 @@ impl Parsed {
     }
 }
 
+/// The review's envelope: only what is checked or echoed.
+#[derive(Deserialize)]
+struct ReviewIn<'a> {
+    #[serde(rename = "apiVersion", borrow, default)]
+    api_version: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    request: Option<&'a RawValue>,
+}
+
+/// The request fields a decision and its log line need.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RequestIn<'a> {
+    #[serde(borrow)]
+    uid: Cow<'a, str>,
+    #[serde(borrow)]
+    kind: GroupVersionKind<'a>,
+    #[serde(borrow, default)]
+    sub_resource: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    namespace: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    operation: Cow<'a, str>,
+    #[serde(default)]
+    dry_run: Option<bool>,
+    #[serde(borrow, default)]
+    object: Option<&'a RawValue>,
+}
+
+/// Any object's metadata, for the log line of a review nestdock skips.
+#[derive(Deserialize)]
+struct MetadataOnly<'a> {
+    #[serde(borrow, default)]
+    metadata: Option<crate::pod::Metadata<'a>>,
+}
+
+#[derive(Deserialize)]
+struct GroupVersionKind<'a> {
+    #[serde(borrow, default)]
+    group: Cow<'a, str>,
+    #[serde(borrow)]
+    version: Cow<'a, str>,
+    #[serde(borrow)]
+    kind: Cow<'a, str>,
+}
+
 /// Reads a review: a body that is not a readable v1 AdmissionReview is an
 /// error (HTTP 400 naming what is wrong).
-pub fn parse(body: &[u8]) -> Result<Parsed, ReviewError> {
-    let mut doc: Value = serde_json::from_slice(body)
-        .map_err(|e| ReviewError::bad_request(format!("malformed JSON: {e}")))?;
-    let Some(top) = doc.as_object_mut() else {
-        return Err(ReviewError::bad_request(format!(
-            "the body must be a JSON object (an {KIND}), found {}",
-            json_type(&doc)
-        )));
-    };
-    check_type_meta(top)?;
+pub fn parse(body: &[u8]) -> Result<Parsed<'_>, ReviewError> {
+    let text = std::str::from_utf8(body)
+        .map_err(|e| ReviewError::bad_request(format!("malformed JSON: not UTF-8 ({e})")))?;
+    // One pass over a well-formed review; anything else is read again,
+    // field by field, to say exactly what is wrong.
+    if let Ok(review) = serde_json::from_str::<ReviewFast<'_>>(text) {
+        if review.api_version == API_VERSION && review.kind == KIND {
+            if let Some(parsed) = finish_fast(review) {
+                return Ok(parsed);
+            }
+        }
+    }
+    parse_checked(text)
+}
 
-    let object = match top.get_mut("request") {
-        None | Some(Value::Null) => {
+/// A well-formed v1 review of a pod (or of an object that reads as one),
+/// read in one pass: the object is read as a [`crate::pod::Pod`] directly.
+#[derive(Deserialize)]
+struct ReviewFast<'a> {
+    #[serde(rename = "apiVersion", borrow)]
+    api_version: Cow<'a, str>,
+    #[serde(borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    request: RequestFast<'a>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RequestFast<'a> {
+    #[serde(borrow)]
+    uid: Cow<'a, str>,
+    #[serde(borrow)]
+    kind: GroupVersionKind<'a>,
+    #[serde(borrow, default)]
+    sub_resource: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    namespace: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    operation: Cow<'a, str>,
+    #[serde(default)]
+    dry_run: Option<bool>,
+    #[serde(borrow, default)]
+    object: Option<crate::pod::Pod<'a>>,
+}
+
+/// The fast path's [`finish`]: only a pod CREATE with its object, or
+/// `None` to take the checked path.
+fn finish_fast(review: ReviewFast<'_>) -> Option<Parsed<'_>> {
+    let r = review.request;
+    let gvk = &r.kind;
+    let pod_create = gvk.group.is_empty()
+        && gvk.version == "v1"
+        && gvk.kind == "Pod"
+        && r.operation == "CREATE"
+        && r.sub_resource.as_deref().is_none_or(str::is_empty);
+    if !pod_create {
+        return None;
+    }
+    let pod = r.object?;
+    let meta = pod.metadata.as_ref();
+    let (namespace, name) = log_names(&r.namespace, &r.name, meta);
+    let summary = Summary {
+        uid: r.uid.to_string(),
+        namespace,
+        name,
+        kind: "v1/Pod".to_string(),
+        operation: "CREATE",
+        dry_run: r.dry_run.unwrap_or(false),
+        mode: None,
+        verdict: Verdict::Skipped,
+        code: None,
+    };
+    Some(Parsed {
+        api_version: review.api_version,
+        kind: review.kind,
+        uid: r.uid,
+        summary,
+        pod: Some(Ok(pod)),
+    })
+}
+
+/// [`parse`] one check at a time, for the message of a review that is not
+/// well-formed.
+fn parse_checked(text: &str) -> Result<Parsed<'_>, ReviewError> {
+    let first = text.trim_start().as_bytes().first().copied();
+    if first != Some(b'{') {
+        // Let serde name a syntax error; otherwise say what was found.
+        // A full parse (only for bodies that are refused anyway) so that
+        // nesting past serde_json's recursion limit counts as malformed.
+        let found = match serde_json::from_str::<serde_json::Value>(text) {
+            Err(e) => return Err(ReviewError::bad_request(format!("malformed JSON: {e}"))),
+            Ok(serde_json::Value::Null) => "null",
+            Ok(serde_json::Value::Bool(_)) => "a boolean",
+            Ok(serde_json::Value::Number(_)) => "a number",
+            Ok(serde_json::Value::String(_)) => "a string",
+            Ok(serde_json::Value::Array(_)) => "an array",
+            Ok(serde_json::Value::Object(_)) => "an object",
+        };
+        return Err(ReviewError::bad_request(format!(
+            "the body must be a JSON object (an {KIND}), found {found}"
+        )));
+    }
+    let review: ReviewIn<'_> = serde_json::from_str(text).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            ReviewError::bad_request(format!("malformed JSON: {e}"))
+        } else {
+            ReviewError::bad_request(format!("invalid {KIND}: {e}"))
+        }
+    })?;
+    let api_version = type_meta("apiVersion", review.api_version, API_VERSION)?;
+    if api_version != API_VERSION {
+        return Err(ReviewError::bad_request(format!(
+            "unsupported {KIND} apiVersion {api_version:?}: accepted is {API_VERSION:?} \
+             (register the webhook with admissionReviewVersions: [\"v1\"])"
+        )));
+    }
+    let kind = type_meta("kind", review.kind, KIND)?;
+    if kind != KIND {
+        return Err(ReviewError::bad_request(format!(
+            "unsupported kind {kind:?}: accepted is {KIND:?}"
+        )));
+    }
+    let request = match review.request {
+        None => None,
+        Some(raw) if raw.get() == "null" => None,
+        Some(raw) => Some(raw),
+    }
+    .ok_or_else(|| {
+        ReviewError::bad_request(format!(
+            "the {KIND} has no request (a {API_VERSION} {KIND} sent by the API server always has one)"
+        ))
+    })?;
+    if !request.get().starts_with('{') {
+        return Err(ReviewError::bad_request(format!(
+            "request must be a JSON object, found {}",
+            json_type(request)
+        )));
+    }
+    let mut de = serde_json::Deserializer::from_str(request.get());
+    let request: RequestIn<'_> = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        ReviewError::bad_request(format!(
+            "invalid {KIND} at request.{}: {}",
+            e.path(),
+            e.inner()
+        ))
+    })?;
+    finish(api_version, kind, request)
+}
+
+/// Turns a read request into a [`Parsed`]: the operation checked, the pod of
+/// a pod CREATE read, the names for the log line.
+fn finish<'a>(
+    api_version: Cow<'a, str>,
+    kind: Cow<'a, str>,
+    request: RequestIn<'a>,
+) -> Result<Parsed<'a>, ReviewError> {
+    let operation = match request.operation.as_ref() {
+        "CREATE" => "CREATE",
+        "UPDATE" => "UPDATE",
+        "DELETE" => "DELETE",
+        "CONNECT" => "CONNECT",
+        other => {
             return Err(ReviewError::bad_request(format!(
-                "the {KIND} has no request (a {API_VERSION} {KIND} sent by the API server always has one)"
+                "invalid {KIND} at request.operation: unknown operation {other:?}: accepted are \
+                 CREATE, UPDATE, DELETE, CONNECT"
             )))
         }
-        Some(Value::Object(request)) => {
-            // Not needed: UPDATE's old object (not read, not worth parsing).
-            request.remove("oldObject");
-            request.remove("object")
-        }
-        Some(other) => {
-            return Err(ReviewError::bad_request(format!(
-                "request must be a JSON object, found {}",
-                json_type(other)
-            )))
-        }
     };
-    let object = object.filter(|o| !o.is_null());
-
-    let review: AdmissionReview<DynamicObject> =
-        serde_path_to_error::deserialize(doc).map_err(|e| {
-            ReviewError::bad_request(format!("invalid {KIND} at {}: {}", e.path(), e.inner()))
-        })?;
-    let Some(request) = review.request else {
-        return Err(ReviewError::bad_request(format!(
-            "the {KIND} has no request"
-        )));
-    };
-
-    let meta = object.as_ref().and_then(|o| o.get("metadata"));
-    let meta_str = |key: &str| {
-        meta.and_then(|m| m.get(key))
-            .and_then(Value::as_str)
-            .unwrap_or("")
-    };
-    let namespace = request
-        .namespace
-        .clone()
-        .filter(|ns| !ns.is_empty())
-        .unwrap_or_else(|| meta_str("namespace").to_string());
-    let name = [
-        request.name.as_str(),
-        meta_str("name"),
-        meta_str("generateName"),
-    ]
-    .into_iter()
-    .find(|s| !s.is_empty())
-    .unwrap_or("")
-    .to_string();
     let gvk = &request.kind;
-    let kind = if gvk.group.is_empty() {
-        format!("{}/{}", gvk.version, gvk.kind)
-    } else {
-        format!("{}/{}/{}", gvk.group, gvk.version, gvk.kind)
-    };
     let is_pod = gvk.group.is_empty() && gvk.version == "v1" && gvk.kind == "Pod";
     let is_subresource = request
         .sub_resource
         .as_deref()
         .is_some_and(|s| !s.is_empty());
-    let evaluated = is_pod && !is_subresource && request.operation == Operation::Create;
+    let object = request.object.filter(|o| o.get() != "null");
+    let evaluated = is_pod && !is_subresource && operation == "CREATE";
+    let pod = match object {
+        Some(raw) if evaluated => Some(if raw.get().starts_with('{') {
+            crate::pod::from_json(raw.get())
+        } else {
+            Err(format!(
+                "request.object must be a Pod object, found {}",
+                json_type(raw)
+            ))
+        }),
+        _ => None,
+    };
+    // Names for the log line: the pod's, else (another kind, an UPDATE) the
+    // object's metadata read on its own.
+    let other_meta;
+    let meta = match pod.as_ref() {
+        Some(p) => p.as_ref().ok().and_then(|p| p.metadata.as_ref()),
+        None => {
+            other_meta = object
+                .and_then(|o| serde_json::from_str::<MetadataOnly<'_>>(o.get()).ok())
+                .and_then(|o| o.metadata);
+            other_meta.as_ref()
+        }
+    };
+    let (namespace, name) = log_names(&request.namespace, &request.name, meta);
+    let kind_label = if gvk.group.is_empty() {
+        format!("{}/{}", gvk.version, gvk.kind)
+    } else {
+        format!("{}/{}/{}", gvk.group, gvk.version, gvk.kind)
+    };
     let summary = Summary {
-        uid: request.uid.clone(),
+        uid: request.uid.to_string(),
         namespace,
         name,
-        kind,
-        operation: operation_name(&request.operation),
-        dry_run: request.dry_run,
+        kind: kind_label,
+        operation,
+        dry_run: request.dry_run.unwrap_or(false),
         mode: None,
         verdict: Verdict::Skipped,
         code: None,
     };
     Ok(Parsed {
-        api_version: review.types.api_version,
-        kind: review.types.kind,
+        api_version,
+        kind,
         uid: request.uid,
         summary,
-        pod: object.filter(|_| evaluated),
+        pod,
     })
 }
 
-/// Checks `apiVersion` and `kind` before anything else, so that a review in
-/// another version is refused by name rather than by a confusing field error.
-fn check_type_meta(top: &serde_json::Map<String, Value>) -> Result<(), ReviewError> {
-    match top.get("apiVersion") {
-        Some(Value::String(v)) if v == API_VERSION => {}
-        Some(Value::String(v)) => {
-            return Err(ReviewError::bad_request(format!(
-                "unsupported {KIND} apiVersion {v:?}: accepted is {API_VERSION:?} \
-                 (register the webhook with admissionReviewVersions: [\"v1\"])"
-            )))
-        }
-        Some(other) => {
-            return Err(ReviewError::bad_request(format!(
-                "apiVersion must be the string {API_VERSION:?}, found {}",
-                json_type(other)
-            )))
-        }
-        None => {
-            return Err(ReviewError::bad_request(format!(
-                "apiVersion is missing: accepted is {API_VERSION:?}"
-            )))
-        }
-    }
-    match top.get("kind") {
-        Some(Value::String(k)) if k == KIND => Ok(()),
-        Some(Value::String(k)) => Err(ReviewError::bad_request(format!(
-            "unsupported kind {k:?}: accepted is {KIND:?}"
-        ))),
-        Some(other) => Err(ReviewError::bad_request(format!(
-            "kind must be the string {KIND:?}, found {}",
-            json_type(other)
-        ))),
-        None => Err(ReviewError::bad_request(format!(
-            "kind is missing: accepted is {KIND:?}"
-        ))),
-    }
+/// Namespace and name for the log line: the request's, else the object's
+/// (a pod made from a template has only a `generateName` at admission).
+fn log_names(
+    namespace: &Option<Cow<'_, str>>,
+    name: &Option<Cow<'_, str>>,
+    meta: Option<&crate::pod::Metadata<'_>>,
+) -> (String, String) {
+    let nonempty =
+        |s: &Option<Cow<'_, str>>| s.as_deref().filter(|s| !s.is_empty()).map(str::to_owned);
+    let namespace = nonempty(namespace)
+        .or_else(|| meta.and_then(|m| nonempty(&m.namespace)))
+        .unwrap_or_default();
+    let name = nonempty(name)
+        .or_else(|| meta.and_then(|m| nonempty(&m.name)))
+        .or_else(|| meta.and_then(|m| nonempty(&m.generate_name)))
+        .unwrap_or_default();
+    (namespace, name)
 }
 
-fn operation_name(op: &Operation) -> &'static str {
-    match op {
-        Operation::Create => "CREATE",
-        Operation::Update => "UPDATE",
-        Operation::Delete => "DELETE",
-        Operation::Connect => "CONNECT",
-    }
+/// Reads `apiVersion` or `kind`, naming what is accepted when it is missing
+/// or not a string.
+fn type_meta<'a>(
+    field: &str,
+    raw: Option<&'a RawValue>,
+    accepted: &str,
+) -> Result<Cow<'a, str>, ReviewError> {
+    let raw = raw.ok_or_else(|| {
+        ReviewError::bad_request(format!("{field} is missing: accepted is {accepted:?}"))
+    })?;
+    serde_json::from_str::<Cow<'a, str>>(raw.get()).map_err(|_| {
+        ReviewError::bad_request(format!(
+            "{field} must be the string {accepted:?}, found {}",
+            json_type(raw)
+        ))
+    })
 }
 
-fn json_type(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
+/// What a raw JSON value is, for messages.
+fn json_type(v: &RawValue) -> &'static str {
+    match v.get().as_bytes().first() {
+        Some(b'n') => "null",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'"') => "a string",
+        Some(b'[') => "an array",
+        Some(b'{') => "an object",
+        _ => "a number",
     }
 }
 
-/// The response review, exactly as the API server reads it.
-#[derive(Serialize)]
-struct ReviewOut<'a> {
-    #[serde(rename = "apiVersion")]
-    api_version: &'a str,
-    kind: &'a str,
-    response: Response<'a>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
+/// The response of an AdmissionReview.
 struct Response<'a> {
     uid: &'a str,
     allowed: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
     patch_type: Option<&'static str>,
-    /// Base64 of the JSON Patch array.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    patch: Option<&'a str>,
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    /// The JSON Patch document; it goes out base64-encoded.
+    patch: Option<&'a [u8]>,
     warnings: &'a [String],
     /// Key `mode` without a slash: the API server prefixes the webhook's name
     /// and drops keys that already contain one.
-    #[serde(skip_serializing_if = "Option::is_none")]
     audit_annotations: Option<AuditAnnotations<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     status: Option<Status<'a>>,
 }
 
-#[derive(Serialize)]
 struct AuditAnnotations<'a> {
     mode: &'a str,
 }
 
-#[derive(Serialize)]
 struct Status<'a> {
     code: u16,
     message: &'a str,
 }
 
+/// Writes the response review, exactly as the API server reads it.
+///
+/// Written field by field rather than derived: the base64 patch is most of
+/// the bytes, and a serializer would scan it for characters to escape that
+/// base64 never contains.
 fn encode(api_version: &str, kind: &str, response: Response<'_>) -> Result<Vec<u8>, ReviewError> {
-    serde_json::to_vec(&ReviewOut {
-        api_version,
-        kind,
-        response,
-    })
-    .map_err(|e| ReviewError {
-        status: 500,
-        message: format!("cannot serialize the {KIND}: {e}"),
-    })
+    use base64::engine::general_purpose::STANDARD;
+    let patch_len = response
+        .patch
+        .map(|p| base64::encoded_len(p.len(), true).unwrap_or(usize::MAX))
+        .unwrap_or(0);
+    let mut out = Vec::with_capacity(256 + patch_len.min(64 << 20));
+    let string = |out: &mut Vec<u8>, s: &str| {
+        // Writing a &str into a Vec cannot fail.
+        let _ = serde_json::to_writer(out, s);
+    };
+    out.extend_from_slice(b"{\"apiVersion\":");
+    string(&mut out, api_version);
+    out.extend_from_slice(b",\"kind\":");
+    string(&mut out, kind);
+    out.extend_from_slice(b",\"response\":{\"uid\":");
+    string(&mut out, response.uid);
+    out.extend_from_slice(if response.allowed {
+        b",\"allowed\":true"
+    } else {
+        b",\"allowed\":false"
+    });
+    if let (Some(patch_type), Some(patch)) = (response.patch_type, response.patch) {
+        out.extend_from_slice(b",\"patchType\":");
+        string(&mut out, patch_type);
+        out.extend_from_slice(b",\"patch\":\"");
+        let start = out.len();
+        out.resize(start + patch_len, 0);
+        let written = STANDARD
+            .encode_slice(patch, &mut out[start..])
+            .map_err(|e| ReviewError {
+                status: 500,
+                message: format!("cannot encode the JSON patch: {e}"),
+            })?;
+        out.truncate(start + written);
+        out.push(b'"');
+    }
+    if !response.warnings.is_empty() {
+        out.extend_from_slice(b",\"warnings\":");
+        let _ = serde_json::to_writer(&mut out, response.warnings);
+    }
+    if let Some(audit) = response.audit_annotations {
+        out.extend_from_slice(b",\"auditAnnotations\":{\"mode\":");
+        string(&mut out, audit.mode);
+        out.push(b'}');
+    }
+    if let Some(status) = response.status {
+        out.extend_from_slice(b",\"status\":{\"code\":");
+        out.extend_from_slice(status.code.to_string().as_bytes());
+        out.extend_from_slice(b",\"message\":");
+        string(&mut out, status.message);
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"}}");
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -419,7 +622,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::engine::NamespacePolicy;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn ctx(config: &Config) -> Context<'_> {
         Context {

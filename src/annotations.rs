@@ -4,8 +4,6 @@
 //! that a typo (`nestdock.io/mdoe`) is reported when the pod is created instead
 //! of silently doing nothing. Errors name the key, the value and what is accepted.
 
-use serde_json::{Map, Value};
-
 use crate::config::{Mtu, Sidecar};
 use crate::mode::Mode;
 use crate::quantity::Quantity;
@@ -83,17 +81,13 @@ impl PodAnnotations {
 
 /// Reads the `nestdock.io/*` annotations out of `metadata.annotations`.
 /// Returns a message naming the key, the value and what is accepted.
-pub fn parse(annotations: Option<&Map<String, Value>>) -> Result<PodAnnotations, String> {
+pub fn parse<'a>(
+    annotations: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<PodAnnotations, String> {
     let mut out = PodAnnotations::default();
-    let Some(annotations) = annotations else {
-        return Ok(out);
-    };
-    for (key, value) in annotations {
+    for (key, v) in annotations {
         let Some(name) = key.strip_prefix(PREFIX) else {
             continue;
-        };
-        let Some(v) = value.as_str() else {
-            return Err(format!("annotation {key} must be a string, got {value}"));
         };
         let bad = |accepted: &str| format!("annotation {key}: invalid value {v:?}: {accepted}");
         match name {
@@ -193,8 +187,9 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn p(v: Value) -> Result<PodAnnotations, String> {
-        parse(v.as_object())
+    fn p(v: serde_json::Value) -> Result<PodAnnotations, String> {
+        let map = v.as_object().unwrap();
+        parse(map.iter().map(|(k, v)| (k.as_str(), v.as_str().unwrap())))
     }
 
     #[test]

@@ -2,14 +2,18 @@
 //! to a decision. The webhook, `nestdock inject` and the tests all go through
 //! [`mutate`]; nothing here does I/O.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
-use json_patch::jsonptr::PointerBuf;
-use json_patch::{AddOperation, PatchOperation};
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
-use crate::config::{Config, Sidecar, SidecarConfig, Storage};
+use crate::config::{Config, Mtu, Sidecar, SidecarConfig, Storage};
 use crate::mode::Mode;
+use crate::patch::Patch;
+use crate::pod::{Container, Field, Metadata, Pairs, Spec, Volume};
 use crate::quantity::Quantity;
 
 /// What the engine knows about the pod's namespace.
@@ -52,7 +56,7 @@ pub enum Outcome {
     /// Allowed as it is (mode `none`, already injected, not a pod to touch).
     Unchanged,
     /// Allowed with these JSON Patch operations, built against the pod as received.
-    Patched(json_patch::Patch),
+    Patched(Patch),
     /// Refused.
     Denied(Denial),
 }
@@ -92,14 +96,40 @@ const CERTS_DIR: &str = "/certs";
 const CERTS_CLIENT_DIR: &str = "/certs/client";
 const TLS_HOST: &str = "tcp://localhost:2376";
 
-/// Reads the pod interface's MTU when the daemon starts (or takes the fixed
-/// value) and applies it to the default bridge and to user-defined networks.
-/// Static arguments come after it as `"$@"`, never through the shell.
-const MTU_PRELUDE: &str = r#"mtu="${NESTDOCK_MTU:-auto}"
+/// Starts dockerd listening on the shared socket. It reads the pod
+/// interface's MTU when the daemon starts (or takes the fixed value) and
+/// applies it to the default bridge and to user-defined networks. Static
+/// arguments come after it as `"$@"`, never through the shell.
+const START_SOCKET: &str = r#"mtu="${NESTDOCK_MTU:-auto}"
 if [ "$mtu" = auto ]; then mtu="$(cat /sys/class/net/eth0/mtu 2>/dev/null || echo 1500)"; fi
+exec dockerd-entrypoint.sh dockerd --mtu="$mtu" --default-network-opt="bridge=com.docker.network.driver.mtu=$mtu" "$@"
 "#;
-const MTU_FLAGS: &str =
-    r#"--mtu="$mtu" --default-network-opt="bridge=com.docker.network.driver.mtu=$mtu" "$@""#;
+
+/// [`START_SOCKET`] for TLS mode: without `dockerd` first, the entrypoint
+/// generates certificates into `DOCKER_TLS_CERTDIR` and listens on :2376 with
+/// `--tlsverify`.
+const START_TLS: &str = r#"mtu="${NESTDOCK_MTU:-auto}"
+if [ "$mtu" = auto ]; then mtu="$(cat /sys/class/net/eth0/mtu 2>/dev/null || echo 1500)"; fi
+exec dockerd-entrypoint.sh --mtu="$mtu" --default-network-opt="bridge=com.docker.network.driver.mtu=$mtu" "$@"
+"#;
+
+/// TLS mode's startup probe: the client certificates exist and dockerd answers over TLS.
+const TLS_PROBE: &str = "test -f /certs/client/cert.pem && docker --host=tcp://localhost:2376 \
+    --tlsverify --tlscacert=/certs/client/ca.pem --tlscert=/certs/client/cert.pem \
+    --tlskey=/certs/client/key.pem version >/dev/null";
+
+/// Static parts of the daemon container, serialised once per process: the
+/// start script is the longest string of the patch, and escaping it for every
+/// pod would be the single largest cost of writing the patch.
+static COMMAND_SOCKET: LazyLock<Box<RawValue>> =
+    LazyLock::new(|| raw(&["/bin/sh", "-c", START_SOCKET, DAEMON_CONTAINER]));
+static COMMAND_TLS: LazyLock<Box<RawValue>> =
+    LazyLock::new(|| raw(&["/bin/sh", "-c", START_TLS, DAEMON_CONTAINER]));
+static PROBE_TLS: LazyLock<Box<RawValue>> = LazyLock::new(|| raw(&["sh", "-c", TLS_PROBE]));
+
+fn raw(items: &[&str]) -> Box<RawValue> {
+    serde_json::value::to_raw_value(items).expect("a list of strings serialises")
+}
 
 /// Paths in the daemon that a mirrored mount must not shadow, besides the
 /// daemon's own mounts: shadowing them would break the daemon image itself.
@@ -122,23 +152,34 @@ const DAEMON_SYSTEM_PATHS: [&str; 14] = [
 
 /// Decides what happens to `pod` (the object exactly as the API server sent it).
 pub fn mutate(pod: &Value, ctx: &Context<'_>) -> Decision {
-    let annotations = pod
-        .pointer("/metadata/annotations")
-        .and_then(Value::as_object);
+    match crate::pod::from_value(pod) {
+        Ok(pod) => mutate_pod(&pod, ctx),
+        Err(message) => denied(ctx.config.default_mode, 400, message),
+    }
+}
+
+/// [`mutate`] on the pod's JSON text, as the webhook receives it: the pod is
+/// read borrowed and typed, without building a tree of it.
+pub fn mutate_json(pod: &str, ctx: &Context<'_>) -> Decision {
+    match crate::pod::from_json(pod) {
+        Ok(pod) => mutate_pod(&pod, ctx),
+        Err(message) => denied(ctx.config.default_mode, 400, message),
+    }
+}
+
+/// [`mutate`] on a pod already read (the webhook reads it with the review).
+pub fn mutate_pod(pod: &crate::pod::Pod<'_>, ctx: &Context<'_>) -> Decision {
+    let annotations = pod.metadata.as_ref().and_then(|m| m.annotations.as_ref());
     // Idempotency: the API server may call again (reinvocationPolicy: IfNeeded)
     // and `inject` may run twice; a pod we already patched is left alone.
     if let Some(done) = annotations.and_then(|a| a.get(crate::annotations::INJECTED)) {
-        let mode = done
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(Mode::None);
         return Decision {
-            mode,
+            mode: done.parse().unwrap_or(Mode::None),
             outcome: Outcome::Unchanged,
             warnings: Vec::new(),
         };
     }
-    let ann = match crate::annotations::parse(annotations) {
+    let ann = match crate::annotations::parse(annotations.into_iter().flat_map(Pairs::iter)) {
         Ok(a) => a,
         Err(message) => return denied(ctx.config.default_mode, 400, message),
     };
@@ -168,16 +209,16 @@ pub fn mutate(pod: &Value, ctx: &Context<'_>) -> Decision {
         ann: &ann,
         mode,
         ctx,
-        ops: Vec::new(),
+        patch: Patch::new(),
         warnings: Vec::new(),
     };
     match planner.plan() {
         Ok(()) => Decision {
             mode,
-            outcome: if planner.ops.is_empty() {
+            outcome: if planner.patch.is_empty() {
                 Outcome::Unchanged
             } else {
-                Outcome::Patched(json_patch::Patch(planner.ops))
+                Outcome::Patched(planner.patch)
             },
             warnings: planner.warnings,
         },
@@ -207,7 +248,7 @@ struct Slot<'a> {
     list: &'static str,
     index: usize,
     name: &'a str,
-    obj: &'a Map<String, Value>,
+    obj: &'a Container<'a>,
 }
 
 /// The pieces of a mode's wiring that differ between dind, rootless, TLS and dood.
@@ -222,56 +263,18 @@ struct Wiring {
     group: Option<i64>,
 }
 
-fn ptr<'t>(tokens: impl IntoIterator<Item = &'t str>) -> PointerBuf {
-    PointerBuf::from_tokens(tokens)
-}
-
-fn slots<'a>(spec: &'a Map<String, Value>, list: &'static str) -> Result<Vec<Slot<'a>>, Denial> {
-    let Some(items) = spec.get(list) else {
-        return Ok(Vec::new());
-    };
-    if items.is_null() {
-        return Ok(Vec::new());
-    }
-    let items = items
-        .as_array()
-        .ok_or_else(|| bad(format!("spec.{list} must be a list")))?;
+fn slots<'a>(list: &'static str, items: &'a Field<Vec<Container<'a>>>) -> Vec<Slot<'a>> {
     items
+        .items()
         .iter()
         .enumerate()
-        .map(|(index, c)| {
-            let obj = c
-                .as_object()
-                .ok_or_else(|| bad(format!("spec.{list}[{index}] must be an object")))?;
-            let name = obj
-                .get("name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| bad(format!("spec.{list}[{index}] has no name")))?;
-            Ok(Slot {
-                list,
-                index,
-                name,
-                obj,
-            })
+        .map(|(index, c)| Slot {
+            list,
+            index,
+            name: c.name.as_ref(),
+            obj: c,
         })
         .collect()
-}
-
-fn mounts(c: &Map<String, Value>) -> impl Iterator<Item = &Map<String, Value>> {
-    c.get("volumeMounts")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_object)
-}
-
-fn mount_path(m: &Map<String, Value>) -> &str {
-    let p = m.get("mountPath").and_then(Value::as_str).unwrap_or("");
-    if p.len() > 1 {
-        p.trim_end_matches('/')
-    } else {
-        p
-    }
 }
 
 /// True when `path` is `base` or lies below it.
@@ -296,56 +299,39 @@ fn limit_warning(mut s: String) -> String {
 
 /// The parts of the pod the engine reads, resolved once.
 struct PodView<'a> {
-    spec: &'a Map<String, Value>,
-    meta: Option<&'a Map<String, Value>>,
+    spec: &'a Spec<'a>,
+    meta: Option<&'a Metadata<'a>>,
     init: Vec<Slot<'a>>,
     app: Vec<Slot<'a>>,
 }
 
 impl<'a> PodView<'a> {
-    fn new(pod: &'a Value) -> Result<PodView<'a>, Denial> {
+    fn new(pod: &'a crate::pod::Pod<'a>) -> Result<PodView<'a>, Denial> {
         let spec = pod
-            .get("spec")
-            .and_then(Value::as_object)
+            .spec
+            .as_ref()
             .ok_or_else(|| bad("the pod has no spec object".to_string()))?;
         Ok(PodView {
             spec,
-            meta: pod.get("metadata").and_then(Value::as_object),
-            init: slots(spec, "initContainers")?,
-            app: slots(spec, "containers")?,
+            meta: pod.metadata.as_ref(),
+            init: slots("initContainers", &spec.init_containers),
+            app: slots("containers", &spec.containers),
         })
     }
 
-    fn list(&self, key: &str) -> impl Iterator<Item = &'a Map<String, Value>> {
-        self.spec
-            .get(key)
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_object)
-    }
-
-    fn volume(&self, name: &str) -> Option<&'a Map<String, Value>> {
-        self.list("volumes")
-            .find(|v| v.get("name").and_then(Value::as_str) == Some(name))
-    }
-
-    fn flag(&self, key: &str) -> Option<bool> {
-        self.spec.get(key).and_then(Value::as_bool)
+    fn volume(&self, name: &str) -> Option<&'a Volume<'a>> {
+        self.spec.volumes.items().iter().find(|v| v.name == name)
     }
 }
 
 /// Mounts of the service-account token: the ServiceAccount admission plugin
 /// adds them to every container, and the daemon has no use for them.
 fn is_service_account_token(view: &PodView<'_>, name: &str, path: &str) -> bool {
-    if under(path, SA_TOKEN_PATH) || name.starts_with("kube-api-access-") {
-        return true;
-    }
-    view.volume(name)
-        .and_then(|v| v.get("projected"))
-        .and_then(|p| p.get("sources"))
-        .and_then(Value::as_array)
-        .is_some_and(|s| s.iter().any(|src| src.get("serviceAccountToken").is_some()))
+    under(path, SA_TOKEN_PATH)
+        || name.starts_with("kube-api-access-")
+        || view
+            .volume(name)
+            .is_some_and(Volume::is_service_account_token)
 }
 
 struct Planner<'v, 'a> {
@@ -353,7 +339,7 @@ struct Planner<'v, 'a> {
     ann: &'v crate::annotations::PodAnnotations,
     mode: Mode,
     ctx: &'v Context<'v>,
-    ops: Vec<PatchOperation>,
+    patch: Patch,
     warnings: Vec<String>,
 }
 
@@ -366,34 +352,25 @@ impl<'v, 'a> Planner<'v, 'a> {
         self.warnings.push(limit_warning(msg));
     }
 
-    fn add(&mut self, path: PointerBuf, value: Value) {
-        self.ops
-            .push(PatchOperation::Add(AddOperation { path, value }));
+    fn add(&mut self, path: &[&str], value: &impl serde::Serialize) {
+        self.patch.add(path, value);
     }
 
-    /// Appends `items` to the list `key` of the object `parent` found at
-    /// `parent_path`. An absent or null list is added whole, because
-    /// `add .../-` needs the list to exist in the object as sent.
-    fn append(
-        &mut self,
-        parent: &Map<String, Value>,
-        parent_path: &[&str],
-        key: &str,
-        items: Vec<Value>,
-    ) {
+    /// Appends `items` to the list at `path`. A list that is absent or null
+    /// in the object as sent is added whole, because `add .../-` needs the
+    /// list to exist.
+    fn append<T: Serialize>(&mut self, exists: bool, path: &[&str], items: Vec<T>) {
         if items.is_empty() {
             return;
         }
-        let mut path: Vec<&str> = parent_path.to_vec();
-        path.push(key);
-        if parent.get(key).is_some_and(Value::is_array) {
-            path.push("-");
-            let p = ptr(path.iter().copied());
+        if exists {
+            let mut p: Vec<&str> = path.to_vec();
+            p.push("-");
             for item in items {
-                self.add(p.clone(), item);
+                self.add(&p, &item);
             }
         } else {
-            self.add(ptr(path.iter().copied()), Value::Array(items));
+            self.add(path, &items);
         }
     }
 
@@ -460,7 +437,7 @@ impl<'v, 'a> Planner<'v, 'a> {
 
     /// The daemon's resources: config, overridden by annotations; a request
     /// above its limit is denied, not adjusted.
-    fn resources(&self) -> Result<Value, Denial> {
+    fn resources(&self) -> Result<ResourcesOut<'v>, Denial> {
         let r = &self.cfg().dind.resources;
         let a = self.ann;
         fn pick<'q>(ann: &'q Option<Quantity>, cfg: &'q Option<Quantity>) -> Option<&'q Quantity> {
@@ -481,26 +458,16 @@ impl<'v, 'a> Planner<'v, 'a> {
                 }
             }
         }
-        let list = |cpu: Option<&Quantity>, mem: Option<&Quantity>| {
-            let mut m = Map::new();
-            if let Some(c) = cpu {
-                m.insert("cpu".into(), Value::String(c.as_str().into()));
-            }
-            if let Some(x) = mem {
-                m.insert("memory".into(), Value::String(x.as_str().into()));
-            }
-            m
+        let list = |cpu: Option<&'v Quantity>, mem: Option<&'v Quantity>| {
+            (cpu.is_some() || mem.is_some()).then(|| CpuMemory {
+                cpu: cpu.map(Quantity::as_str),
+                memory: mem.map(Quantity::as_str),
+            })
         };
-        let mut out = Map::new();
-        let requests = list(cpu_req, mem_req);
-        let limits = list(cpu_lim, mem_lim);
-        if !requests.is_empty() {
-            out.insert("requests".into(), Value::Object(requests));
-        }
-        if !limits.is_empty() {
-            out.insert("limits".into(), Value::Object(limits));
-        }
-        Ok(Value::Object(out))
+        Ok(ResourcesOut {
+            requests: list(cpu_req, mem_req),
+            limits: list(cpu_lim, mem_lim),
+        })
     }
 
     /// The containers that get the daemon: the `containers` annotation, or every
@@ -547,12 +514,35 @@ impl<'v, 'a> Planner<'v, 'a> {
     }
 
     fn check_container_name_free(&self, name: &str) -> Result<(), Denial> {
-        for list in ["initContainers", "containers", "ephemeralContainers"] {
-            if self
-                .view
-                .list(list)
-                .any(|c| c.get("name").and_then(Value::as_str) == Some(name))
-            {
+        let spec = self.view.spec;
+        let lists: [(&str, Vec<&str>); 3] = [
+            (
+                "initContainers",
+                spec.init_containers
+                    .items()
+                    .iter()
+                    .map(|c| c.name.as_ref())
+                    .collect(),
+            ),
+            (
+                "containers",
+                spec.containers
+                    .items()
+                    .iter()
+                    .map(|c| c.name.as_ref())
+                    .collect(),
+            ),
+            (
+                "ephemeralContainers",
+                spec.ephemeral_containers
+                    .items()
+                    .iter()
+                    .map(|c| c.name.as_ref())
+                    .collect(),
+            ),
+        ];
+        for (list, names) in lists {
+            if names.contains(&name) {
                 return Err(bad(format!(
                     "the pod already has a container named {name} (in spec.{list}), the name of the \
                      daemon container nestdock adds; rename that container"
@@ -577,10 +567,10 @@ impl<'v, 'a> Planner<'v, 'a> {
     /// Gives every target the environment and the mount of `wiring`.
     fn wire_targets(&mut self, targets: &[&'v Slot<'a>], wiring: &Wiring) -> Result<(), Denial> {
         for t in targets {
-            for m in mounts(t.obj) {
-                let path = mount_path(m);
+            for m in t.obj.volume_mounts.items() {
+                let path = m.path();
                 if wiring.reserved_target_paths.iter().any(|r| r == path) {
-                    let vol = m.get("name").and_then(Value::as_str).unwrap_or("?");
+                    let vol = &m.name;
                     return Err(bad(format!(
                         "container {} already mounts volume {vol} at {path}, where nestdock puts the docker \
                          socket; remove that mount, or leave the container out with nestdock.io/containers",
@@ -591,15 +581,7 @@ impl<'v, 'a> Planner<'v, 'a> {
         }
         for t in targets {
             let index = t.index.to_string();
-            let at = ["spec", t.list, index.as_str()];
-            let existing: Vec<&str> = t
-                .obj
-                .get("env")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(|e| e.get("name").and_then(Value::as_str))
-                .collect();
+            let existing: Vec<&str> = t.obj.env.items().iter().map(|e| e.name.as_ref()).collect();
             let mut env = Vec::with_capacity(wiring.env.len());
             for (k, v) in &wiring.env {
                 if existing.contains(k) {
@@ -611,11 +593,12 @@ impl<'v, 'a> Planner<'v, 'a> {
                     env.push(json!({ "name": k, "value": v }));
                 }
             }
-            self.append(t.obj, &at, "env", env);
+            let env_path = ["spec", t.list, index.as_str(), "env"];
+            self.append(t.obj.env.is_present(), &env_path, env);
+            let mounts_path = ["spec", t.list, index.as_str(), "volumeMounts"];
             self.append(
-                t.obj,
-                &at,
-                "volumeMounts",
+                t.obj.volume_mounts.is_present(),
+                &mounts_path,
                 vec![wiring.target_mount.clone()],
             );
         }
@@ -623,36 +606,27 @@ impl<'v, 'a> Planner<'v, 'a> {
     }
 
     fn add_supplemental_group(&mut self, gid: i64) {
-        match self
-            .view
-            .spec
-            .get("securityContext")
-            .and_then(Value::as_object)
-        {
-            Some(sc) => {
-                let has = sc
-                    .get("supplementalGroups")
-                    .and_then(Value::as_array)
-                    .is_some_and(|g| g.iter().any(|x| x.as_i64() == Some(gid)));
-                if !has {
+        match &self.view.spec.security_context {
+            Field::Present(sc) => {
+                let groups = &sc.supplemental_groups;
+                if !groups.items().contains(&gid) {
                     self.append(
-                        sc,
-                        &["spec", "securityContext"],
-                        "supplementalGroups",
+                        groups.is_present(),
+                        &["spec", "securityContext", "supplementalGroups"],
                         vec![json!(gid)],
                     );
                 }
             }
-            None => self.add(
-                ptr(["spec", "securityContext"]),
-                json!({ "supplementalGroups": [gid] }),
+            _ => self.add(
+                &["spec", "securityContext"],
+                &json!({ "supplementalGroups": [gid] }),
             ),
         }
     }
 
     fn add_volumes(&mut self, volumes: Vec<Value>) {
-        let spec = self.view.spec;
-        self.append(spec, &["spec"], "volumes", volumes);
+        let exists = self.view.spec.volumes.is_present();
+        self.append(exists, &["spec", "volumes"], volumes);
     }
 
     /// Records the idempotency marker `nestdock.io/injected: <mode>`.
@@ -660,11 +634,11 @@ impl<'v, 'a> Planner<'v, 'a> {
         let key = crate::annotations::INJECTED;
         let mode = Value::String(self.mode.as_str().into());
         match self.view.meta {
-            Some(meta) => match meta.get("annotations").and_then(Value::as_object) {
-                Some(_) => self.add(ptr(["metadata", "annotations", key]), mode),
-                None => self.add(ptr(["metadata", "annotations"]), json!({ key: mode })),
-            },
-            None => self.add(ptr(["metadata"]), json!({ "annotations": { key: mode } })),
+            Some(meta) if meta.annotations.is_present() => {
+                self.add(&["metadata", "annotations", key], &mode)
+            }
+            Some(_) => self.add(&["metadata", "annotations"], &json!({ key: mode })),
+            None => self.add(&["metadata"], &json!({ "annotations": { key: mode } })),
         }
     }
 
@@ -697,22 +671,15 @@ impl<'v, 'a> Planner<'v, 'a> {
         if wanted.is_empty() {
             return;
         }
-        match self
-            .view
-            .spec
-            .get("nodeSelector")
-            .and_then(Value::as_object)
-        {
+        match self.view.spec.node_selector.as_ref() {
             Some(existing) => {
                 for (k, v) in wanted {
-                    match existing.get(k).and_then(Value::as_str) {
+                    match existing.get(k) {
                         Some(have) if have == v => {}
                         Some(have) => self.warn(format!(
                             "nodeSelector {k}={have} kept; dood expects {k}={v} (nodes with a docker daemon)"
                         )),
-                        None => self.add(
-                            ptr(["spec", "nodeSelector", k.as_str()]),
-                            Value::String(v.clone()),
+                        None => self.add(&["spec", "nodeSelector", k.as_str()], &Value::String(v.clone()),
                         ),
                     }
                 }
@@ -722,7 +689,7 @@ impl<'v, 'a> Planner<'v, 'a> {
                     .iter()
                     .map(|(k, v)| (k.clone(), Value::String(v.clone())))
                     .collect();
-                self.add(ptr(["spec", "nodeSelector"]), Value::Object(map));
+                self.add(&["spec", "nodeSelector"], &Value::Object(map));
             }
         }
     }
@@ -731,13 +698,13 @@ impl<'v, 'a> Planner<'v, 'a> {
         &mut self,
         targets: &[&'v Slot<'a>],
         sidecar: Sidecar,
-        resources: Value,
+        resources: ResourcesOut<'v>,
     ) -> Result<(), Denial> {
         let cfg = self.cfg();
         let mode = self.mode;
         let rootless = mode == Mode::DindRootless;
         let tls = self.ann.tls == Some(true);
-        if self.view.flag("hostNetwork") == Some(true) {
+        if self.view.spec.host_network == Some(true) {
             return Err(Denial {
                 code: 403,
                 message: format!(
@@ -746,7 +713,7 @@ impl<'v, 'a> Planner<'v, 'a> {
                 ),
             });
         }
-        if self.view.flag("hostUsers") == Some(false) {
+        if self.view.spec.host_users == Some(false) {
             return Err(Denial {
                 code: 403,
                 message: format!(
@@ -802,11 +769,11 @@ impl<'v, 'a> Planner<'v, 'a> {
         };
         let mut daemon_mounts = Vec::new();
         if !tls {
-            daemon_mounts.push(json!({ "name": VOL_SOCKET, "mountPath": daemon_socket_dir }));
+            daemon_mounts.push(MountOut::new(VOL_SOCKET, daemon_socket_dir));
         }
-        daemon_mounts.push(json!({ "name": VOL_STORAGE, "mountPath": storage_path }));
+        daemon_mounts.push(MountOut::new(VOL_STORAGE, storage_path));
         if tls {
-            daemon_mounts.push(json!({ "name": VOL_CERTS, "mountPath": CERTS_DIR }));
+            daemon_mounts.push(MountOut::new(VOL_CERTS, CERTS_DIR));
         }
         let own_paths = [
             daemon_socket_dir,
@@ -833,10 +800,10 @@ impl<'v, 'a> Planner<'v, 'a> {
         let spec = self.view.spec;
         match sidecar {
             Sidecar::Native => {
-                if spec.get("initContainers").is_some_and(Value::is_array) {
-                    self.add(ptr(["spec", "initContainers", "0"]), daemon);
+                if spec.init_containers.is_present() {
+                    self.add(&["spec", "initContainers", "0"], &daemon);
                 } else {
-                    self.add(ptr(["spec", "initContainers"]), json!([daemon]));
+                    self.add(&["spec", "initContainers"], &[daemon]);
                 }
             }
             Sidecar::Container => {
@@ -845,7 +812,11 @@ impl<'v, 'a> Planner<'v, 'a> {
                      complete while it runs"
                         .to_string(),
                 );
-                self.append(spec, &["spec"], "containers", vec![daemon]);
+                self.append(
+                    spec.containers.is_present(),
+                    &["spec", "containers"],
+                    vec![daemon],
+                );
             }
         }
         Ok(())
@@ -853,16 +824,21 @@ impl<'v, 'a> Planner<'v, 'a> {
 
     /// Mirrors the targets' mounts into the daemon (same volume, path and
     /// subPath) so that `docker run -v $PWD:/src` sees the app's files.
-    fn mirror_mounts(&mut self, targets: &[&'v Slot<'a>], own: &[&str], out: &mut Vec<Value>) {
+    fn mirror_mounts(
+        &mut self,
+        targets: &[&'v Slot<'a>],
+        own: &[&str],
+        out: &mut Vec<MountOut<'v>>,
+    ) {
         let view = self.view;
         let ours = [VOL_SOCKET, VOL_STORAGE, VOL_CERTS, VOL_HOST_SOCKET];
         // (path, volume, subPath) of what is mirrored so far.
         let mut seen: Vec<(&str, &str, &str)> = Vec::new();
         for t in targets {
-            for m in mounts(t.obj) {
-                let name = m.get("name").and_then(Value::as_str).unwrap_or("");
-                let path = mount_path(m);
-                let sub = m.get("subPath").and_then(Value::as_str).unwrap_or("");
+            for m in t.obj.volume_mounts.items() {
+                let name = m.name.as_ref();
+                let path = m.path();
+                let sub = m.sub_path.as_deref().unwrap_or("");
                 if name.is_empty() || path.is_empty() || ours.contains(&name) {
                     continue;
                 }
@@ -875,7 +851,7 @@ impl<'v, 'a> Planner<'v, 'a> {
                         t.name
                     )
                 };
-                if m.get("subPathExpr").is_some() {
+                if m.sub_path_expr.is_some() {
                     let w = skip("subPathExpr cannot be expanded there");
                     self.warn(w);
                     continue;
@@ -898,16 +874,12 @@ impl<'v, 'a> Planner<'v, 'a> {
                     continue;
                 }
                 seen.push((path, name, sub));
-                let mut mirrored = Map::new();
-                mirrored.insert("name".into(), Value::String(name.into()));
-                mirrored.insert("mountPath".into(), Value::String(path.into()));
-                if !sub.is_empty() {
-                    mirrored.insert("subPath".into(), Value::String(sub.into()));
-                }
-                if m.get("readOnly").and_then(Value::as_bool) == Some(true) {
-                    mirrored.insert("readOnly".into(), Value::Bool(true));
-                }
-                out.push(Value::Object(mirrored));
+                out.push(MountOut {
+                    name,
+                    mount_path: path,
+                    sub_path: (!sub.is_empty()).then_some(sub),
+                    read_only: (m.read_only == Some(true)).then_some(true),
+                });
             }
         }
     }
@@ -944,21 +916,19 @@ impl<'v, 'a> Planner<'v, 'a> {
         &self,
         sidecar: Sidecar,
         tls: bool,
-        resources: Value,
+        resources: ResourcesOut<'v>,
         socket_dir: &str,
-        mounts: Vec<Value>,
-    ) -> Value {
+        mounts: Vec<MountOut<'v>>,
+    ) -> DaemonOut<'v> {
         let cfg = self.cfg();
         let dind = &cfg.dind;
         let ann = self.ann;
         let rootless = self.mode == Mode::DindRootless;
-        let image = ann.image.clone().unwrap_or_else(|| {
-            if rootless {
-                dind.rootless_image.clone()
-            } else {
-                dind.image.clone()
-            }
-        });
+        let image = match &ann.image {
+            Some(image) => image.as_str(),
+            None if rootless => dind.rootless_image.as_str(),
+            None => dind.image.as_str(),
+        };
         let host = format!("unix://{socket_dir}/docker.sock");
         let mut args: Vec<String> = Vec::new();
         if !tls {
@@ -992,63 +962,162 @@ impl<'v, 'a> Planner<'v, 'a> {
         }
         args.extend(dind.extra_args.iter().cloned());
 
-        // Through the image's entrypoint (cgroup v2 nesting, tini); `dockerd`
-        // first skips its default TCP listener, which TLS mode wants instead.
-        let script = format!(
-            "{MTU_PRELUDE}exec dockerd-entrypoint.sh {}{MTU_FLAGS}\n",
-            if tls { "" } else { "dockerd " }
-        );
-        let mtu = ann.mtu.unwrap_or(dind.mtu);
-        let mut env = vec![
-            json!({ "name": "DOCKER_TLS_CERTDIR", "value": if tls { CERTS_DIR } else { "" } }),
-            json!({ "name": "NESTDOCK_MTU", "value": mtu.to_string() }),
-        ];
+        let mtu = match ann.mtu.unwrap_or(dind.mtu) {
+            Mtu::Auto => Cow::Borrowed("auto"),
+            Mtu::Fixed(n) => Cow::Owned(n.to_string()),
+        };
+        let mut env = Vec::with_capacity(3 + dind.env.len());
+        env.push(EnvOut::new(
+            "DOCKER_TLS_CERTDIR",
+            if tls { CERTS_DIR } else { "" },
+        ));
+        env.push(EnvOut {
+            name: "NESTDOCK_MTU",
+            value: mtu,
+        });
         if rootless {
-            env.push(json!({ "name": "XDG_RUNTIME_DIR", "value": ROOTLESS_RUNTIME_DIR }));
+            env.push(EnvOut::new("XDG_RUNTIME_DIR", ROOTLESS_RUNTIME_DIR));
         }
-        env.extend(
-            dind.env
-                .iter()
-                .map(|e| json!({ "name": e.name, "value": e.value })),
-        );
+        env.extend(dind.env.iter().map(|e| EnvOut::new(&e.name, &e.value)));
 
         let probe = if tls {
-            json!([
-                "sh",
-                "-c",
-                "test -f /certs/client/cert.pem && docker --host=tcp://localhost:2376 \
-                --tlsverify --tlscacert=/certs/client/ca.pem --tlscert=/certs/client/cert.pem \
-                --tlskey=/certs/client/key.pem version >/dev/null"
+            ProbeCommand::Static(&PROBE_TLS)
+        } else {
+            ProbeCommand::Socket([
+                "docker".to_string(),
+                format!("--host={host}"),
+                "version".to_string(),
             ])
-        } else {
-            json!(["docker", format!("--host={host}"), "version"])
         };
-        let security = if rootless {
-            json!({ "privileged": true, "runAsUser": ROOTLESS_ID, "runAsGroup": ROOTLESS_ID, "runAsNonRoot": true })
-        } else {
-            json!({ "privileged": true, "runAsUser": 0, "runAsNonRoot": false })
-        };
-        let mut c = json!({
-            "name": DAEMON_CONTAINER,
-            "image": image,
-            "command": ["/bin/sh", "-c", script, DAEMON_CONTAINER],
-            "args": args,
-            "env": env,
-            "securityContext": security,
-            "startupProbe": {
-                "exec": { "command": probe },
-                "periodSeconds": 1,
-                "timeoutSeconds": 5,
-                "failureThreshold": 300,
+        DaemonOut {
+            name: DAEMON_CONTAINER,
+            image,
+            // Through the image's entrypoint (cgroup v2 nesting, tini);
+            // `dockerd` first skips its default TCP listener, which TLS mode
+            // wants instead.
+            command: if tls { &COMMAND_TLS } else { &COMMAND_SOCKET },
+            args,
+            env,
+            security_context: SecurityOut {
+                privileged: true,
+                run_as_user: if rootless { ROOTLESS_ID } else { 0 },
+                run_as_group: rootless.then_some(ROOTLESS_ID),
+                run_as_non_root: rootless,
             },
-            "volumeMounts": mounts,
-        });
-        if resources.as_object().is_some_and(|r| !r.is_empty()) {
-            c["resources"] = resources;
+            startup_probe: ProbeOut {
+                exec: ExecOut { command: probe },
+                period_seconds: 1,
+                timeout_seconds: 5,
+                failure_threshold: 300,
+            },
+            resources: (resources.requests.is_some() || resources.limits.is_some())
+                .then_some(resources),
+            volume_mounts: mounts,
+            restart_policy: (sidecar == Sidecar::Native).then_some("Always"),
         }
-        if sidecar == Sidecar::Native {
-            c["restartPolicy"] = Value::String("Always".into());
+    }
+}
+
+/// The daemon container as it goes into the patch.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DaemonOut<'a> {
+    name: &'static str,
+    image: &'a str,
+    command: &'static RawValue,
+    args: Vec<String>,
+    env: Vec<EnvOut<'a>>,
+    security_context: SecurityOut,
+    startup_probe: ProbeOut,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resources: Option<ResourcesOut<'a>>,
+    volume_mounts: Vec<MountOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    restart_policy: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct EnvOut<'a> {
+    name: &'a str,
+    value: Cow<'a, str>,
+}
+
+impl<'a> EnvOut<'a> {
+    fn new(name: &'a str, value: &'a str) -> EnvOut<'a> {
+        EnvOut {
+            name,
+            value: Cow::Borrowed(value),
         }
-        c
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SecurityOut {
+    privileged: bool,
+    run_as_user: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    run_as_group: Option<i64>,
+    run_as_non_root: bool,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ProbeOut {
+    exec: ExecOut,
+    period_seconds: u32,
+    timeout_seconds: u32,
+    failure_threshold: u32,
+}
+
+#[derive(Serialize)]
+struct ExecOut {
+    command: ProbeCommand,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ProbeCommand {
+    Static(&'static RawValue),
+    Socket([String; 3]),
+}
+
+/// `requests`/`limits` of the daemon.
+#[derive(Serialize)]
+struct ResourcesOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    requests: Option<CpuMemory<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limits: Option<CpuMemory<'a>>,
+}
+
+#[derive(Serialize)]
+struct CpuMemory<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cpu: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    memory: Option<&'a str>,
+}
+
+/// A volume mount, as the daemon gets it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MountOut<'a> {
+    name: &'a str,
+    mount_path: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sub_path: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    read_only: Option<bool>,
+}
+
+impl<'a> MountOut<'a> {
+    fn new(name: &'a str, mount_path: &'a str) -> MountOut<'a> {
+        MountOut {
+            name,
+            mount_path,
+            sub_path: None,
+            read_only: None,
+        }
     }
 }

@@ -74,9 +74,14 @@ pub fn explain(pod: &Value, ctx: &Context<'_>) -> String {
         return out;
     }
     // Why this mode: the same choice the engine made, before any gate.
-    let ann_mode = crate::annotations::parse(annotations)
-        .ok()
-        .and_then(|a| a.mode);
+    let ann_mode = crate::annotations::parse(
+        annotations
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, v)| Some((k.as_str(), v.as_str()?))),
+    )
+    .ok()
+    .and_then(|a| a.mode);
     let choice = policy::choose(ann_mode, ctx.namespace, ctx.config);
     let why = match choice.source {
         Source::Annotation => "the pod annotation nestdock.io/mode".to_string(),
@@ -113,7 +118,7 @@ pub fn explain(pod: &Value, ctx: &Context<'_>) -> String {
         }
         Outcome::Patched(patch) => {
             let mut patched = pod.clone();
-            if json_patch::patch(&mut patched, patch).is_err() {
+            if patch.apply(&mut patched).is_err() {
                 let _ = writeln!(out, "result: injected (the patch could not be previewed)");
             } else {
                 let _ = writeln!(out, "result: injected");
@@ -140,6 +145,11 @@ fn describe(out: &mut String, before: &Value, after: &Value, mode: Mode) {
              before any later container starts",
             engine::DAEMON_CONTAINER,
             daemon["image"].as_str().unwrap_or("?")
+        );
+        let _ = writeln!(
+            out,
+            "  (with sidecar: auto this assumes Kubernetes 1.29 or newer; the webhook asks the API server, \
+             and before 1.29 the daemon is a plain container)"
         );
     } else if let Some(daemon) = find(spec.get("containers"), engine::DAEMON_CONTAINER) {
         let _ = writeln!(

@@ -548,7 +548,7 @@ impl Run<'_> {
             }
             Outcome::Patched(patch) => {
                 self.push_warnings(name, decision.warnings);
-                Some(patch)
+                Some(patch.to_json_patch())
             }
             Outcome::Denied(denial) => {
                 self.denials.push(DeniedObject {

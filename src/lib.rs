@@ -16,6 +16,8 @@ pub mod inject;
 pub mod metrics;
 pub mod mode;
 pub mod namespaces;
+pub mod patch;
+pub mod pod;
 pub mod policy;
 pub mod quantity;
 pub mod server;

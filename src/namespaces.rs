@@ -39,6 +39,10 @@ struct Inner {
     store: Store<Namespace>,
     ready: AtomicBool,
     native_sidecars: AtomicBool,
+    /// Whether the API server's version has been read; until then native
+    /// sidecars are not assumed (on 1.28 a `restartPolicy: Always` init
+    /// container would hold the pod in Init forever).
+    version_known: AtomicBool,
     api: Api<Namespace>,
     /// Namespaces fetched directly because the watch had not delivered them.
     fetched: RwLock<HashMap<String, Arc<Namespace>>>,
@@ -64,16 +68,32 @@ pub async fn connect(kube: bool) -> Option<NamespaceCache> {
         return None;
     }
     crate::tls::install_ring();
-    match Client::try_default().await {
-        Ok(client) => Some(NamespaceCache::start(client)),
+    let config = match kube::Config::infer().await {
+        Ok(c) => c,
         Err(e) => {
             tracing::warn!(
                 error = %e,
                 "namespace policy is off: no cluster configuration found (in-cluster or kubeconfig)"
             );
+            return None;
+        }
+    };
+    match client_for(config) {
+        Ok(client) => Some(NamespaceCache::start(client)),
+        Err(e) => {
+            tracing::warn!(error = %e, "namespace policy is off: cannot build a Kubernetes client");
             None
         }
     }
+}
+
+/// A client that leaves retries to the watcher: kube's own retry of 429/503
+/// would hide an outage from the watcher (no reconnect logged, recovery
+/// delayed past the watcher's backoff) and spend a direct fetch's whole
+/// timeout on retries.
+pub fn client_for(mut config: kube::Config) -> Result<Client, kube::Error> {
+    config.default_retry = false;
+    Client::try_from(config)
 }
 
 /// Keeps only what policy reads: the labels (10,000 namespaces stay small).
@@ -117,6 +137,15 @@ async fn detect_native_sidecars(client: &Client) -> Option<bool> {
     }
 }
 
+impl Inner {
+    async fn refresh_version(&self, client: &Client) {
+        if let Some(native) = detect_native_sidecars(client).await {
+            self.native_sidecars.store(native, Ordering::Relaxed);
+            self.version_known.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
 impl NamespaceCache {
     /// Starts the watch in the background and returns at once; [`is_ready`]
     /// turns true when the first full list has arrived.
@@ -128,15 +157,14 @@ impl NamespaceCache {
         let inner = Arc::new(Inner {
             store,
             ready: AtomicBool::new(false),
-            native_sidecars: AtomicBool::new(true),
+            native_sidecars: AtomicBool::new(false),
+            version_known: AtomicBool::new(false),
             api: api.clone(),
             fetched: RwLock::new(HashMap::new()),
         });
         let task_inner = inner.clone();
         tokio::spawn(async move {
-            if let Some(native) = detect_native_sidecars(&client).await {
-                task_inner.native_sidecars.store(native, Ordering::Relaxed);
-            }
+            task_inner.refresh_version(&client).await;
             let stream = watcher(api, watcher::Config::default())
                 .default_backoff()
                 .modify(strip);
@@ -146,14 +174,16 @@ impl NamespaceCache {
                 match event {
                     Ok(watcher::Event::InitDone) => {
                         let count = task_inner.store.len();
+                        // After a reconnect the server may have been upgraded;
+                        // an unknown version is asked again at every relist.
+                        if failed || !task_inner.version_known.load(Ordering::Relaxed) {
+                            task_inner.refresh_version(&client).await;
+                        }
                         if failed {
                             tracing::info!(
                                 namespaces = count,
                                 "namespace watch reconnected and relisted"
                             );
-                            if let Some(native) = detect_native_sidecars(&client).await {
-                                task_inner.native_sidecars.store(native, Ordering::Relaxed);
-                            }
                         } else if !task_inner.ready.load(Ordering::Relaxed) {
                             tracing::info!(namespaces = count, "namespace cache synced");
                         }
@@ -182,7 +212,8 @@ impl NamespaceCache {
         self.inner.ready.load(Ordering::Acquire)
     }
 
-    /// Whether the API server runs native sidecars (resolves `sidecar: auto`).
+    /// Whether the API server runs native sidecars (resolves `sidecar: auto`);
+    /// false until its version has been read.
     pub fn native_sidecars(&self) -> bool {
         self.inner.native_sidecars.load(Ordering::Relaxed)
     }
@@ -215,9 +246,17 @@ impl NamespaceCache {
             return Err(LookupError::NotReady);
         }
         if let Some(ns) = self.inner.store.get(&ObjectRef::new(name)) {
-            // The watch caught up: forget a direct fetch of it.
-            if let Ok(mut f) = self.inner.fetched.try_write() {
-                f.remove(name);
+            // The watch caught up: forget a direct fetch of it (checked under
+            // the read lock first: the common case takes no write lock).
+            let fetched_too = self
+                .inner
+                .fetched
+                .read()
+                .is_ok_and(|f| f.contains_key(name));
+            if fetched_too {
+                if let Ok(mut f) = self.inner.fetched.try_write() {
+                    f.remove(name);
+                }
             }
             return Ok(ns);
         }

@@ -274,6 +274,8 @@ proptest! {
         };
         let ctx = Context { config: &config, namespace: NamespacePolicy::Offline { mode: flag }, native_sidecars: true };
         let d = mutate(&pod, &ctx);
+        // The webhook reads the pod from its JSON text: same decision.
+        prop_assert_eq!(&nestdock::engine::mutate_json(&pod.to_string(), &ctx), &d);
         match &d.outcome {
             Outcome::Unchanged => prop_assert!(d.mode == nestdock::mode::Mode::None),
             Outcome::Denied(denial) => {
