@@ -1656,7 +1656,7 @@ fn node_docker_daemonset_and_the_dood_config_agree() {
         .expect("/var/lib/docker is a volume, not the container's overlay");
     assert!(!storage.is_null());
 
-    // The config the example ships (and docs/install.md shows) points dood at it.
+    // The config the example ships (and the README shows) points dood at it.
     let config_path = repo().join("manifests/examples/dood-on-node-docker/config.yaml");
     let config: Value = serde_norway::from_str(&read(&config_path)).unwrap();
     assert_eq!(config["dood"]["hostSocket"], host_socket);
@@ -1939,7 +1939,7 @@ fn dockerfile_builds_with_the_ci_command_and_runs_without_a_shell() {
 
 #[test]
 fn install_guide_names_only_paths_and_flags_that_exist() {
-    let doc = read(repo().join("docs/install.md"));
+    let doc = read(repo().join("README.md"));
     let mut checked = 0;
     for word in doc.split(|c: char| c.is_whitespace() || "`()[],;\"'".contains(c)) {
         if let Some(path) = word.strip_prefix("manifests/") {
@@ -1947,7 +1947,7 @@ fn install_guide_names_only_paths_and_flags_that_exist() {
             let full = repo().join("manifests").join(path);
             assert!(
                 full.exists(),
-                "docs/install.md names manifests/{path}, which does not exist"
+                "README.md names manifests/{path}, which does not exist"
             );
             checked += 1;
         }
@@ -1976,7 +1976,7 @@ fn install_guide_names_only_paths_and_flags_that_exist() {
             if word.starts_with("--") && word.len() > 2 {
                 assert!(
                     help.contains(word),
-                    "docs/install.md: {line}: serve does not accept {word}"
+                    "README.md: {line}: serve does not accept {word}"
                 );
             }
         }
