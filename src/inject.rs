@@ -664,6 +664,10 @@ mod yaml {
         h.get(i)
     }
 
+    /// Written keys longer than this use the explicit form (YAML's limit for an
+    /// implicit key is 1024 characters; no Kubernetes key comes close).
+    const EXPLICIT_KEY_OVER: usize = 1000;
+
     /// A non-empty mapping whose entries start at column `n`; with
     /// `first_inline` the first entry follows a `- ` already written.
     fn emit_mapping(
@@ -677,7 +681,17 @@ mod yaml {
             if i > 0 || !first_inline {
                 indent(out, n);
             }
+            let start = out.len();
             emit_string(out, k);
+            if out.len() - start > EXPLICIT_KEY_OVER {
+                // YAML allows at most 1024 characters in an implicit key;
+                // longer ones are written in the explicit `? key` form.
+                let key = out.split_off(start);
+                out.push_str("? ");
+                out.push_str(&key);
+                out.push('\n');
+                indent(out, n);
+            }
             out.push(':');
             emit_value(out, v, h, n);
         }
@@ -1152,6 +1166,18 @@ spec:
         let again = run(&out.yaml).unwrap();
         assert_eq!(again.yaml, out.yaml);
         assert!(again.warnings.is_empty());
+    }
+
+    #[test]
+    fn keys_over_the_implicit_key_limit_read_back() {
+        let key = "k".repeat(1500);
+        let input = format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  ? {key}\n  : v\n"
+        );
+        let out = run(&input).unwrap();
+        let again = run(&out.yaml).unwrap();
+        assert_eq!(out.yaml, again.yaml);
+        assert!(out.yaml.contains(&format!("? {key}")), "{}", out.yaml);
     }
 
     #[test]
