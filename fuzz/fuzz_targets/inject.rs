@@ -14,7 +14,6 @@ use nestdock::mode::Mode;
 use serde::Deserialize as _;
 use serde_json::Value;
 
-
 /// The documents of a YAML stream; inject's own output must always read back.
 fn documents(yaml: &str) -> Vec<Value> {
     serde_norway::Deserializer::from_str(yaml)
