@@ -214,10 +214,12 @@ struct ReviewIn<'a> {
     request: Option<&'a RawValue>,
 }
 
-/// The request fields a decision and its log line need.
+/// The request fields a decision and its log line need. `O` is how the
+/// object is read: straight into the typed pod on the fast path, as raw JSON
+/// on the checked path.
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RequestIn<'a> {
+#[serde(rename_all = "camelCase", bound(deserialize = "O: Deserialize<'de>"))]
+struct RequestIn<'a, O> {
     #[serde(borrow)]
     uid: Cow<'a, str>,
     #[serde(borrow)]
@@ -232,8 +234,8 @@ struct RequestIn<'a> {
     operation: Cow<'a, str>,
     #[serde(default)]
     dry_run: Option<bool>,
-    #[serde(borrow, default)]
-    object: Option<&'a RawValue>,
+    #[serde(default = "Option::default")]
+    object: Option<O>,
 }
 
 /// Any object's metadata, for the log line of a review nestdock skips.
@@ -279,28 +281,7 @@ struct ReviewFast<'a> {
     #[serde(borrow)]
     kind: Cow<'a, str>,
     #[serde(borrow)]
-    request: RequestFast<'a>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RequestFast<'a> {
-    #[serde(borrow)]
-    uid: Cow<'a, str>,
-    #[serde(borrow)]
-    kind: GroupVersionKind<'a>,
-    #[serde(borrow, default)]
-    sub_resource: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    namespace: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    name: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    operation: Cow<'a, str>,
-    #[serde(default)]
-    dry_run: Option<bool>,
-    #[serde(borrow, default)]
-    object: Option<crate::pod::Pod<'a>>,
+    request: RequestIn<'a, crate::pod::Pod<'a>>,
 }
 
 /// The fast path's [`finish`]: only a pod CREATE with its object, or
@@ -397,13 +378,14 @@ fn parse_checked(text: &str) -> Result<Parsed<'_>, ReviewError> {
         )));
     }
     let mut de = serde_json::Deserializer::from_str(request.get());
-    let request: RequestIn<'_> = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        ReviewError::bad_request(format!(
-            "invalid {KIND} at request.{}: {}",
-            e.path(),
-            e.inner()
-        ))
-    })?;
+    let request: RequestIn<'_, &RawValue> =
+        serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            ReviewError::bad_request(format!(
+                "invalid {KIND} at request.{}: {}",
+                e.path(),
+                e.inner()
+            ))
+        })?;
     finish(api_version, kind, request)
 }
 
@@ -412,7 +394,7 @@ fn parse_checked(text: &str) -> Result<Parsed<'_>, ReviewError> {
 fn finish<'a>(
     api_version: Cow<'a, str>,
     kind: Cow<'a, str>,
-    request: RequestIn<'a>,
+    request: RequestIn<'a, &'a RawValue>,
 ) -> Result<Parsed<'a>, ReviewError> {
     let operation = match request.operation.as_ref() {
         "CREATE" => "CREATE",
