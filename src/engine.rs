@@ -3,7 +3,7 @@
 //! [`mutate`]; nothing here does I/O.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::LazyLock;
 
 use serde::Serialize;
@@ -303,6 +303,9 @@ struct PodView<'a> {
     meta: Option<&'a Metadata<'a>>,
     init: Vec<Slot<'a>>,
     app: Vec<Slot<'a>>,
+    /// Names of the projected service-account token volumes (usually one),
+    /// found once so that each mount's check is constant.
+    token_volumes: Vec<&'a str>,
 }
 
 impl<'a> PodView<'a> {
@@ -316,6 +319,13 @@ impl<'a> PodView<'a> {
             meta: pod.metadata.as_ref(),
             init: slots("initContainers", &spec.init_containers),
             app: slots("containers", &spec.containers),
+            token_volumes: spec
+                .volumes
+                .items()
+                .iter()
+                .filter(|v| v.is_service_account_token())
+                .map(|v| v.name.as_ref())
+                .collect(),
         })
     }
 
@@ -329,9 +339,7 @@ impl<'a> PodView<'a> {
 fn is_service_account_token(view: &PodView<'_>, name: &str, path: &str) -> bool {
     under(path, SA_TOKEN_PATH)
         || name.starts_with("kube-api-access-")
-        || view
-            .volume(name)
-            .is_some_and(Volume::is_service_account_token)
+        || view.token_volumes.contains(&name)
 }
 
 struct Planner<'v, 'a> {
@@ -832,8 +840,9 @@ impl<'v, 'a> Planner<'v, 'a> {
     ) {
         let view = self.view;
         let ours = [VOL_SOCKET, VOL_STORAGE, VOL_CERTS, VOL_HOST_SOCKET];
-        // (path, volume, subPath) of what is mirrored so far.
-        let mut seen: Vec<(&str, &str, &str)> = Vec::new();
+        // Path -> (volume, subPath) of what is mirrored so far: one entry
+        // per path, looked up once per mount (pods may have 1000 containers).
+        let mut seen: HashMap<&str, (&str, &str)> = HashMap::new();
         for t in targets {
             for m in t.obj.volume_mounts.items() {
                 let name = m.name.as_ref();
@@ -866,14 +875,14 @@ impl<'v, 'a> Planner<'v, 'a> {
                     self.warn(w);
                     continue;
                 }
-                if let Some((_, first, _)) = seen.iter().find(|(p, _, _)| *p == path) {
-                    if *first != name || !seen.contains(&(path, name, sub)) {
+                if let Some(&(first, first_sub)) = seen.get(path) {
+                    if (first, first_sub) != (name, sub) {
                         let w = skip(&format!("the path already holds volume {first}"));
                         self.warn(w);
                     }
                     continue;
                 }
-                seen.push((path, name, sub));
+                seen.insert(path, (name, sub));
                 out.push(MountOut {
                     name,
                     mount_path: path,
