@@ -77,7 +77,7 @@ fi
 
 # --- build, fixtures, certificates ------------------------------------------
 log "building the three servers (release)"
-cargo build --release --quiet -p nestdock --bin nestdock \
+cargo build --release --quiet --bins -p nestdock \
 	-p nestdock-floor -p nestdock-baseline -p nestdock-bench
 for bin in nestdock nestdock-floor nestdock-baseline nestdock-bench; do
 	[[ -x $TARGET/$bin ]] || die "$TARGET/$bin was not built"
@@ -127,8 +127,8 @@ start_server() {
 		2>"$WORK/baseline.log" &;;
 	esac
 	PID[$s]=$!
-	local i
-	for i in $(seq 1 100); do
+	local _
+	for _ in $(seq 1 100); do
 		if curl -sf --max-time 1 --cacert "$WORK/certs/ca.crt" "https://localhost:${PORTS[$s]}/healthz" >/dev/null 2>&1; then
 			return 0
 		fi
@@ -140,6 +140,10 @@ start_server() {
 
 rss_kib() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/${PID[$1]}/status"; }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/${PID[$1]}/stat"; }
+# CPU time of this script's finished children (the load generator), and of
+# the whole machine: what is left is other work, which makes a run noisy.
+client_ticks() { awk '{ print $16 + $17 }' "/proc/$$/stat"; }
+machine_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
 CLK_TCK=$(getconf CLK_TCK)
 MEM=$WORK/memory.tsv
 : >"$MEM"
@@ -248,9 +252,11 @@ measure() {
 	local tag=$round-$s-$body-$proto-$tool
 	local out=$WORK/$tag.out logf=$WORK/$tag.log
 	echo 5 >"/proc/${PID[$s]}/clear_refs" 2>/dev/null || true # resets VmHWM
-	local t0 c0 t1 c1
+	local t0 c0 t1 c1 k0 k1 m0 m1
 	t0=$(date +%s.%N)
 	c0=$(cpu_ticks "$s")
+	k0=$(client_ticks)
+	m0=$(machine_ticks)
 	local rc=0
 	if [[ $tool == wrk ]]; then
 		run_wrk "$s" "$body" "$proto" "$out" || rc=$?
@@ -258,6 +264,8 @@ measure() {
 		run_h2load "$s" "$body" "$proto" "$logf" "$out" || rc=$?
 	fi
 	c1=$(cpu_ticks "$s")
+	k1=$(client_ticks)
+	m1=$(machine_ticks)
 	t1=$(date +%s.%N)
 	kill -0 "${PID[$s]}" 2>/dev/null || die "$s died during $tag"
 	((rc == 0)) || die "$tool failed ($rc) on $tag; see $out"
@@ -271,9 +279,12 @@ measure() {
 	elif [[ -z ${BIG[$s]:-} ]]; then
 		printf '%s\tpeak-typical\t%s\n' "$s" "$hwm" >>"$MEM"
 	fi
-	local cpu
+	local cpu other
 	cpu=$(awk -v a="$c0" -v b="$c1" -v t="$CLK_TCK" -v s="$t0" -v e="$t1" \
 		'BEGIN { printf "%.1f", (b - a) / t / (e - s) * 100 }')
+	other=$(awk -v m="$((m1 - m0))" -v c="$((c1 - c0))" -v k="$((k1 - k0))" -v t="$CLK_TCK" \
+		-v n="$cores" -v s="$t0" -v e="$t1" \
+		'BEGIN { o = (m - c - k) / t / (e - s) / n * 100; if (o < 0) o = 0; printf "%.1f", o }')
 	local rate p50 p99 ok failed
 	if [[ $tool == wrk ]]; then
 		rate=$(awk '$1 == "Requests/sec:" { print $2 }' "$out")
@@ -287,10 +298,10 @@ measure() {
 		rm -f "$logf"
 	fi
 	[[ -n $rate && -n $p50 ]] || die "cannot read the result of $tag; see $out"
-	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
-		"$round" "$body" "$proto" "$s" "$tool" "$rate" "$p50" "$p99" "$cpu" "$ok" "$failed" >>"$SAMPLES"
-	printf '   %-8s %-7s %-6s %-8s %-6s %10s req/s  p50 %7s µs  p99 %8s µs  cpu %5s %%\n' \
-		"round $round" "$body" "$proto" "$s" "$tool" "$rate" "$p50" "$p99" "$cpu" >&2
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+		"$round" "$body" "$proto" "$s" "$tool" "$rate" "$p50" "$p99" "$cpu" "$ok" "$failed" "$other" >>"$SAMPLES"
+	printf '   %-8s %-7s %-6s %-8s %-6s %10s req/s  p50 %7s µs  p99 %8s µs  cpu %5s %%  other work %4s %%\n' \
+		"round $round" "$body" "$proto" "$s" "$tool" "$rate" "$p50" "$p99" "$cpu" "$other" >&2
 }
 
 cells=0

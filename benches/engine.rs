@@ -1,10 +1,14 @@
 //! Criterion benchmarks of the engine alone, no sockets (`cargo bench --bench engine`):
 //!
-//! - `mutate/typical`: `engine::mutate` on the typical pod of `bench/run.sh`
-//!   (target: under 10 µs);
-//! - `containers/mutate/N`: pods of 1, 10, 100 and 1000 containers, each with
-//!   env, a volume of its own and the service-account token; the table printed
-//!   at the end gives the cost per container, which must not grow with N;
+//! - `mutate/*`: the typical pod of `bench/run.sh` (target: under 10 µs) through
+//!   the engine's three entry points: `mutate` (a `serde_json::Value` in, the
+//!   offline `inject` path), `mutate_json` (the pod's JSON text in, read
+//!   borrowed and typed as the webhook reads it) and `mutate_pod` (the pod
+//!   already read: the decision and the patch alone);
+//! - `containers/mutate_pod/N` and `containers/mutate_json/N`: pods of 1, 10,
+//!   100 and 1000 containers, each with env, a volume of its own and the
+//!   service-account token; the tables printed at the end give the cost per
+//!   container, which must not grow with N;
 //! - `review/*`: `admission::review`, bytes in and bytes out, on the three
 //!   bodies of `bench/run.sh`;
 //! - `floor/*`: what the floor server does with the same bytes (parse into a
@@ -51,17 +55,32 @@ fn bench_engine(c: &mut Criterion) {
     let config = Config::default();
     let typical = pods::typical_pod();
     assert_injects(&typical, &config);
-    c.bench_function("mutate/typical", |b| {
+    let text = typical.to_string();
+    let read = nestdock::pod::from_json(&text).expect("a readable pod");
+    let mut group = c.benchmark_group("mutate");
+    group.bench_function("typical", |b| {
         b.iter(|| engine::mutate(black_box(&typical), &ctx(&config)))
     });
+    group.bench_function("typical_json", |b| {
+        b.iter(|| engine::mutate_json(black_box(&text), &ctx(&config)))
+    });
+    group.bench_function("typical_pod", |b| {
+        b.iter(|| engine::mutate_pod(black_box(&read), &ctx(&config)))
+    });
+    group.finish();
 
     let mut group = c.benchmark_group("containers");
     for n in SIZES {
         let pod = pods::pod_with_containers(n);
         assert_injects(&pod, &config);
+        let text = pod.to_string();
+        let read = nestdock::pod::from_json(&text).expect("a readable pod");
         group.throughput(Throughput::Elements(n as u64));
-        group.bench_with_input(BenchmarkId::new("mutate", n), &pod, |b, pod| {
-            b.iter(|| engine::mutate(black_box(pod), &ctx(&config)))
+        group.bench_with_input(BenchmarkId::new("mutate_pod", n), &read, |b, pod| {
+            b.iter(|| engine::mutate_pod(black_box(pod), &ctx(&config)))
+        });
+        group.bench_with_input(BenchmarkId::new("mutate_json", n), &text, |b, text| {
+            b.iter(|| engine::mutate_json(black_box(text), &ctx(&config)))
         });
     }
     group.finish();
@@ -141,14 +160,43 @@ fn fmt_ns(ns: f64) -> String {
 /// The per-container table: total per pod, per container, and the marginal
 /// cost of a container between two sizes (constant when growth is linear).
 fn print_per_container() {
+    for entry in ["mutate_pod", "mutate_json"] {
+        per_container_table(entry);
+    }
+    println!();
+    for (id, what) in [
+        ("mutate/typical", "mutate (Value in)"),
+        ("mutate/typical_json", "mutate_json (text in)"),
+        ("mutate/typical_pod", "mutate_pod (pod read)"),
+    ] {
+        if let Some(t) = mean_ns(id) {
+            println!("typical pod, {what}: {} (target: under 10 µs)", fmt_ns(t));
+        }
+    }
+    for name in ["typical", "c100", "1mib"] {
+        if let (Some(r), Some(f)) = (
+            mean_ns(&format!("review/{name}")),
+            mean_ns(&format!("floor/{name}")),
+        ) {
+            println!(
+                "admission::review on {name}: {} = {:.2}× the floor's parse into a Value ({})",
+                fmt_ns(r),
+                r / f,
+                fmt_ns(f)
+            );
+        }
+    }
+}
+
+fn per_container_table(entry: &str) {
     let times: Vec<(usize, f64)> = SIZES
         .iter()
-        .filter_map(|&n| mean_ns(&format!("containers/mutate/{n}")).map(|t| (n, t)))
+        .filter_map(|&n| mean_ns(&format!("containers/{entry}/{n}")).map(|t| (n, t)))
         .collect();
     if times.len() != SIZES.len() {
         return;
     }
-    println!("\nengine::mutate by number of containers (Criterion's mean estimates)");
+    println!("\nengine::{entry} by number of containers (Criterion's mean estimates)");
     println!(
         "{:>10}  {:>10}  {:>14}  {:>26}",
         "containers", "per pod", "per container", "marginal, from the previous"
@@ -177,22 +225,6 @@ fn print_per_container() {
             "cost per container at 1000 ÷ at 10: {:.2}× (linear growth: about 1.0× or below)",
             b / a
         );
-    }
-    if let Some(t) = mean_ns("mutate/typical") {
-        println!("typical pod: {} (target: under 10 µs)", fmt_ns(t));
-    }
-    for name in ["typical", "c100", "1mib"] {
-        if let (Some(r), Some(f)) = (
-            mean_ns(&format!("review/{name}")),
-            mean_ns(&format!("floor/{name}")),
-        ) {
-            println!(
-                "admission::review on {name}: {} = {:.2}× the floor's parse into a Value ({})",
-                fmt_ns(r),
-                r / f,
-                fmt_ns(f)
-            );
-        }
     }
 }
 

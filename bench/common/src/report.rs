@@ -3,7 +3,9 @@
 //!
 //! Input, written by `bench/run.sh` (tab-separated, one line each):
 //!
-//! - measurements: `round body proto server tool req_s p50_us p99_us cpu_pct ok failed`;
+//! - measurements: `round body proto server tool req_s p50_us p99_us cpu_pct ok failed
+//!   other_pct` (`other_pct`: CPU used by other processes during the run, in
+//!   % of all cores; optional);
 //! - memory: `server phase kib`, phase `idle`, `peak-typical` or `peak-all`.
 //!
 //! Every figure is the median over the rounds of the run; every ratio is
@@ -48,6 +50,8 @@ pub struct Sample {
     pub cpu_pct: f64,
     pub ok: u64,
     pub failed: u64,
+    /// CPU used by other work on the machine, % of all cores (NaN: unknown).
+    pub other_pct: f64,
 }
 
 /// Parses the measurements file.
@@ -58,8 +62,8 @@ pub fn parse_samples(text: &str) -> anyhow::Result<Vec<Sample>> {
             continue;
         }
         let f: Vec<&str> = line.split('\t').collect();
-        if f.len() != 11 {
-            bail!("line {}: expected 11 fields, found {}", n + 1, f.len());
+        if f.len() != 11 && f.len() != 12 {
+            bail!("line {}: expected 12 fields, found {}", n + 1, f.len());
         }
         let num = |i: usize| -> anyhow::Result<f64> {
             f[i].parse().with_context(|| {
@@ -83,6 +87,7 @@ pub fn parse_samples(text: &str) -> anyhow::Result<Vec<Sample>> {
             cpu_pct: num(8)?,
             ok: num(9)? as u64,
             failed: num(10)? as u64,
+            other_pct: if f.len() == 12 { num(11)? } else { f64::NAN },
         });
     }
     Ok(out)
@@ -257,6 +262,26 @@ pub fn build(
     md.push_str(preamble);
     if !preamble.ends_with('\n') {
         md.push('\n');
+    }
+
+    let others: Vec<f64> = samples
+        .iter()
+        .map(|s| s.other_pct)
+        .filter(|o| o.is_finite())
+        .collect();
+    if !others.is_empty() {
+        let busy = others.iter().filter(|o| **o > 10.0).count();
+        let max = others.iter().copied().fold(0.0, f64::max);
+        let _ = writeln!(
+            md,
+            "\nOther work on the machine while measuring (CPU of processes other than the server \
+             and the load generator, in % of all cores): median {:.0} %, max {max:.0} %; {busy} of \
+             {} runs above 10 %. A clean run is near 0 %: above that, req/s and latency of the \
+             runs concerned are lower than the machine can do, and \"CPU per request\" is the \
+             figure to trust.",
+            median(others.clone()),
+            others.len()
+        );
     }
 
     let _ = writeln!(md, "\n## Throughput and latency (h2load)\n");
@@ -561,6 +586,22 @@ mod tests {
         assert_eq!(report.missed.len(), 1, "{:?}", report.missed);
         assert!(report.missed[0].contains("p50"));
         assert!(report.chart_data.contains("\"typical h1\"\t1.0000\t0.4545"));
+    }
+
+    #[test]
+    fn other_work_is_summarised() {
+        let samples =
+            parse_samples("1\ttypical\th1\tfloor\th2load\t100\t10\t20\t99\t400\t0\t12.5\n")
+                .unwrap();
+        assert_eq!(samples[0].other_pct, 12.5);
+        let report = build("", &samples, &BTreeMap::new());
+        assert!(
+            report
+                .markdown
+                .contains("median 12 %, max 12 %; 1 of 1 runs above 10 %"),
+            "{}",
+            report.markdown
+        );
     }
 
     #[test]
