@@ -225,13 +225,7 @@ async fn malformed_truncated_and_empty_bodies_are_400() {
         }
         // The same connection goes on.
         let (uid, review) = dind_review();
-        let reply = client
-            .send(
-                Method::POST,
-                "/mutate?timeout=10s",
-                serde_json::to_vec(&review).unwrap(),
-            )
-            .await;
+        let reply = client.review(&review).await;
         decode_patch(&check_envelope(&reply, &uid));
     }
     still_serves(served).await;
@@ -1064,13 +1058,7 @@ async fn three_thousand_reviews_with_64_in_flight_are_all_answered_correctly() {
                         (uid, review, None)
                     }
                 };
-                let reply = client
-                    .send(
-                        Method::POST,
-                        "/mutate?timeout=10s",
-                        serde_json::to_vec(&review).unwrap(),
-                    )
-                    .await;
+                let reply = client.review(&review).await;
                 let response = check_envelope(&reply, &uid);
                 match kind {
                     0 => {
@@ -1300,13 +1288,7 @@ async fn sigterm_turns_readiness_off_first_and_serves_through_the_delay() {
     assert!(reply.text().contains("shutting down"), "{}", reply.text());
     // During the delay reviews are answered, on open and on new connections.
     let (uid, review) = dind_review();
-    let reply = client
-        .send(
-            Method::POST,
-            "/mutate?timeout=10s",
-            serde_json::to_vec(&review).unwrap(),
-        )
-        .await;
+    let reply = client.review(&review).await;
     decode_patch(&check_envelope(&reply, &uid));
     expect_injected(
         &own,

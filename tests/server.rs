@@ -522,13 +522,7 @@ async fn http1_keep_alive_serves_many_reviews_on_one_connection() {
             pod("again", &[]),
             pod("again", &[]),
         );
-        let reply = client
-            .send(
-                Method::POST,
-                "/mutate?timeout=10s",
-                serde_json::to_vec(&review).unwrap(),
-            )
-            .await;
+        let reply = client.review(&review).await;
         assert_eq!(reply.status, StatusCode::OK);
         assert_eq!(reply.json()["response"]["uid"], uid);
     }

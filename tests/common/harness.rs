@@ -560,6 +560,12 @@ impl Client {
             .await
             .expect("request failed")
     }
+
+    /// Posts an AdmissionReview the way the API server does (`?timeout=` on the path).
+    pub async fn review(&mut self, review: &Value) -> Reply {
+        let body = serde_json::to_vec(review).expect("a review serialises");
+        self.send(Method::POST, "/mutate?timeout=10s", body).await
+    }
 }
 
 /// One request on a new connection.
