@@ -1168,7 +1168,8 @@ fn review_deadline(configured: Duration, query: Option<&str>) -> Duration {
         .and_then(|value| parse_duration(value).ok())
         .filter(|d| !d.is_zero());
     match asked {
-        Some(asked) => configured.min(asked.mul_f64(0.9)),
+        // Integer arithmetic: `mul_f64` panics on overflow.
+        Some(asked) => configured.min(asked / 10 * 9),
         None => configured,
     }
 }
@@ -1212,14 +1213,20 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             _ => return Err(bad("unknown unit")),
         };
         rest = &rest[unit_len..];
-        total += Duration::try_from_secs_f64(number * scale).map_err(|_| bad("out of range"))?;
+        // Checked: `?timeout=` is client input, and a sum of in-range parts
+        // can still overflow a Duration (a panic, HTTP 500, before this).
+        total = Duration::try_from_secs_f64(number * scale)
+            .ok()
+            .and_then(|part| total.checked_add(part))
+            .ok_or_else(|| bad("out of range"))?;
     }
     Ok(total)
 }
 
 /// Why a `Content-Type` is refused: the API server always sends
 /// `application/json`; a request without the header is read as JSON too.
-fn content_type_problem(headers: &axum::http::HeaderMap) -> Option<String> {
+#[doc(hidden)] // public for the fuzz target `query` only
+pub fn content_type_problem(headers: &axum::http::HeaderMap) -> Option<String> {
     let value = headers.get(header::CONTENT_TYPE)?;
     let essence = value
         .to_str()
@@ -1767,6 +1774,46 @@ mod tests {
         assert_eq!(review_deadline(nine, Some("timeout=0s")), nine);
         assert_eq!(review_deadline(nine, Some("timeout=junk")), nine);
         assert_eq!(review_deadline(nine, None), nine);
+    }
+
+    #[test]
+    fn huge_and_hostile_durations_are_errors_not_panics() {
+        // Each part fits a Duration; their sum does not (was a panic: HTTP 500).
+        let sum = "10000000000000000000s10000000000000000000s";
+        let err = parse_duration(sum).unwrap_err();
+        assert!(err.contains("out of range") && err.contains("10s"), "{err}");
+        for bad in [
+            "1e400",
+            "1e400s",
+            "99999999999999999999999h",
+            "18446744073709551615s1ns",
+            "NaN",
+            "inf",
+            "-inf",
+            "1..2s",
+            ".s",
+            "1s.",
+            "µ",
+            "1µ",
+            "\u{0}",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+        let nine = Duration::from_secs(9);
+        for query in [
+            "timeout=10000000000000000000s10000000000000000000s",
+            "timeout=18446744073709551615s",
+            "timeout=1e300",
+            "timeout=",
+            "timeout=%FF",
+            "&&&timeout",
+        ] {
+            assert_eq!(review_deadline(nine, Some(query)), nine, "{query}");
+        }
+        assert_eq!(
+            review_deadline(nine, Some("timeout=18446744073709551615s")),
+            nine
+        );
     }
 
     #[test]
