@@ -203,6 +203,28 @@ impl<'a> Parsed<'a> {
     }
 }
 
+impl Parsed<'_> {
+    /// Denies the review without asking the engine (the server's own checks
+    /// on the request, e.g. a namespace name that is not one): an
+    /// AdmissionReview with `allowed: false` and `status`.
+    pub fn deny(self, code: u16, message: &str) -> Result<Reviewed, ReviewError> {
+        let mut summary = self.summary;
+        summary.verdict = Verdict::Denied;
+        summary.code = Some(code);
+        let response = Response {
+            uid: &self.uid,
+            allowed: false,
+            patch_type: None,
+            patch: None,
+            warnings: &[],
+            audit_annotations: None,
+            status: Some(Status { code, message }),
+        };
+        let body = encode(&self.api_version, &self.kind, response)?;
+        Ok(Reviewed { body, summary })
+    }
+}
+
 /// The review's envelope: only what is checked or echoed.
 #[derive(Deserialize)]
 struct ReviewIn<'a> {

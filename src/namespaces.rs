@@ -5,11 +5,18 @@
 //! namespace the watch has not delivered yet (created a moment ago) is
 //! fetched once directly and remembered. The watcher relists and resumes on
 //! its own after a disconnect; meanwhile the last known labels keep serving.
+//!
+//! The name comes from the review (`request.namespace`), which any client of
+//! the webhook's Service can write (SPEC 5, *Who can call*): it is checked as
+//! a DNS-1123 label ([`check_name`]) before any lookup, and the namespaces
+//! fetched directly are kept in a bounded cache ([`FETCHED_CAPACITY`]
+//! entries, oldest evicted first, each dropped after [`FETCHED_TTL`] so that
+//! a direct fetch never outlives what the watch says for long).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
@@ -20,6 +27,18 @@ use kube::{Api, Client};
 /// How long a direct fetch of a missing namespace may take on the request path.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Most namespaces kept from direct fetches; the oldest goes first. The
+/// watch delivers a new namespace within seconds, so only a burst of new
+/// namespaces (or a client naming made-up ones) ever fills it.
+pub const FETCHED_CAPACITY: usize = 1024;
+
+/// How long a directly fetched namespace is used before it is fetched again
+/// (unless the watch has delivered it meanwhile, which then wins).
+pub const FETCHED_TTL: Duration = Duration::from_secs(60);
+
+/// Longest namespace name (a DNS-1123 label).
+pub const MAX_NAME_LEN: usize = 63;
+
 /// Why a namespace's labels are not available.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LookupError {
@@ -27,6 +46,89 @@ pub enum LookupError {
     NotReady,
     #[error("namespace {name} is not in the cache and could not be fetched: {reason}")]
     Unavailable { name: String, reason: String },
+    #[error("{0}")]
+    InvalidName(String),
+}
+
+/// Checks a namespace name as Kubernetes does (a DNS-1123 label: at most 63
+/// characters, lower-case letters, digits and `-`, starting and ending with a
+/// letter or digit). The error names the value (quoted, shortened past 100
+/// characters) and what is accepted.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let bytes = name.as_bytes();
+    let alnum = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let ok = !bytes.is_empty()
+        && bytes.len() <= MAX_NAME_LEN
+        && bytes.iter().all(|b| alnum(b) || *b == b'-')
+        && bytes.first().is_some_and(alnum)
+        && bytes.last().is_some_and(alnum);
+    if ok {
+        return Ok(());
+    }
+    let shown: String = name.chars().take(100).collect();
+    let more = if shown.len() < name.len() {
+        format!("... ({} bytes)", name.len())
+    } else {
+        String::new()
+    };
+    Err(format!(
+        "request.namespace {shown:?}{more} is not a valid namespace name: expected a DNS-1123 \
+         label (at most {MAX_NAME_LEN} characters of a-z, 0-9 and '-', starting and ending \
+         with a letter or digit)"
+    ))
+}
+
+/// Namespaces fetched directly: at most [`FETCHED_CAPACITY`], each for
+/// [`FETCHED_TTL`]. Times are passed in, so tests need no clock.
+#[derive(Debug, Default)]
+pub struct Fetched {
+    entries: HashMap<String, (Instant, Arc<Namespace>)>,
+}
+
+impl Fetched {
+    /// The namespace when fetched less than [`FETCHED_TTL`] before `now`.
+    pub fn get(&self, name: &str, now: Instant) -> Option<Arc<Namespace>> {
+        self.entries
+            .get(name)
+            .filter(|(at, _)| now.saturating_duration_since(*at) < FETCHED_TTL)
+            .map(|(_, ns)| ns.clone())
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    /// Remembers `ns`; when full, drops expired entries, then the oldest.
+    pub fn insert(&mut self, name: &str, ns: Arc<Namespace>, now: Instant) {
+        if !self.entries.contains_key(name) && self.entries.len() >= FETCHED_CAPACITY {
+            self.entries
+                .retain(|_, (at, _)| now.saturating_duration_since(*at) < FETCHED_TTL);
+            if self.entries.len() >= FETCHED_CAPACITY {
+                // O(n) on a full cache only: at most 1024 entries.
+                let oldest = self
+                    .entries
+                    .iter()
+                    .min_by_key(|(_, (at, _))| *at)
+                    .map(|(name, _)| name.clone());
+                if let Some(oldest) = oldest {
+                    self.entries.remove(&oldest);
+                }
+            }
+        }
+        self.entries.insert(name.to_string(), (now, ns));
+    }
+
+    pub fn remove(&mut self, name: &str) {
+        self.entries.remove(name);
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
 }
 
 /// Labels of namespaces, kept current by a watch.
@@ -45,7 +147,7 @@ struct Inner {
     version_known: AtomicBool,
     api: Api<Namespace>,
     /// Namespaces fetched directly because the watch had not delivered them.
-    fetched: RwLock<HashMap<String, Arc<Namespace>>>,
+    fetched: RwLock<Fetched>,
 }
 
 impl std::fmt::Debug for NamespaceCache {
@@ -160,7 +262,7 @@ impl NamespaceCache {
             native_sidecars: AtomicBool::new(false),
             version_known: AtomicBool::new(false),
             api: api.clone(),
-            fetched: RwLock::new(HashMap::new()),
+            fetched: RwLock::new(Fetched::default()),
         });
         let task_inner = inner.clone();
         tokio::spawn(async move {
@@ -236,12 +338,19 @@ impl NamespaceCache {
             .fetched
             .read()
             .ok()
-            .and_then(|f| f.get(name).cloned())
+            .and_then(|f| f.get(name, Instant::now()))
+    }
+
+    /// Namespaces kept from direct fetches now (at most [`FETCHED_CAPACITY`]).
+    pub fn fetched_len(&self) -> usize {
+        self.inner.fetched.read().map_or(0, |f| f.len())
     }
 
     /// The namespace for a review: from the cache, or fetched once directly
-    /// when the watch has not delivered it yet.
+    /// when the watch has not delivered it yet. `name` must pass
+    /// [`check_name`] (checked again here, before any lookup).
     pub async fn get(&self, name: &str) -> Result<Arc<Namespace>, LookupError> {
+        check_name(name).map_err(LookupError::InvalidName)?;
         if !self.is_ready() {
             return Err(LookupError::NotReady);
         }
@@ -252,7 +361,7 @@ impl NamespaceCache {
                 .inner
                 .fetched
                 .read()
-                .is_ok_and(|f| f.contains_key(name));
+                .is_ok_and(|f| f.contains(name));
             if fetched_too {
                 if let Ok(mut f) = self.inner.fetched.try_write() {
                     f.remove(name);
@@ -265,7 +374,7 @@ impl NamespaceCache {
             .fetched
             .read()
             .ok()
-            .and_then(|f| f.get(name).cloned())
+            .and_then(|f| f.get(name, Instant::now()))
         {
             return Ok(ns);
         }
@@ -273,19 +382,32 @@ impl NamespaceCache {
             name: name.to_string(),
             reason,
         };
-        let mut ns = tokio::time::timeout(FETCH_TIMEOUT, self.inner.api.get(name))
+        // kube puts `name` into the URL path as it is (kube-core 5's
+        // `Request::get_metadata` formats it without escaping): safe only
+        // because `check_name` admitted nothing but [a-z0-9-]. Metadata only
+        // (PartialObjectMetadata): the labels are all policy reads.
+        let meta = tokio::time::timeout(FETCH_TIMEOUT, self.inner.api.get_metadata(name))
             .await
             .map_err(|_| unavailable(format!("no answer within {FETCH_TIMEOUT:?}")))?
             .map_err(|e| unavailable(e.to_string()))?;
+        let mut ns = Namespace {
+            metadata: meta.metadata,
+            ..Namespace::default()
+        };
         strip(&mut ns);
         let ns = Arc::new(ns);
+        let cached = match self.inner.fetched.write() {
+            Ok(mut f) => {
+                f.insert(name, ns.clone(), Instant::now());
+                f.len()
+            }
+            Err(_) => 0,
+        };
         tracing::info!(
             namespace = name,
+            cached,
             "namespace fetched directly (not yet in the watch cache)"
         );
-        if let Ok(mut f) = self.inner.fetched.write() {
-            f.insert(name.to_string(), ns.clone());
-        }
         Ok(ns)
     }
 }
@@ -299,6 +421,70 @@ pub fn labels(ns: &Namespace) -> &BTreeMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn namespace_names_are_dns_1123_labels() {
+        for good in ["a", "ci", "team-a", "0", "a1-b2", &"x".repeat(63)] {
+            assert_eq!(check_name(good), Ok(()), "{good:?}");
+        }
+        let long = "x".repeat(64);
+        let huge = "y".repeat(5000);
+        for bad in [
+            "",
+            "builds?n=1",
+            "builds/../kube-system",
+            "Builds",
+            "-a",
+            "a-",
+            "a.b",
+            "a_b",
+            "a b",
+            "%2e%2e",
+            "é",
+            &long,
+            &huge,
+        ] {
+            let err = check_name(bad).unwrap_err();
+            assert!(err.contains("DNS-1123") && err.contains("63"), "{err}");
+            assert!(err.len() < 400, "{err}");
+        }
+        let err = check_name("builds?n=1").unwrap_err();
+        assert!(err.contains("\"builds?n=1\""), "{err}");
+    }
+
+    fn ns(name: &str) -> Arc<Namespace> {
+        let mut ns = Namespace::default();
+        ns.metadata.name = Some(name.to_string());
+        Arc::new(ns)
+    }
+
+    #[test]
+    fn fetched_namespaces_are_bounded_and_expire() {
+        let t0 = Instant::now();
+        let mut fetched = Fetched::default();
+        for i in 0..4000 {
+            let name = format!("ns-{i}");
+            fetched.insert(&name, ns(&name), t0 + Duration::from_millis(i));
+            assert!(fetched.len() <= FETCHED_CAPACITY);
+        }
+        assert_eq!(fetched.len(), FETCHED_CAPACITY);
+        let now = t0 + Duration::from_secs(5);
+        // The oldest went first; the newest are there.
+        assert!(fetched.get("ns-0", now).is_none());
+        assert!(fetched.get("ns-2975", now).is_none());
+        assert!(fetched.get("ns-2976", now).is_some());
+        assert!(fetched.get("ns-3999", now).is_some());
+        // Past the time to live nothing is served, and a full cache drops
+        // the expired entries first.
+        let later = t0 + Duration::from_secs(4) + FETCHED_TTL;
+        assert!(fetched.get("ns-3999", later).is_none());
+        fetched.insert("fresh", ns("fresh"), later);
+        assert_eq!(fetched.len(), 1);
+        assert!(fetched.get("fresh", later).is_some());
+        // Inserting a name again refreshes it, without eviction.
+        fetched.insert("fresh", ns("fresh"), later + Duration::from_secs(1));
+        assert_eq!(fetched.len(), 1);
+    }
 
     #[test]
     fn native_sidecars_from_version() {

@@ -1328,8 +1328,16 @@ async fn review(
     // be had, HTTP 503 lets the API server apply the webhook's failurePolicy
     // (closed for enforced namespaces) instead of nestdock guessing.
     let namespace_name = parsed.pod_namespace().map(str::to_owned);
+    // The name is the client's (any pod can call the webhook): checked before
+    // any lookup, so that nothing else reaches the cache or the API server's
+    // URL. A review whose namespace is not a name is denied (code 400).
+    let invalid_namespace = match (&state.namespaces, namespace_name.as_deref()) {
+        (Some(_), Some(name)) => crate::namespaces::check_name(name).err(),
+        _ => None,
+    };
     let namespace_obj;
     let namespace = match (&state.namespaces, namespace_name.as_deref()) {
+        _ if invalid_namespace.is_some() => NamespacePolicy::Off,
         (Some(cache), Some(name)) => match cache.get(name).await {
             Ok(found) => {
                 namespace_obj = found;
@@ -1357,7 +1365,11 @@ async fn review(
             .as_ref()
             .is_none_or(NamespaceCache::native_sidecars),
     };
-    match guarded(|| parsed.answer(&ctx)) {
+    let answered = match &invalid_namespace {
+        Some(message) => guarded(|| parsed.deny(400, message)),
+        None => guarded(|| parsed.answer(&ctx)),
+    };
+    match answered {
         Ok(Ok(reviewed)) => {
             let s = &reviewed.summary;
             let mode = s.mode.map(|m| m.as_str()).unwrap_or(MODE_UNKNOWN);

@@ -553,3 +553,80 @@ async fn api_unreachable_then_back_relists() {
 async fn api_unavailable_then_back_relists() {
     outage_and_relist(Outage::Unavailable).await;
 }
+
+/// `request.namespace` is the client's to write: a name that is not a
+/// DNS-1123 label is denied (code 400, naming the value and what is
+/// accepted) and never reaches the API server or the cache. It used to be
+/// put into the URL unescaped (`GET /api/v1/namespaces/builds?n=1`).
+#[tokio::test]
+async fn namespace_names_that_are_not_labels_are_denied_before_any_lookup() {
+    let c = cluster().await;
+    let before = c.fake.request_log().len();
+    for bad in [
+        "builds?n=1",
+        "builds/../kube-system",
+        "Builds",
+        "a.b",
+        "ns%2fx",
+        "-a",
+        "",
+        &"x".repeat(64),
+    ] {
+        let mut pod = pod_in(bad, "steered", &[(MODE, "dind")]);
+        let (uid, mut review) = pod_create(&pod);
+        // The request's namespace and the object's both say it.
+        review["request"]["namespace"] = json!(bad);
+        pod["metadata"]["namespace"] = json!(bad);
+        let response = admit(&c.served, Proto::H1, &uid, &review).await;
+        let (code, message) = denial(&response);
+        assert_eq!(code, 400, "{bad:?}: {message}");
+        assert_mentions(&message, &["DNS-1123", "63"]);
+        let shown = format!("{:?}", bad.chars().take(100).collect::<String>());
+        assert!(message.contains(&shown), "{shown} missing from: {message}");
+    }
+    let log = c.fake.request_log();
+    let after: Vec<&String> = log[before..]
+        .iter()
+        .filter(|r| r.starts_with("/api/v1/namespaces/"))
+        .collect();
+    assert!(
+        after.is_empty(),
+        "lookups reached the API server: {after:?}"
+    );
+    // A valid name still works.
+    assert_unchanged(&admit_pod(&c.served, &pod_in("plain", "ok", &[])).await);
+}
+
+/// Namespaces fetched outside the watch are kept in a bounded cache: 4000
+/// distinct names fill it to its bound, the oldest is evicted (fetched again
+/// when asked again), the newest is still served from the cache.
+#[tokio::test]
+async fn four_thousand_fetched_namespaces_stay_within_the_cache_bound() {
+    const COUNT: usize = 4000;
+    let (fake, server) = own_cluster("31", &[("seed", &[])]).await;
+    let names: Vec<String> = (0..COUNT).map(|i| format!("late-{i}")).collect();
+    for name in &names {
+        fake.create_unannounced(name, &[]);
+    }
+    // In order (the cache's age order is the order of the fetches).
+    for name in &names {
+        assert_unchanged(&admit_pod(&server, &pod_in(name, "p", &[])).await);
+    }
+    for name in [&names[0], &names[COUNT / 2], &names[COUNT - 1]] {
+        assert_eq!(fake.requests(&format!("/api/v1/namespaces/{name}")), 1, "{name}");
+    }
+    // The newest is cached; the oldest was evicted and is fetched again.
+    assert_unchanged(&admit_pod(&server, &pod_in(&names[COUNT - 1], "q", &[])).await);
+    assert_eq!(
+        fake.requests(&format!("/api/v1/namespaces/{}", names[COUNT - 1])),
+        1
+    );
+    assert_unchanged(&admit_pod(&server, &pod_in(&names[0], "q", &[])).await);
+    assert_eq!(
+        fake.requests(&format!("/api/v1/namespaces/{}", names[0])),
+        2
+    );
+    // The log says how many are kept.
+    let line = server.wait_for_log(&["namespace fetched directly", "cached=1024"]);
+    assert!(line.contains("late-"), "{line}");
+}

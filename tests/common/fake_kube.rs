@@ -65,6 +65,8 @@ struct Shared {
     /// True while list requests wait (see [`FakeKube::hold_lists`]).
     lists_held: watch::Sender<bool>,
     requests: Mutex<HashMap<String, usize>>,
+    /// Every request's path and query, in order.
+    log: Mutex<Vec<String>>,
 }
 
 struct State {
@@ -119,6 +121,7 @@ impl FakeKube {
             }),
             lists_held: watch::channel(false).0,
             requests: Mutex::new(HashMap::new()),
+            log: Mutex::new(Vec::new()),
         });
         let (stop_tx, stop_rx) = oneshot::channel();
         let server_shared = shared.clone();
@@ -332,6 +335,11 @@ impl FakeKube {
             .get(path)
             .copied()
             .unwrap_or(0)
+    }
+
+    /// Every request so far, as `path?query` (the query as sent).
+    pub fn request_log(&self) -> Vec<String> {
+        self.shared.log.lock().unwrap().clone()
     }
 
     /// List requests (pages) of `/api/v1/namespaces` answered or waiting.
@@ -603,6 +611,12 @@ fn query(request: &Request<Incoming>) -> HashMap<String, String> {
 
 async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<FakeBody> {
     let path = request.uri().path().to_string();
+    shared.log.lock().unwrap().push(
+        request
+            .uri()
+            .path_and_query()
+            .map_or(path.clone(), |pq| pq.as_str().to_string()),
+    );
     *shared
         .requests
         .lock()
