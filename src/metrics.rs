@@ -274,15 +274,31 @@ fn wants_openmetrics(accept: Option<&HeaderValue>) -> bool {
         .is_some_and(|a| a.contains("application/openmetrics-text"))
 }
 
-/// Connections the metrics port serves at once; scrapers need one or two.
-const METRICS_CONNECTIONS: usize = 64;
-/// A scrape's request must arrive within this.
-const METRICS_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections the metrics port serves at once. Scrapers need one or two;
+/// the rest is room for connections that never send a request, so that a
+/// scrape does not queue behind them (64 idle connections used to delay one
+/// by 9.5 s: every slot taken until their header timeout ran out).
+pub const METRICS_CONNECTIONS: usize = 1024;
+/// A scrape's request head must arrive within this (or the server's header
+/// timeout when shorter), counted from the connection's start and, on a
+/// keep-alive connection, from the end of the previous response. A scraper
+/// sends its request as soon as it connects.
+pub const METRICS_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Serves `GET /metrics` over plain HTTP/1.1 on `listener` until `stop` turns
 /// true. Nothing else is served there: the webhook port stays the only one
 /// that takes reviews.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, mut stop: watch::Receiver<bool>) {
+///
+/// hyper's `header_read_timeout` starts when the connection's first request
+/// head is awaited, i.e. at once for a new connection (checked against
+/// hyper 1.12), so an idle connection holds one of [`METRICS_CONNECTIONS`]
+/// slots for `header_timeout` at most.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    header_timeout: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
     let slots = Arc::new(Semaphore::new(METRICS_CONNECTIONS));
     loop {
         let permit = tokio::select! {
@@ -312,7 +328,7 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, mut stop: watch
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(METRICS_READ_TIMEOUT)
+                .header_read_timeout(header_timeout)
                 .max_buf_size(64 * 1024)
                 .serve_connection(TokioIo::new(tcp), service);
             if let Err(e) = conn.await {

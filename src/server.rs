@@ -17,7 +17,10 @@
 //!
 //! - request-header read: once the first byte of a request arrives on an idle
 //!   HTTP/1.1 connection (or the connection is new), the headers must be complete
-//!   within [`Limits::header_read`] (10 s);
+//!   within [`Limits::header_read`] (10 s); a connection of either protocol
+//!   that has not completed a first request head within that time of its TLS
+//!   handshake is closed (an HTTP/2 client that sends only its preface would
+//!   otherwise hold a connection slot for the whole idle timeout);
 //! - keep-alive idle: a connection with no request in flight is closed after
 //!   [`Limits::keep_alive_idle`] (120 s, longer than the API server's 90 s, so
 //!   the client always closes first); HTTP/2 pings do not count as activity;
@@ -371,6 +374,9 @@ impl Server {
             tokio::spawn(crate::metrics::serve(
                 listener,
                 metrics.clone(),
+                limits
+                    .header_read
+                    .min(crate::metrics::METRICS_READ_TIMEOUT),
                 metrics_stop_rx,
             ))
         });
@@ -857,6 +863,14 @@ impl<T> TimedIo<T> {
             Some(head) => (
                 head + self.limits.header_read,
                 "request header read timeout",
+            ),
+            // A connection that has never completed a request head (HTTP/2
+            // after its preface and SETTINGS, or nothing at all) owes its
+            // first one within the header timeout, not the idle one: it only
+            // holds a connection slot.
+            None if self.seen_started == 0 => (
+                self.activity.base + self.limits.header_read,
+                "request header read timeout (no request since the connection opened)",
             ),
             None => (
                 self.activity.idle_since() + self.limits.keep_alive_idle,

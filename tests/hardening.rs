@@ -534,6 +534,54 @@ async fn tls_clients_that_stop_mid_handshake_are_cut_off() {
     still_serves(served).await;
 }
 
+/// Connections that complete TLS but never a request head are closed after
+/// the header timeout on both protocols; an HTTP/2 preface (and SETTINGS)
+/// alone used to hold a slot for the 120 s keep-alive idle timeout.
+#[tokio::test]
+async fn connections_that_never_send_a_request_close_after_the_header_timeout() {
+    let served = server();
+    let limit = READ_TIMEOUT + Duration::from_secs(2);
+    let mut h2 = tls_connect(served.addr, &[b"h2"]).await;
+    // The client preface, then an empty SETTINGS frame: what an HTTP/2
+    // client sends before its first request.
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut h1 = tls_connect(served.addr, &[b"http/1.1"]).await;
+    let mut no_alpn = tls_connect(served.addr, &[]).await;
+    for (what, stream) in [("h2", &mut h2), ("h1", &mut h1), ("no ALPN", &mut no_alpn)] {
+        let waited = closed_within(stream, limit).await;
+        assert!(waited < limit, "{what}: {waited:?}");
+    }
+    still_serves(served).await;
+}
+
+/// Idle TCP connections on the metrics port neither delay a scrape (64 used
+/// to take every slot, and the scrape waited 9.5 s) nor stay open past the
+/// header timeout.
+#[tokio::test]
+async fn idle_connections_on_the_metrics_port_do_not_delay_a_scrape() {
+    let served = server();
+    let addr = metrics_addr(served);
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        idle.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+    // Let the server accept them all.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let start = Instant::now();
+    let s = scrape(addr, false).await;
+    let took = start.elapsed();
+    assert!(s.text.contains("nestdock_review_duration_seconds"), "{}", s.text);
+    assert!(took < Duration::from_secs(1), "scrape took {took:?}");
+    // They are closed after the header timeout (2 s at most on this port).
+    let limit = Duration::from_secs(4);
+    for stream in idle.iter_mut().take(5) {
+        let waited = closed_within(stream, limit).await;
+        assert!(waited < limit, "{waited:?}");
+    }
+}
+
 #[tokio::test]
 async fn plain_http_and_garbage_on_the_tls_port() {
     let served = server();
