@@ -93,6 +93,12 @@ struct ServeArgs {
     /// Above axum's 2 MiB default: an UPDATE review carries two objects.
     #[arg(long, default_value_t = crate::server::DEFAULT_MAX_BODY_BYTES, value_name = "BYTES")]
     max_body_bytes: usize,
+    /// Memory budget of the reviews in flight, in bytes: their bodies as
+    /// they are read, what deciding them holds (a multiple of the body,
+    /// capped) and their responses until written. Past it a review waits
+    /// briefly, then gets HTTP 503. At least --max-body-bytes.
+    #[arg(long, default_value_t = crate::server::DEFAULT_MAX_INFLIGHT_BYTES, value_name = "BYTES")]
+    max_inflight_bytes: usize,
     /// Read namespace labels from the cluster (in-cluster config or KUBECONFIG);
     /// `--kube=false` turns namespace policy off.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
@@ -254,6 +260,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             tls_key: args.tls_key,
             config,
             max_body_bytes: args.max_body_bytes,
+            max_inflight_bytes: args.max_inflight_bytes,
             namespaces: crate::namespaces::connect(args.kube).await,
             metrics_listen: args.metrics_listen,
             cert_check_interval: args.cert_check_interval,

@@ -104,6 +104,8 @@ pub struct ServeOptions {
     pub config: Config,
     /// Largest request body accepted (an UPDATE review carries two objects).
     pub max_body_bytes: usize,
+    /// Memory budget of the reviews in flight, in bytes (see [`Budget`]).
+    pub max_inflight_bytes: usize,
     /// Namespace labels for policy; `None` turns namespace policy off.
     pub namespaces: Option<NamespaceCache>,
     /// Address of the plain-HTTP Prometheus endpoint; `None` serves none.
@@ -125,6 +127,7 @@ impl ServeOptions {
             tls_key,
             config: Config::default(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_inflight_bytes: DEFAULT_MAX_INFLIGHT_BYTES,
             namespaces: None,
             metrics_listen: None,
             cert_check_interval: crate::tls::WatchOptions::default().interval,
@@ -136,6 +139,145 @@ impl ServeOptions {
 /// Default request body limit: above axum's 2 MiB, since an UPDATE review
 /// carries two objects.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+
+/// Default memory budget of the reviews in flight (`serve
+/// --max-inflight-bytes`): with the process's own ~20 MiB and the
+/// allocator's slack, peak RSS stays well under SPEC 5's 200 MiB (the
+/// shipped limit is 256Mi), whatever clients send.
+pub const DEFAULT_MAX_INFLIGHT_BYTES: usize = 64 * 1024 * 1024;
+
+/// What deciding a review holds beyond its body, as a multiple of the body:
+/// the typed pod (borrowing strings from the body), the patch and the
+/// response. Measured on the adversarial reviews of `tests/adversarial.rs`.
+const PROCESSING_FACTOR: usize = 3;
+
+/// Cap of that extra charge: the engine bounds the patch and the typed pod.
+const PROCESSING_CAP: usize = 24 * 1024 * 1024;
+
+/// How long a review waits for its share of the budget before HTTP 503.
+const BUDGET_WAIT: Duration = Duration::from_secs(2);
+
+/// The memory budget of requests in flight (SPEC 5: memory bounded across
+/// all in-flight requests). A semaphore whose permits are bytes: a review
+/// takes its body's declared `Content-Length` before reading it (or each
+/// chunk as it comes when no length is declared), then [`PROCESSING_FACTOR`]
+/// times the body (at most [`PROCESSING_CAP`]) before parsing, and keeps what
+/// its response needs until the response has been written. When the budget
+/// is in use it waits (at most [`BUDGET_WAIT`], within the review's deadline)
+/// and then answers HTTP 503 naming the budget and its flag. Permits go back
+/// whenever the request ends, also when the client goes away half-way (the
+/// handler's future is dropped, and the permits with it).
+///
+/// The fast path is one `try_acquire` per phase: an uncontended atomic.
+#[derive(Debug)]
+pub struct Budget {
+    semaphore: Arc<Semaphore>,
+    total: usize,
+}
+
+/// Bytes taken from the [`Budget`]; given back when dropped.
+#[derive(Debug, Default)]
+pub struct Charge(Option<OwnedSemaphorePermit>);
+
+impl Charge {
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.0.as_ref().map_or(0, OwnedSemaphorePermit::num_permits)
+    }
+
+    fn add(&mut self, more: Charge) {
+        match (&mut self.0, more.0) {
+            (Some(held), Some(more)) => held.merge(more),
+            (held @ None, more) => *held = more,
+            (Some(_), None) => {}
+        }
+    }
+
+    /// Gives back all but `keep` bytes.
+    fn shrink_to(&mut self, keep: usize) {
+        let held = self.bytes();
+        if held > keep {
+            if let Some(permit) = self.0.as_mut() {
+                drop(permit.split(held - keep));
+            }
+        }
+    }
+}
+
+/// The budget was in use for longer than a review may wait.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverBudget {
+    pub wanted: usize,
+    pub total: usize,
+    pub waited: Duration,
+}
+
+impl std::fmt::Display for OverBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the memory budget for reviews in flight ({} bytes, serve --max-inflight-bytes) \
+             is in use by other requests: this review needs {} bytes of it and none came free \
+             within {:.1} s; retry later",
+            self.total,
+            self.wanted,
+            self.waited.as_secs_f64()
+        )
+    }
+}
+
+impl Budget {
+    /// A budget of `total` bytes (at most `u32::MAX`, what a semaphore
+    /// acquisition can ask for).
+    pub fn new(total: usize) -> Budget {
+        let total = total.min(u32::MAX as usize);
+        Budget {
+            semaphore: Arc::new(Semaphore::new(total)),
+            total,
+        }
+    }
+
+    /// Bytes not taken now.
+    pub fn available(&self) -> usize {
+        self.semaphore.available_permits()
+    }
+
+    /// The whole budget.
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
+    /// Takes `bytes` (at most the whole budget, so that any one request can
+    /// be served eventually): at once when free, else waiting up to `wait`.
+    pub async fn charge(&self, bytes: usize, wait: Duration) -> Result<Charge, OverBudget> {
+        let n = bytes.min(self.total);
+        if n == 0 {
+            return Ok(Charge(None));
+        }
+        // `total` fits a u32, so does `n`.
+        let n32 = n as u32;
+        if let Ok(permit) = self.semaphore.clone().try_acquire_many_owned(n32) {
+            return Ok(Charge(Some(permit)));
+        }
+        match tokio::time::timeout(wait, self.semaphore.clone().acquire_many_owned(n32)).await {
+            Ok(Ok(permit)) => Ok(Charge(Some(permit))),
+            // Never closed; treat it like a full budget anyway.
+            Ok(Err(_)) | Err(_) => Err(OverBudget {
+                wanted: n,
+                total: self.total,
+                waited: wait,
+            }),
+        }
+    }
+
+    /// What deciding a review of `body` bytes is charged beyond the body
+    /// (never more than the budget leaves beside the body).
+    fn processing(&self, body: usize) -> usize {
+        body.saturating_mul(PROCESSING_FACTOR)
+            .min(PROCESSING_CAP)
+            .min(self.total.saturating_sub(body))
+    }
+}
 
 /// Time and size limits of connections and requests (SPEC section 8). The
 /// defaults are the product's; tests use shorter ones in-process.
@@ -194,6 +336,7 @@ impl Readiness {
 struct AppState {
     config: Config,
     max_body_bytes: usize,
+    budget: Budget,
     body_read: Duration,
     request_timeout: Duration,
     ready: Readiness,
@@ -250,6 +393,15 @@ pub async fn bind_with_limits(opts: ServeOptions, limits: Limits) -> anyhow::Res
         "the HTTP/2 stream limit must be at least 1 (--max-concurrent-streams)"
     );
     anyhow::ensure!(
+        opts.max_inflight_bytes >= opts.max_body_bytes
+            && opts.max_inflight_bytes <= u32::MAX as usize,
+        "the memory budget for reviews in flight (--max-inflight-bytes {}) must be at least \
+         the body limit (--max-body-bytes {}) and at most {} bytes",
+        opts.max_inflight_bytes,
+        opts.max_body_bytes,
+        u32::MAX
+    );
+    anyhow::ensure!(
         !opts.cert_check_interval.is_zero(),
         "the certificate check interval must be above zero (--cert-check-interval)"
     );
@@ -257,6 +409,7 @@ pub async fn bind_with_limits(opts: ServeOptions, limits: Limits) -> anyhow::Res
     let state = Arc::new(AppState {
         config: opts.config,
         max_body_bytes: opts.max_body_bytes,
+        budget: Budget::new(opts.max_inflight_bytes),
         body_read: limits.body_read,
         request_timeout: limits.request,
         ready: Readiness(Arc::new(AtomicBool::new(true))),
@@ -1051,28 +1204,37 @@ fn too_large(limit: usize) -> (StatusCode, String) {
 /// pipe when the server closes on it). Past this the connection is closed.
 const DRAIN_CAP: usize = 32 * 1024 * 1024;
 
-/// Reads the whole body, at most `limit` bytes within `timeout`.
+/// Reads the whole body, at most `limit` bytes within `timeout`, charging
+/// its bytes to `budget` (the declared length up front, else chunk by
+/// chunk); returns the body and its charge.
 ///
 /// Over the limit the answer is 413. On HTTP/2 (`drain` false) that happens
 /// at once, the stream is reset cleanly; on HTTP/1.1 the rest of the body is
-/// read and dropped first (up to [`DRAIN_CAP`], within the same timeout).
+/// read and dropped first (up to [`DRAIN_CAP`], within the same timeout), so
+/// that the client reads the 413 before the connection closes. When the
+/// budget stays in use the answer is 503.
 async fn read_body(
     body: Body,
     limit: usize,
     timeout: Duration,
     drain: bool,
-) -> Result<Bytes, (StatusCode, String)> {
+    budget: &Budget,
+    wait: Duration,
+) -> Result<(Bytes, Charge), (StatusCode, String)> {
     let mut over = axum::body::HttpBody::size_hint(&body).lower() > limit as u64;
     if over && !drain {
         return Err(too_large(limit));
     }
-    match tokio::time::timeout(timeout, collect_limited(body, limit, drain, &mut over)).await {
-        Ok(Ok(Some(bytes))) => Ok(bytes),
+    let mut charge = Charge::default();
+    let read = collect_limited(body, limit, drain, &mut over, budget, wait, &mut charge);
+    match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(Some(bytes))) => Ok((bytes, charge)),
         Ok(Ok(None)) => Err(too_large(limit)),
-        Ok(Err(e)) => Err((
+        Ok(Err(ReadError::Body(e))) => Err((
             StatusCode::BAD_REQUEST,
             format!("cannot read the request body: {e}"),
         )),
+        Ok(Err(ReadError::Budget(e))) => Err((StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
         Err(_) if over => Err(too_large(limit)),
         Err(_) => Err((
             StatusCode::REQUEST_TIMEOUT,
@@ -1084,24 +1246,51 @@ async fn read_body(
     }
 }
 
+enum ReadError {
+    Body(axum::Error),
+    Budget(OverBudget),
+}
+
 /// The body's bytes, or `None` once it is known to be over `limit` (after
 /// draining the rest when asked). `over` says so as soon as it is known, also
-/// to a caller whose timeout cut this short.
+/// to a caller whose timeout cut this short. Bytes kept are charged to
+/// `budget` before they are read: the declared length at once, any more as
+/// chunks come (drained bytes are dropped at once and not charged).
 async fn collect_limited(
     mut body: Body,
     limit: usize,
     drain: bool,
     over: &mut bool,
-) -> Result<Option<Bytes>, axum::Error> {
+    budget: &Budget,
+    wait: Duration,
+    charge: &mut Charge,
+) -> Result<Option<Bytes>, ReadError> {
     let declared = axum::body::HttpBody::size_hint(&body).lower();
-    let mut buf = Vec::with_capacity(usize::try_from(declared).unwrap_or(0).min(limit));
+    let declared = usize::try_from(declared).unwrap_or(usize::MAX).min(limit);
+    if !*over && declared > 0 {
+        charge.add(
+            budget
+                .charge(declared, wait)
+                .await
+                .map_err(ReadError::Budget)?,
+        );
+    }
+    let mut buf = Vec::with_capacity(declared);
     let mut drained = 0usize;
     while let Some(frame) = body.frame().await {
         // Trailers carry nothing a review needs.
-        let Ok(data) = frame?.into_data() else {
+        let Ok(data) = frame.map_err(ReadError::Body)?.into_data() else {
             continue;
         };
         if !*over && buf.len() + data.len() <= limit {
+            let needed = buf.len() + data.len();
+            if needed > charge.bytes() {
+                let more = budget
+                    .charge(needed - charge.bytes(), wait)
+                    .await
+                    .map_err(ReadError::Budget)?;
+                charge.add(more);
+            }
             buf.extend_from_slice(&data);
             continue;
         }
@@ -1126,8 +1315,11 @@ async fn mutate(State(state): State<Arc<AppState>>, request: Request) -> Respons
     let deadline = review_deadline(state.request_timeout, request.uri().query());
     // What is known of the review when the deadline cuts it short.
     let mut known: Option<Summary> = None;
-    let handled =
-        tokio::time::timeout(deadline, review(&state, request, started, &mut known)).await;
+    let handled = tokio::time::timeout(
+        deadline,
+        review(&state, request, started, deadline, &mut known),
+    )
+    .await;
     let (response, mode, outcome) = match handled {
         Ok(done) => done,
         Err(_) => failed(
@@ -1310,23 +1502,44 @@ async fn review(
     state: &AppState,
     request: Request,
     started: std::time::Instant,
+    deadline: Duration,
     known: &mut Option<Summary>,
 ) -> (Response, &'static str, Outcome) {
     if let Some(problem) = content_type_problem(request.headers()) {
         return failed(StatusCode::UNSUPPORTED_MEDIA_TYPE, problem, None, started);
     }
+    // Waiting for the budget leaves time to answer within the deadline.
+    let wait = BUDGET_WAIT.min(deadline / 2);
     let drain = request.version() < axum::http::Version::HTTP_2;
-    let body = match read_body(
+    let (body, mut charge) = match read_body(
         request.into_body(),
         state.max_body_bytes,
         state.body_read,
         drain,
+        &state.budget,
+        wait,
     )
     .await
     {
-        Ok(body) => body,
+        Ok(read) => read,
         Err((status, message)) => return failed(status, message, None, started),
     };
+    // Parsing and deciding hold the typed pod, the patch and the response.
+    match state
+        .budget
+        .charge(state.budget.processing(body.len()), wait)
+        .await
+    {
+        Ok(more) => charge.add(more),
+        Err(e) => {
+            return failed(
+                StatusCode::SERVICE_UNAVAILABLE,
+                e.to_string(),
+                None,
+                started,
+            )
+        }
+    }
     // The engine is pure code on untrusted input: a bug there must cost one
     // review (HTTP 500, which `failurePolicy` handles), not the connection.
     let parsed = match guarded(|| admission::parse(&body)) {
@@ -1401,13 +1614,18 @@ async fn review(
                 micros = micros(started),
                 "review"
             );
+            // Only the response stays charged, until it has been written.
+            charge.shrink_to(reviewed.body.len());
             let response = (
                 StatusCode::OK,
                 [(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("application/json"),
                 )],
-                reviewed.body,
+                Bytes::from_owner(Charged {
+                    bytes: reviewed.body,
+                    _charge: charge,
+                }),
             )
                 .into_response();
             (response, mode, outcome)
@@ -1417,6 +1635,20 @@ async fn review(
             failed(status, e.message, known.as_ref(), started)
         }
         Err(what) => internal_error(&what, known.as_ref(), started),
+    }
+}
+
+/// Response bytes that keep their share of the [`Budget`] until the last
+/// reference is gone: when hyper has written them to the socket, or dropped
+/// them with the connection (a client that reads slowly keeps them charged).
+struct Charged {
+    bytes: Vec<u8>,
+    _charge: Charge,
+}
+
+impl AsRef<[u8]> for Charged {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
     }
 }
 
@@ -1477,10 +1709,14 @@ mod tests {
     }
 
     async fn start_with(limits: Limits) -> Running {
+        start_opts(limits, |_| {}).await
+    }
+
+    async fn start_opts(limits: Limits, adjust: impl FnOnce(&mut ServeOptions)) -> Running {
         let dir = tempfile::tempdir().unwrap();
         let bundle = crate::certs::generate("nestdock", "nestdock-system").unwrap();
         bundle.write_to(dir.path()).unwrap();
-        let opts = ServeOptions {
+        let mut opts = ServeOptions {
             max_body_bytes: 1024,
             ..ServeOptions::new(
                 "127.0.0.1:0".parse().unwrap(),
@@ -1488,6 +1724,7 @@ mod tests {
                 dir.path().join("tls.key"),
             )
         };
+        adjust(&mut opts);
         let server = bind_with_limits(opts, limits).await.unwrap();
         let addr = server.local_addr();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -1634,6 +1871,117 @@ mod tests {
             "{:?}",
             start.elapsed()
         );
+    }
+
+    /// An HTTP/2 client that sends its preface and SETTINGS but never a
+    /// request is closed after the header timeout, not the idle one.
+    #[tokio::test]
+    async fn http2_preface_without_a_request_is_cut_off_after_the_header_timeout() {
+        let running = start_with(Limits {
+            keep_alive_idle: Duration::from_secs(10),
+            ..SHORT
+        })
+        .await;
+        let mut tls = connect(&running, b"h2").await;
+        // Preface, then an empty SETTINGS frame (length 0, type 4, flags 0, stream 0).
+        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .await
+            .unwrap();
+        let waited = closed_after(&mut tls).await;
+        assert!(waited < Duration::from_millis(1500), "{waited:?}");
+
+        // Same over HTTP/1.1 ALPN: nothing sent at all.
+        let mut tls = connect(&running, b"http/1.1").await;
+        let waited = closed_after(&mut tls).await;
+        assert!(waited < Duration::from_millis(1500), "{waited:?}");
+    }
+
+    #[tokio::test]
+    async fn budget_charges_add_shrink_and_come_back_when_dropped() {
+        let budget = Budget::new(1000);
+        let wait = Duration::from_millis(50);
+        let mut charge = budget.charge(300, wait).await.unwrap();
+        charge.add(budget.charge(200, wait).await.unwrap());
+        assert_eq!((charge.bytes(), budget.available()), (500, 500));
+        // More than is free: waits, then says what it wanted and the flag.
+        let err = budget.charge(600, wait).await.unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("600 bytes") && text.contains("1000 bytes"),
+            "{text}"
+        );
+        assert!(text.contains("--max-inflight-bytes"), "{text}");
+        charge.shrink_to(100);
+        assert_eq!((charge.bytes(), budget.available()), (100, 900));
+        // Waiting ends as soon as the bytes come back.
+        let waiting = budget.charge(950, Duration::from_secs(5));
+        let release = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            drop(charge);
+        };
+        let (got, ()) = tokio::join!(waiting, release);
+        assert_eq!(got.unwrap().bytes(), 950);
+        assert_eq!(budget.available(), 1000);
+        // One request never asks for more than the whole budget, and the
+        // processing share leaves room for the body.
+        assert_eq!(budget.charge(5000, wait).await.unwrap().bytes(), 1000);
+        assert_eq!(budget.processing(100), 300);
+        assert_eq!(budget.processing(400), 600);
+        assert_eq!(Budget::new(1 << 30).processing(8 << 20), PROCESSING_CAP);
+        assert_eq!(budget.charge(0, wait).await.unwrap().bytes(), 0);
+    }
+
+    /// Two clients that declared large bodies hold the whole budget: a third
+    /// review waits, then gets a 503 naming the budget and its flag; once the
+    /// two go away (mid-body), the budget is whole again.
+    #[tokio::test]
+    async fn reviews_past_the_memory_budget_wait_then_get_503() {
+        let running = start_opts(
+            Limits {
+                body_read: Duration::from_secs(5),
+                request: Duration::from_secs(2),
+                ..SHORT
+            },
+            |o| o.max_inflight_bytes = 2048,
+        )
+        .await;
+        let mut holders = Vec::new();
+        for _ in 0..2 {
+            let mut tls = connect(&running, b"http/1.1").await;
+            tls.write_all(
+                b"POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1024\r\n\r\n{\"api",
+            )
+            .await
+            .unwrap();
+            holders.push(tls);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let small = b"POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\n{}";
+        let mut tls = connect(&running, b"http/1.1").await;
+        let start = Instant::now();
+        tls.write_all(small).await.unwrap();
+        let response = read_response(&mut tls).await.expect("a response");
+        assert!(response.starts_with("HTTP/1.1 503"), "{response}");
+        assert!(
+            response.contains("memory budget") && response.contains("--max-inflight-bytes"),
+            "{response}"
+        );
+        // It waited (half the 2 s deadline), but not for the deadline.
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_millis(900) && waited < Duration::from_millis(1900),
+            "{waited:?}"
+        );
+        // The holders go away mid-body: their charges come back.
+        drop(holders);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut tls = connect(&running, b"http/1.1").await;
+        let start = Instant::now();
+        tls.write_all(small).await.unwrap();
+        let response = read_response(&mut tls).await.expect("a response");
+        // `{}` is not a review: 400, at once.
+        assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+        assert!(start.elapsed() < Duration::from_millis(500));
     }
 
     #[tokio::test]
