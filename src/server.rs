@@ -1314,10 +1314,10 @@ async fn mutate(State(state): State<Arc<AppState>>, request: Request) -> Respons
     };
     let deadline = review_deadline(state.request_timeout, request.uri().query());
     // What is known of the review when the deadline cuts it short.
-    let mut known: Option<Summary> = None;
+    let known = Known::default();
     let handled = tokio::time::timeout(
         deadline,
-        review(&state, request, started, deadline, &mut known),
+        review(state.clone(), request, started, deadline, known.clone()),
     )
     .await;
     let (response, mode, outcome) = match handled {
@@ -1329,7 +1329,7 @@ async fn mutate(State(state): State<Arc<AppState>>, request: Request) -> Respons
                  (serve --request-timeout, or nine tenths of the API server's timeout)",
                 deadline.as_secs_f64()
             ),
-            known.as_ref(),
+            known.get().as_ref(),
             started,
         ),
     };
@@ -1496,14 +1496,36 @@ fn failed(
     (text(status, message), MODE_UNKNOWN, Outcome::Error)
 }
 
-/// Reads, decides and answers one review; `known` receives the review's
-/// summary as soon as it is parsed.
+/// The review's summary once parsed, for the log line of a review that the
+/// deadline cuts short (also while it is decided on a blocking thread).
+#[derive(Clone, Default)]
+struct Known(Arc<Mutex<Option<Summary>>>);
+
+impl Known {
+    fn set(&self, summary: &Summary) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(summary.clone());
+    }
+
+    fn get(&self) -> Option<Summary> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Bodies above this are parsed and decided on tokio's blocking pool, not
+/// on a worker: the worker stays free for `/healthz` and small reviews
+/// (SPEC 5: one review never holds a worker for more than milliseconds).
+/// The API server's reviews are a few KiB and stay on the fast path.
+const OFFLOAD_BYTES: usize = 128 * 1024;
+
+/// Reads one review's body within the budget, then decides and answers it
+/// ([`decide`]: on the worker for a small body, on the blocking pool for a
+/// large one); `known` receives the review's summary as soon as it is parsed.
 async fn review(
-    state: &AppState,
+    state: Arc<AppState>,
     request: Request,
     started: std::time::Instant,
     deadline: Duration,
-    known: &mut Option<Summary>,
+    known: Known,
 ) -> (Response, &'static str, Outcome) {
     if let Some(problem) = content_type_problem(request.headers()) {
         return failed(StatusCode::UNSUPPORTED_MEDIA_TYPE, problem, None, started);
@@ -1540,6 +1562,30 @@ async fn review(
             )
         }
     }
+    if body.len() <= OFFLOAD_BYTES {
+        return decide(&state, body, charge, started, &known).await;
+    }
+    // The blocking thread drives the namespace lookup (if any) through the
+    // runtime's handle; the charge goes with it and comes back when it is
+    // done, also when the deadline has answered the client first.
+    let handle = tokio::runtime::Handle::current();
+    let task = tokio::task::spawn_blocking(move || {
+        handle.block_on(decide(&state, body, charge, started, &known))
+    });
+    match task.await {
+        Ok(done) => done,
+        Err(e) => internal_error(&e.to_string(), None, started),
+    }
+}
+
+/// Parses, looks up the namespace, decides and answers one review.
+async fn decide(
+    state: &AppState,
+    body: Bytes,
+    mut charge: Charge,
+    started: std::time::Instant,
+    known: &Known,
+) -> (Response, &'static str, Outcome) {
     // The engine is pure code on untrusted input: a bug there must cost one
     // review (HTTP 500, which `failurePolicy` handles), not the connection.
     let parsed = match guarded(|| admission::parse(&body)) {
@@ -1550,7 +1596,8 @@ async fn review(
         }
         Err(what) => return internal_error(&what, None, started),
     };
-    *known = Some(parsed.summary().clone());
+    known.set(parsed.summary());
+    let summary = Some(parsed.summary().clone());
     // Namespace policy: labels from the watch-backed cache. When they cannot
     // be had, HTTP 503 lets the API server apply the webhook's failurePolicy
     // (closed for enforced namespaces) instead of nestdock guessing.
@@ -1577,7 +1624,7 @@ async fn review(
                 return failed(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("namespace policy unavailable: {e}"),
-                    known.as_ref(),
+                    summary.as_ref(),
                     started,
                 )
             }
@@ -1632,9 +1679,9 @@ async fn review(
         }
         Ok(Err(e)) => {
             let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
-            failed(status, e.message, known.as_ref(), started)
+            failed(status, e.message, summary.as_ref(), started)
         }
-        Err(what) => internal_error(&what, known.as_ref(), started),
+        Err(what) => internal_error(&what, summary.as_ref(), started),
     }
 }
 
