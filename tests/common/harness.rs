@@ -110,6 +110,7 @@ pub fn write_file(name: &str, contents: &str) -> PathBuf {
 
 /// A running `nestdock serve`: its address, the log lines so far, and the
 /// configuration it was started with.
+#[derive(Clone)]
 pub struct Served {
     pub addr: SocketAddr,
     pub logs: Arc<Mutex<Vec<String>>>,
