@@ -109,8 +109,9 @@ struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
     /// Open connections served at once; at the limit new connections wait in
-    /// the listen backlog until one closes.
-    #[arg(long, default_value_t = 4096, value_name = "N",
+    /// the listen backlog until one closes. Each open connection holds about
+    /// 32 KiB outside --max-inflight-bytes, so this is part of the memory bound.
+    #[arg(long, default_value_t = 1024, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..))]
     max_connections: u32,
     /// Concurrent streams allowed on one HTTP/2 connection.

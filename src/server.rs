@@ -29,9 +29,17 @@
 //!
 //! Beyond time, what one client can hold is bounded too:
 //!
-//! - at most [`Limits::max_connections`] open connections (4096): at the cap
+//! - at most [`Limits::max_connections`] open connections (1024): at the cap
 //!   the accept loop stops accepting, so new connections wait in the kernel's
-//!   backlog instead of being reset;
+//!   backlog instead of being reset. Each connection costs memory outside the
+//!   request budget (TLS state and hyper's buffers: about 32 KiB once it has
+//!   served a request, measured with 1000 of them), so the cap is part of the
+//!   memory bound: 4096 such connections held some 130 MiB, 1024 hold 32 MiB;
+//!   the API server keeps at most 25 idle connections per instance;
+//! - HTTP/2 flow-control windows of 64 KiB per stream and per connection
+//!   (HTTP/2's own default; hyper's is 1 MiB each): what a client can make
+//!   the server buffer on a connection before the handler reads the body
+//!   (which it does only once the body is within the budget);
 //! - at most [`Limits::max_streams`] concurrent HTTP/2 streams per connection
 //!   (256);
 //! - request bodies up to `--max-body-bytes` (8 MiB; 413 above);
@@ -311,7 +319,7 @@ impl Default for Limits {
             body_read: Duration::from_secs(10),
             drain: Duration::from_secs(20),
             request: Duration::from_secs(9),
-            max_connections: 4096,
+            max_connections: 1024,
             max_streams: 256,
         }
     }
@@ -658,10 +666,16 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .max_buf_size(MAX_HEADER_BYTES);
     builder
         .http2()
+        .initial_stream_window_size(H2_WINDOW)
+        .initial_connection_window_size(H2_WINDOW)
         .max_concurrent_streams(limits.max_streams)
         .max_header_list_size(MAX_HEADER_BYTES as u32);
     builder
 }
+
+/// HTTP/2 flow-control window, per stream and per connection: what a client
+/// may send ahead of the handler reading (see the module documentation).
+const H2_WINDOW: u32 = 64 * 1024;
 
 /// Largest request head accepted (the API server's are well under 1 KiB).
 const MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -1941,6 +1955,20 @@ mod tests {
         let mut tls = connect(&running, b"http/1.1").await;
         let waited = closed_after(&mut tls).await;
         assert!(waited < Duration::from_millis(1500), "{waited:?}");
+    }
+
+    /// SPEC 5's 200 MiB with the default limits: the process (~20 MiB),
+    /// every connection at its measured ~32 KiB plus what a client can make
+    /// it buffer unread (the HTTP/2 window; hyper's HTTP/1 read buffer is
+    /// capped at the same 64 KiB), and the request budget. With 4096
+    /// connections and hyper's 1 MiB windows this was over 4 GiB.
+    #[test]
+    fn default_limits_fit_the_memory_bound() {
+        const MIB: usize = 1024 * 1024;
+        let limits = Limits::default();
+        let per_connection = 32 * 1024 + (H2_WINDOW as usize).max(MAX_HEADER_BYTES);
+        let total = 20 * MIB + limits.max_connections * per_connection + DEFAULT_MAX_INFLIGHT_BYTES;
+        assert!(total <= 180 * MIB, "{} MiB", total / MIB);
     }
 
     #[tokio::test]
