@@ -357,11 +357,7 @@ impl NamespaceCache {
         if let Some(ns) = self.inner.store.get(&ObjectRef::new(name)) {
             // The watch caught up: forget a direct fetch of it (checked under
             // the read lock first: the common case takes no write lock).
-            let fetched_too = self
-                .inner
-                .fetched
-                .read()
-                .is_ok_and(|f| f.contains(name));
+            let fetched_too = self.inner.fetched.read().is_ok_and(|f| f.contains(name));
             if fetched_too {
                 if let Ok(mut f) = self.inner.fetched.try_write() {
                     f.remove(name);

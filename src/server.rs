@@ -1462,6 +1462,17 @@ pub fn content_type_problem(headers: &axum::http::HeaderMap) -> Option<String> {
     }
 }
 
+/// [`content_type_problem`] of a raw `Content-Type` value, as hyper would
+/// pass it (values hyper refuses never reach the handler: `None`). For the
+/// fuzz target `query`.
+#[doc(hidden)]
+pub fn content_type_problem_of(value: &[u8]) -> Option<String> {
+    let value = HeaderValue::from_bytes(value).ok()?;
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert(header::CONTENT_TYPE, value);
+    content_type_problem(&headers)
+}
+
 /// A review answered with an HTTP error (no AdmissionReview): its log line
 /// and what the metrics count.
 fn failed(

@@ -78,8 +78,7 @@ fn worst_reviews() -> Vec<(&'static str, Bytes)> {
             list.push_str(name);
         }
     }
-    let annotations =
-        format!(r#"{{"nestdock.io/mode":"dind","nestdock.io/containers":"{list}"}}"#);
+    let annotations = format!(r#"{{"nestdock.io/mode":"dind","nestdock.io/containers":"{list}"}}"#);
     out.push((
         "containers-annotation",
         Bytes::from(review(

@@ -572,7 +572,11 @@ async fn idle_connections_on_the_metrics_port_do_not_delay_a_scrape() {
     let start = Instant::now();
     let s = scrape(addr, false).await;
     let took = start.elapsed();
-    assert!(s.text.contains("nestdock_review_duration_seconds"), "{}", s.text);
+    assert!(
+        s.text.contains("nestdock_review_duration_seconds"),
+        "{}",
+        s.text
+    );
     assert!(took < Duration::from_secs(1), "scrape took {took:?}");
     // They are closed after the header timeout (2 s at most on this port).
     let limit = Duration::from_secs(4);

@@ -613,7 +613,11 @@ async fn four_thousand_fetched_namespaces_stay_within_the_cache_bound() {
         assert_unchanged(&admit_pod(&server, &pod_in(name, "p", &[])).await);
     }
     for name in [&names[0], &names[COUNT / 2], &names[COUNT - 1]] {
-        assert_eq!(fake.requests(&format!("/api/v1/namespaces/{name}")), 1, "{name}");
+        assert_eq!(
+            fake.requests(&format!("/api/v1/namespaces/{name}")),
+            1,
+            "{name}"
+        );
     }
     // The newest is cached; the oldest was evicted and is fetched again.
     assert_unchanged(&admit_pod(&server, &pod_in(&names[COUNT - 1], "q", &[])).await);
