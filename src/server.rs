@@ -535,9 +535,7 @@ impl Server {
             tokio::spawn(crate::metrics::serve(
                 listener,
                 metrics.clone(),
-                limits
-                    .header_read
-                    .min(crate::metrics::METRICS_READ_TIMEOUT),
+                limits.header_read.min(crate::metrics::METRICS_READ_TIMEOUT),
                 metrics_stop_rx,
             ))
         });
@@ -1380,7 +1378,8 @@ impl Drop for Abandoned<'_> {
 /// The review's deadline: `configured`, or nine tenths of the `timeout` the
 /// API server puts in the query (`?timeout=10s`) when that is shorter, so that
 /// nestdock answers before the API server gives up.
-fn review_deadline(configured: Duration, query: Option<&str>) -> Duration {
+#[doc(hidden)] // public for the fuzz target `query` only
+pub fn review_deadline(configured: Duration, query: Option<&str>) -> Duration {
     let asked = query
         .into_iter()
         .flat_map(|q| q.split('&'))

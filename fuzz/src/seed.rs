@@ -81,6 +81,22 @@ fn run(root: &Path, corpus: &Path) -> Result<[usize; 3], String> {
     for extra in extra_reviews() {
         out.write("review", &extra)?;
     }
+    // What the server reads from a request head: query strings, durations,
+    // Content-Types, namespace names.
+    for query in [
+        "timeout=10s",
+        "timeout=1m30s&x=1",
+        "timeout=500ms",
+        "timeout=1.5s",
+        "timeout=10000000000000000000s10000000000000000000s",
+        "timeout=1e400",
+        "application/json; charset=utf-8",
+        "text/yaml",
+        "builds?n=1",
+        "team-a",
+    ] {
+        out.write("query", query.as_bytes())?;
+    }
     Ok([
         out.count("review"),
         out.count("engine"),
@@ -232,7 +248,7 @@ struct Out {
 
 impl Out {
     fn new(root: &Path) -> Result<Out, String> {
-        for target in ["review", "engine", "inject"] {
+        for target in ["review", "engine", "inject", "query"] {
             let dir = root.join(target);
             std::fs::create_dir_all(&dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
