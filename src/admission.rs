@@ -559,24 +559,6 @@ struct Status<'a> {
     message: &'a str,
 }
 
-/// Most warnings in one response (SPEC 5: the response is bounded). The
-/// engine warns per container or per mount, so a pod with thousands of them
-/// could otherwise get thousands of lines; kubectl shows every one.
-pub const MAX_WARNINGS: usize = 20;
-
-/// The first [`MAX_WARNINGS`] - 1 warnings and, when there were more, one
-/// that says how many were left out (each stays under 120 characters).
-fn bounded_warnings(warnings: &[String]) -> Vec<std::borrow::Cow<'_, str>> {
-    if warnings.len() <= MAX_WARNINGS {
-        return warnings.iter().map(|w| w.as_str().into()).collect();
-    }
-    let kept = MAX_WARNINGS - 1;
-    let mut out: Vec<std::borrow::Cow<'_, str>> =
-        warnings[..kept].iter().map(|w| w.as_str().into()).collect();
-    out.push(format!("... and {} more warnings like these", warnings.len() - kept).into());
-    out
-}
-
 /// Writes the response review, exactly as the API server reads it.
 ///
 /// Written field by field rather than derived: the base64 patch is most of
@@ -621,7 +603,7 @@ fn encode(api_version: &str, kind: &str, response: Response<'_>) -> Result<Vec<u
     }
     if !response.warnings.is_empty() {
         out.extend_from_slice(b",\"warnings\":");
-        let _ = serde_json::to_writer(&mut out, &bounded_warnings(response.warnings));
+        let _ = serde_json::to_writer(&mut out, response.warnings);
     }
     if let Some(audit) = response.audit_annotations {
         out.extend_from_slice(b",\"auditAnnotations\":{\"mode\":");
@@ -753,37 +735,6 @@ mod tests {
         bad.as_object_mut().unwrap().remove("uid");
         let err = run(&review_json(bad)).unwrap_err();
         assert!(err.message.contains("request"), "{err}");
-    }
-
-    #[test]
-    fn warnings_are_bounded_in_count() {
-        // Every container keeps its own DOCKER_HOST: one warning each.
-        let containers: Vec<Value> = (0..500)
-            .map(|i| {
-                json!({"name": format!("c{i}"), "image": "i",
-                       "env": [{"name": "DOCKER_HOST", "value": "tcp://x:2375"}]})
-            })
-            .collect();
-        let pod = json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "p", "namespace": "team-a",
-                         "annotations": {"nestdock.io/mode": "dind"}},
-            "spec": {"containers": containers},
-        });
-        let body = review_json(request(
-            json!({"group": "", "version": "v1", "kind": "Pod"}),
-            "CREATE",
-            pod,
-        ));
-        let (out, _) = run(&body).unwrap();
-        let warnings = out["response"]["warnings"].as_array().unwrap();
-        assert_eq!(warnings.len(), MAX_WARNINGS, "{warnings:?}");
-        let last = warnings.last().unwrap().as_str().unwrap();
-        assert!(last.contains("more warnings"), "{last}");
-        assert!(warnings.iter().all(|w| w.as_str().unwrap().len() < 120));
-
-        let few = vec!["a".to_string(), "b".to_string()];
-        assert_eq!(bounded_warnings(&few), vec!["a", "b"]);
     }
 
     #[test]
