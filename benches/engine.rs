@@ -12,7 +12,13 @@
 //! - `review/*`: `admission::review`, bytes in and bytes out, on the three
 //!   bodies of `bench/run.sh`;
 //! - `floor/*`: what the floor server does with the same bytes (parse into a
-//!   `serde_json::Value`), the in-process bound that `review/*` is held to.
+//!   `serde_json::Value`), the in-process bound that `review/*` is held to;
+//! - `adversarial/*/N`: what a hostile pod author can send, at 1,000 and
+//!   30,000 items: every container named in `nestdock.io/containers`
+//!   (`names`), one container with N mounts the daemon mirrors (`mounts`),
+//!   one with N env entries (`env`), N service-account token volumes each
+//!   mounted (`tokens`). The table at the end gives the cost per item at
+//!   30,000 ÷ at 1,000, which must stay near 1 (linear, not quadratic).
 //!
 //! The pods are built by `bench/common/src/pods.rs`, the same code that writes
 //! the fixtures `bench/run.sh` sends.
@@ -84,6 +90,94 @@ fn bench_engine(c: &mut Criterion) {
         });
     }
     group.finish();
+}
+
+const ADVERSARIAL: [usize; 2] = [1_000, 30_000];
+const ADVERSARIAL_KINDS: [&str; 4] = ["names", "mounts", "env", "tokens"];
+
+/// The hostile pods of `adversarial/*`, as JSON text.
+fn adversarial_pod(kind: &str, n: usize) -> String {
+    use serde_json::json;
+    let pod = match kind {
+        "names" => {
+            let names: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
+            let containers: Vec<Value> = names.iter().map(|c| json!({"name": c})).collect();
+            json!({"metadata": {"annotations": {"nestdock.io/mode": "none",
+                    "nestdock.io/containers": names.join(",")}},
+                   "spec": {"containers": containers}})
+        }
+        "mounts" => {
+            let mounts: Vec<Value> = (0..n)
+                .map(|i| json!({"name": "v", "mountPath": format!("/w/{i}")}))
+                .collect();
+            json!({"metadata": {"annotations": {"nestdock.io/mode": "dind"}},
+                   "spec": {"containers": [{"name": "b", "volumeMounts": mounts}],
+                            "volumes": [{"name": "v", "emptyDir": {}}]}})
+        }
+        "env" => {
+            let env: Vec<Value> = (0..n)
+                .map(|i| json!({"name": format!("E{i}"), "value": "x"}))
+                .collect();
+            json!({"metadata": {"annotations": {"nestdock.io/mode": "dind"}},
+                   "spec": {"containers": [{"name": "b", "env": env}]}})
+        }
+        _ => {
+            let volumes: Vec<Value> = (0..n)
+                .map(|i| json!({"name": format!("t{i}"), "projected": {"sources": [{"serviceAccountToken": {"path": "t"}}]}}))
+                .collect();
+            let mounts: Vec<Value> = (0..n)
+                .map(|i| json!({"name": format!("t{i}"), "mountPath": format!("/t/{i}")}))
+                .collect();
+            json!({"metadata": {"annotations": {"nestdock.io/mode": "dind"}},
+                   "spec": {"containers": [{"name": "b", "volumeMounts": mounts}], "volumes": volumes}})
+        }
+    };
+    pod.to_string()
+}
+
+fn bench_adversarial(c: &mut Criterion) {
+    let config = Config::default();
+    let mut group = c.benchmark_group("adversarial");
+    group.sample_size(10);
+    for kind in ADVERSARIAL_KINDS {
+        for n in ADVERSARIAL {
+            let text = adversarial_pod(kind, n);
+            let d = engine::mutate_json(&text, &ctx(&config));
+            assert!(
+                !matches!(d.outcome, Outcome::Denied(_)),
+                "{kind}/{n} is denied: {:?}",
+                d.outcome
+            );
+            group.throughput(Throughput::Elements(n as u64));
+            group.bench_with_input(BenchmarkId::new(kind, n), &text, |b, text| {
+                b.iter(|| engine::mutate_json(black_box(text), &ctx(&config)))
+            });
+        }
+    }
+    group.finish();
+}
+
+/// Cost per item at 30,000 ÷ at 1,000 for each hostile pod.
+fn print_adversarial() {
+    println!(
+        "
+hostile pods through engine::mutate_json (Criterion's mean estimates)"
+    );
+    println!(
+        "{:>8}  {:>14}  {:>14}  {:>18}",
+        "kind", "per item, 1k", "per item, 30k", "30k ÷ 1k per item"
+    );
+    for kind in ADVERSARIAL_KINDS {
+        let per = |n: usize| mean_ns(&format!("adversarial/{kind}/{n}")).map(|t| t / n as f64);
+        if let (Some(a), Some(b)) = (per(ADVERSARIAL[0]), per(ADVERSARIAL[1])) {
+            println!(
+                "{kind:>8}  {:>14}  {:>14}  {:>17.2}×",
+                fmt_ns(a),
+                fmt_ns(b),
+                b / a
+            );
+        }
+    }
 }
 
 fn bodies() -> Vec<(&'static str, Vec<u8>)> {
@@ -235,6 +329,8 @@ fn main() {
         .configure_from_args();
     bench_engine(&mut c);
     bench_review(&mut c);
+    bench_adversarial(&mut c);
     c.final_summary();
     print_per_container();
+    print_adversarial();
 }

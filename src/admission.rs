@@ -176,6 +176,10 @@ impl<'a> Parsed<'a> {
             Some(Ok(pod)) => pod,
         };
         let decision = engine::mutate_pod(&pod, ctx);
+        let denial_message = match &decision.outcome {
+            Outcome::Denied(denial) => denial.message(),
+            _ => String::new(),
+        };
         summary.mode = Some(decision.mode);
         response.warnings = &decision.warnings;
         response.audit_annotations = Some(AuditAnnotations {
@@ -192,7 +196,7 @@ impl<'a> Parsed<'a> {
                 response.allowed = false;
                 response.status = Some(Status {
                     code: denial.code,
-                    message: &denial.message,
+                    message: &denial_message,
                 });
                 summary.verdict = Verdict::Denied;
                 summary.code = Some(denial.code);
@@ -284,14 +288,15 @@ pub fn parse(body: &[u8]) -> Result<Parsed<'_>, ReviewError> {
         .map_err(|e| ReviewError::bad_request(format!("malformed JSON: not UTF-8 ({e})")))?;
     // One pass over a well-formed review; anything else is read again,
     // field by field, to say exactly what is wrong.
-    if let Ok(review) = serde_json::from_str::<ReviewFast<'_>>(text) {
+    // Whatever a review holds, what is kept of it is bounded in entries.
+    if let Ok(review) = crate::pod::bounded(|| serde_json::from_str::<ReviewFast<'_>>(text)) {
         if review.api_version == API_VERSION && review.kind == KIND {
             if let Some(parsed) = finish_fast(review) {
                 return Ok(parsed);
             }
         }
     }
-    parse_checked(text)
+    crate::pod::bounded(|| parse_checked(text))
 }
 
 /// A well-formed v1 review of a pod (or of an object that reads as one),

@@ -80,95 +80,134 @@ impl PodAnnotations {
 }
 
 /// Reads the `nestdock.io/*` annotations out of `metadata.annotations`.
-/// Returns a message naming the key, the value and what is accepted.
-pub fn parse<'a>(
+///
+/// Every key is read, so that a pod with three mistakes hears about all three
+/// at once: the values that are valid are returned together with one message
+/// per bad key (naming the key, the value and what is accepted). Unknown keys
+/// are gathered into one message. Work is linear in the annotations' size:
+/// the `containers` list is de-duplicated through a set, because a tenant
+/// may send 256 KiB of names.
+pub fn read<'a>(
     annotations: impl IntoIterator<Item = (&'a str, &'a str)>,
-) -> Result<PodAnnotations, String> {
+) -> (PodAnnotations, Vec<String>) {
     let mut out = PodAnnotations::default();
+    let mut errors = Vec::new();
+    let mut unknown: Vec<&str> = Vec::new();
+    let mut unknown_count = 0usize;
     for (key, v) in annotations {
         let Some(name) = key.strip_prefix(PREFIX) else {
             continue;
         };
-        let bad = |accepted: &str| format!("annotation {key}: invalid value {v:?}: {accepted}");
-        match name {
-            "mode" => {
-                out.mode = Some(
-                    v.parse::<Mode>()
-                        .map_err(|_| bad(&format!("accepted are {}", Mode::ACCEPTED)))?,
-                )
-            }
-            "containers" => {
-                let mut names: Vec<String> = Vec::new();
-                for n in v.split(',').map(str::trim) {
-                    if n.is_empty() {
-                        return Err(bad(
-                            "expected comma-separated container names, none of them empty",
-                        ));
-                    }
-                    if !names.iter().any(|x| x == n) {
-                        names.push(n.to_string());
-                    }
+        let bad = |accepted: &str| {
+            format!(
+                "annotation {key}: invalid value {}: {accepted}",
+                crate::validate::shown(v)
+            )
+        };
+        let result: Result<(), String> = (|| {
+            match name {
+                "mode" => {
+                    out.mode = Some(
+                        v.parse::<Mode>()
+                            .map_err(|_| bad(&format!("accepted are {}", Mode::ACCEPTED)))?,
+                    )
                 }
-                out.containers = Some(names);
-            }
-            "sidecar" => {
-                out.sidecar = Some(match v {
-                    "native" => Sidecar::Native,
-                    "container" => Sidecar::Container,
-                    _ => return Err(bad("accepted are native, container")),
-                })
-            }
-            "tls" => {
-                out.tls = Some(match v {
-                    "true" => true,
-                    "false" => false,
-                    _ => return Err(bad("accepted are \"true\", \"false\"")),
-                })
-            }
-            "image" => {
-                crate::validate::image(v).map_err(|m| format!("annotation {key}: {m}"))?;
-                out.image = Some(v.to_string());
-            }
-            "cpu-request" | "cpu-limit" | "memory-request" | "memory-limit" | "storage-limit" => {
-                let q = Quantity::parse(v).map_err(|m| format!("annotation {key}: {m}"))?;
-                if !q.is_positive() {
-                    return Err(bad("expected a quantity greater than zero"));
+                "containers" => {
+                    let mut names: Vec<String> = Vec::new();
+                    let mut seen = std::collections::HashSet::new();
+                    for n in v.split(',').map(str::trim) {
+                        if n.is_empty() {
+                            return Err(bad(
+                                "expected comma-separated container names, none of them empty",
+                            ));
+                        }
+                        if seen.insert(n) {
+                            names.push(n.to_string());
+                        }
+                    }
+                    out.containers = Some(names);
                 }
-                let slot = match name {
-                    "cpu-request" => &mut out.cpu_request,
-                    "cpu-limit" => &mut out.cpu_limit,
-                    "memory-request" => &mut out.memory_request,
-                    "memory-limit" => &mut out.memory_limit,
-                    _ => &mut out.storage_limit,
-                };
-                *slot = Some(q);
-            }
-            "registry-mirrors" => {
-                out.registry_mirrors =
-                    Some(list(v, crate::validate::registry_mirror).map_err(|m| {
-                        format!("annotation {key}: {m}; expected comma-separated http(s) URLs")
-                    })?)
-            }
-            "insecure-registries" => {
-                out.insecure_registries =
-                    Some(list(v, crate::validate::insecure_registry).map_err(|m| {
-                        format!(
+                "sidecar" => {
+                    out.sidecar = Some(match v {
+                        "native" => Sidecar::Native,
+                        "container" => Sidecar::Container,
+                        _ => return Err(bad("accepted are native, container")),
+                    })
+                }
+                "tls" => {
+                    out.tls = Some(match v {
+                        "true" => true,
+                        "false" => false,
+                        _ => return Err(bad("accepted are \"true\", \"false\"")),
+                    })
+                }
+                "image" => {
+                    crate::validate::image(v).map_err(|m| format!("annotation {key}: {m}"))?;
+                    out.image = Some(v.to_string());
+                }
+                "cpu-request" | "cpu-limit" | "memory-request" | "memory-limit"
+                | "storage-limit" => {
+                    let q = Quantity::parse(v).map_err(|m| format!("annotation {key}: {m}"))?;
+                    if !q.is_positive() {
+                        return Err(bad("expected a quantity greater than zero"));
+                    }
+                    let slot = match name {
+                        "cpu-request" => &mut out.cpu_request,
+                        "cpu-limit" => &mut out.cpu_limit,
+                        "memory-request" => &mut out.memory_request,
+                        "memory-limit" => &mut out.memory_limit,
+                        _ => &mut out.storage_limit,
+                    };
+                    *slot = Some(q);
+                }
+                "registry-mirrors" => {
+                    out.registry_mirrors =
+                        Some(list(v, crate::validate::registry_mirror).map_err(|m| {
+                            format!("annotation {key}: {m}; expected comma-separated http(s) URLs")
+                        })?)
+                }
+                "insecure-registries" => {
+                    out.insecure_registries =
+                        Some(list(v, crate::validate::insecure_registry).map_err(|m| {
+                            format!(
                             "annotation {key}: {m}; expected comma-separated host[:port] or CIDRs"
                         )
-                    })?)
+                        })?)
+                }
+                "mtu" => {
+                    out.mtu = Some(Mtu::parse(v).map_err(|m| format!("annotation {key}: {m}"))?)
+                }
+                "injected" => out.injected = Some(v.to_string()),
+                _ => {
+                    unknown_count += 1;
+                    if unknown.len() < MAX_NAMED {
+                        unknown.push(key);
+                    }
+                }
             }
-            "mtu" => out.mtu = Some(Mtu::parse(v).map_err(|m| format!("annotation {key}: {m}"))?),
-            "injected" => out.injected = Some(v.to_string()),
-            _ => {
-                return Err(format!(
-                    "unknown annotation {key}: accepted keys are {}",
-                    KNOWN_KEYS.map(|k| format!("{PREFIX}{k}")).join(", ")
-                ))
-            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            errors.push(e);
         }
     }
-    Ok(out)
+    if unknown_count > 0 {
+        let mut named: Vec<String> = unknown.iter().map(|k| crate::validate::shown(k)).collect();
+        if unknown_count > named.len() {
+            named.push(format!("and {} more", unknown_count - named.len()));
+        }
+        errors.push(format!(
+            "unknown annotation{} {}: accepted keys are {}",
+            if unknown_count == 1 { "" } else { "s" },
+            named.join(", "),
+            KNOWN_KEYS.map(|k| format!("{PREFIX}{k}")).join(", ")
+        ));
+    }
+    (out, errors)
 }
+
+/// How many unknown keys a message names before it says "and N more".
+const MAX_NAMED: usize = 5;
 
 fn list(v: &str, check: impl Fn(&str) -> Result<(), String>) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
@@ -189,7 +228,12 @@ mod tests {
 
     fn p(v: serde_json::Value) -> Result<PodAnnotations, String> {
         let map = v.as_object().unwrap();
-        parse(map.iter().map(|(k, v)| (k.as_str(), v.as_str().unwrap())))
+        let (a, errors) = read(map.iter().map(|(k, v)| (k.as_str(), v.as_str().unwrap())));
+        if errors.is_empty() {
+            Ok(a)
+        } else {
+            Err(errors.join(" | "))
+        }
     }
 
     #[test]

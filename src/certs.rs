@@ -57,21 +57,7 @@ impl std::fmt::Debug for Bundle {
 /// are): 1 to 63 characters, lowercase letters, digits and `-`, starting and
 /// ending with a letter or digit.
 fn dns_label(what: &str, value: &str) -> anyhow::Result<()> {
-    let ok = !value.is_empty()
-        && value.len() <= 63
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !value.starts_with('-')
-        && !value.ends_with('-');
-    if ok {
-        Ok(())
-    } else {
-        anyhow::bail!(
-            "invalid {what} {value:?}: must be a DNS label (1-63 lowercase letters, digits or '-', \
-             starting and ending with a letter or digit)"
-        )
-    }
+    crate::validate::dns_label(value).map_err(|e| anyhow::anyhow!("invalid {what}: {e}"))
 }
 
 /// The DNS names the serving certificate is valid for, most specific last.

@@ -243,10 +243,14 @@ fn init_logging(format: LogFormat) {
 }
 
 fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
-    match path {
-        Some(p) => Ok(Config::load(p)?),
-        None => Ok(Config::default()),
+    let config = match path {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    for warning in config.warnings() {
+        tracing::warn!("config: {warning}");
     }
+    Ok(config)
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {

@@ -224,8 +224,10 @@ pub struct EnvVar {
 pub struct DindConfig {
     pub image: String,
     pub rootless_image: String,
-    /// When non-empty, the only images the `image` annotation may choose:
-    /// exact matches, or prefixes when an entry ends in `*`.
+    /// The only images the `image` annotation may choose: exact matches, or
+    /// prefixes when an entry ends in `*`. The image runs privileged, so the
+    /// default is the official `docker` repository alone; an empty list lets
+    /// no pod choose an image, and `["*"]` lets pods run any image.
     pub allowed_images: Vec<String>,
     pub resources: Resources,
     pub storage: Storage,
@@ -244,7 +246,7 @@ impl Default for DindConfig {
         DindConfig {
             image: "docker:28-dind".into(),
             rootless_image: "docker:28-dind-rootless".into(),
-            allowed_images: Vec::new(),
+            allowed_images: vec!["docker:*".into(), "docker.io/library/docker:*".into()],
             resources: Resources {
                 requests: ResourceList {
                     cpu: Some(Quantity::parse("250m").expect("valid default")),
@@ -362,6 +364,28 @@ impl Config {
         })?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Settings that are valid but probably not what the platform meant; the
+    /// server logs each at start, `inject` and `explain` print them.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, img) in self.dind.allowed_images.iter().enumerate() {
+            let Some(prefix) = img.strip_suffix('*') else {
+                continue;
+            };
+            if prefix.is_empty() {
+                out.push(format!(
+                    "dind.allowedImages[{i}] is \"*\": pods may run any image as the privileged daemon"
+                ));
+            } else if !prefix.ends_with(['/', ':']) {
+                out.push(format!(
+                    "dind.allowedImages[{i}] {img:?} matches every image whose name starts with {prefix:?} \
+                     ({prefix}.evil.example/x too); end the prefix at '/' or ':' ({prefix}/*)"
+                ));
+            }
+        }
+        out
     }
 
     /// Checks the values serde cannot: paths, ranges, image patterns, daemon arguments.
@@ -529,6 +553,29 @@ mod tests {
     #[test]
     fn default_config_is_valid() {
         Config::default().validate().unwrap();
+        assert!(Config::default().warnings().is_empty());
+    }
+
+    #[test]
+    fn allowed_images_default_to_the_official_repository_and_loose_prefixes_warn() {
+        assert_eq!(
+            Config::default().dind.allowed_images,
+            ["docker:*", "docker.io/library/docker:*"]
+        );
+        let cfg = Config::from_yaml(
+            "dind:\n  allowedImages: [\"registry.corp*\", \"registry.corp/docker:*\", \"*\", \"mirror/dind\"]\n",
+        )
+        .unwrap();
+        let w = cfg.warnings();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].contains("allowedImages[0]") && w[0].contains("registry.corp.evil"),
+            "{w:?}"
+        );
+        assert!(
+            w[1].contains("allowedImages[2]") && w[1].contains("any image"),
+            "{w:?}"
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! [`mutate`]; nothing here does I/O.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::LazyLock;
 
 use serde::Serialize;
@@ -40,14 +40,72 @@ pub struct Context<'a> {
     pub native_sidecars: bool,
 }
 
-/// A refusal: the HTTP-like status code for the AdmissionReview and a message
-/// that names what was wrong and what is accepted.
+/// A refusal: the HTTP-like status code for the AdmissionReview and every
+/// reason that applies, each naming what was wrong and what is accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Denial {
     /// 400 for a bad annotation value or a pod nestdock cannot serve as asked,
     /// 403 for a policy or safety rule.
     pub code: u16,
-    pub message: String,
+    /// One sentence (or so) each; never empty.
+    pub reasons: Vec<String>,
+}
+
+impl Denial {
+    /// A denial for these reasons, bounded: at most [`MAX_REASONS`] reasons
+    /// of at most [`MAX_REASON_BYTES`] each, so that a pod with a thousand
+    /// bad annotations gets a readable (and small) answer.
+    pub fn new(code: u16, reasons: Vec<String>) -> Denial {
+        let total = reasons.len();
+        let mut kept: Vec<String> = reasons
+            .into_iter()
+            .take(MAX_REASONS)
+            .map(|r| cut(r, MAX_REASON_BYTES))
+            .collect();
+        if total > kept.len() {
+            kept.push(format!("({} more reasons not shown)", total - kept.len()));
+        }
+        Denial {
+            code,
+            reasons: kept,
+        }
+    }
+
+    /// A denial for one reason.
+    pub fn one(code: u16, reason: String) -> Denial {
+        Denial::new(code, vec![reason])
+    }
+
+    /// The reasons as one message, as the AdmissionReview's status carries it.
+    pub fn message(&self) -> String {
+        self.reasons.join(" ")
+    }
+}
+
+/// How many reasons a denial names.
+pub const MAX_REASONS: usize = 16;
+/// How long one reason may be.
+pub const MAX_REASON_BYTES: usize = 1024;
+/// How many warnings a decision carries; the API server shows each to the user.
+pub const MAX_WARNINGS: usize = 16;
+/// Largest JSON patch nestdock writes. Why this much: the API server takes
+/// request bodies up to 3 MiB and etcd stores objects under 1.5 MiB, so a
+/// pod whose patch alone is past 4 MiB could never be stored; refusing it
+/// keeps the response (and the memory behind it) bounded whatever a client
+/// sends. A typical pod's patch is 2-3 KiB; 1,000 targets take about 250 KiB.
+pub const MAX_PATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// `s` cut to at most `max` bytes on a character boundary, marked when cut.
+fn cut(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max.saturating_sub(3);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push_str("...");
+    }
+    s
 }
 
 /// What happens to the pod.
@@ -61,13 +119,27 @@ pub enum Outcome {
     Denied(Denial),
 }
 
+/// Where the decision's mode came from: what `explain` tells a user to change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModeFrom {
+    /// Chosen by the rules (annotation, namespace label, inject flag, default).
+    Chosen(crate::policy::Source),
+    /// The pod already carries nestdock's injection of this mode, so it is
+    /// left as it is (a second pass).
+    AlreadyInjected,
+    /// The pod could not be read; the mode is the config default.
+    Unreadable,
+}
+
 /// The engine's answer for one pod.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     /// The mode that applied (for audit annotations, logs and metrics).
     pub mode: Mode,
+    pub from: ModeFrom,
     pub outcome: Outcome,
-    /// Each under 120 characters, as the API server requires.
+    /// Each under 120 characters, as the API server requires; at most
+    /// [`MAX_WARNINGS`] (+1 saying how many more there were).
     pub warnings: Vec<String>,
 }
 
@@ -92,16 +164,24 @@ const ROOTLESS_ID: i64 = 1000;
 /// subdirectory that is a mount point is shared (the layout ARC uses).
 const ROOTLESS_RUNTIME_DIR: &str = "/run/user/1000";
 const ROOTLESS_STORAGE: &str = "/home/rootless/.local/share/docker";
+/// The rootless daemon's `--data-root`: below the storage volume's mount point.
+const ROOTLESS_DATA_ROOT: &str = "/home/rootless/.local/share/docker/data";
 const CERTS_DIR: &str = "/certs";
 const CERTS_CLIENT_DIR: &str = "/certs/client";
 const TLS_HOST: &str = "tcp://localhost:2376";
+/// Testcontainers reads the socket path *as the daemon sees it* from here
+/// when it bind-mounts the socket into Ryuk.
+const TC_SOCKET_OVERRIDE: &str = "TESTCONTAINERS_DOCKER_SOCKET_OVERRIDE";
 
 /// Starts dockerd listening on the shared socket. It reads the pod
 /// interface's MTU when the daemon starts (or takes the fixed value) and
-/// applies it to the default bridge and to user-defined networks. Static
+/// applies it to the default bridge and to user-defined networks, and (for
+/// rootless, where rootlesskit's own network sits between the pod and
+/// dockerd) to rootlesskit's interface, which otherwise stays at 1500. Static
 /// arguments come after it as `"$@"`, never through the shell.
 const START_SOCKET: &str = r#"mtu="${NESTDOCK_MTU:-auto}"
 if [ "$mtu" = auto ]; then mtu="$(cat /sys/class/net/eth0/mtu 2>/dev/null || echo 1500)"; fi
+export DOCKERD_ROOTLESS_ROOTLESSKIT_MTU="$mtu"
 exec dockerd-entrypoint.sh dockerd --mtu="$mtu" --default-network-opt="bridge=com.docker.network.driver.mtu=$mtu" "$@"
 "#;
 
@@ -131,30 +211,37 @@ fn raw(items: &[&str]) -> Box<RawValue> {
     serde_json::value::to_raw_value(items).expect("a list of strings serialises")
 }
 
-/// Paths in the daemon that a mirrored mount must not shadow, besides the
-/// daemon's own mounts: shadowing them would break the daemon image itself.
-const DAEMON_SYSTEM_PATHS: [&str; 14] = [
-    "/",
+/// Paths of the daemon image that a mirrored mount must never reach, besides
+/// the daemon's own mounts: a mount at, below or above one of them would
+/// replace files the privileged daemon executes or trusts (its entrypoint,
+/// `sh`, its config, root's home). Every `/lib*` directory counts too.
+const DAEMON_SYSTEM_PATHS: [&str; 9] = [
     "/bin",
     "/sbin",
-    "/lib",
     "/usr",
-    "/usr/bin",
-    "/usr/sbin",
-    "/usr/lib",
-    "/usr/local",
-    "/usr/local/bin",
     "/etc",
+    "/root",
     "/proc",
     "/sys",
     "/dev",
+    "/home/rootless",
 ];
+
+/// Whether a mount at `path` (normalised) would reach a daemon system path.
+fn hides_system_path(path: &str) -> bool {
+    let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
+    path == "/"
+        || first.starts_with("lib")
+        || DAEMON_SYSTEM_PATHS
+            .iter()
+            .any(|p| under(path, p) || under(p, path))
+}
 
 /// Decides what happens to `pod` (the object exactly as the API server sent it).
 pub fn mutate(pod: &Value, ctx: &Context<'_>) -> Decision {
     match crate::pod::from_value(pod) {
         Ok(pod) => mutate_pod(&pod, ctx),
-        Err(message) => denied(ctx.config.default_mode, 400, message),
+        Err(message) => unreadable(ctx, message),
     }
 }
 
@@ -163,83 +250,132 @@ pub fn mutate(pod: &Value, ctx: &Context<'_>) -> Decision {
 pub fn mutate_json(pod: &str, ctx: &Context<'_>) -> Decision {
     match crate::pod::from_json(pod) {
         Ok(pod) => mutate_pod(&pod, ctx),
-        Err(message) => denied(ctx.config.default_mode, 400, message),
+        Err(message) => unreadable(ctx, message),
     }
 }
 
 /// [`mutate`] on a pod already read (the webhook reads it with the review).
+///
+/// Order: every annotation is read and every policy rule applied first, so
+/// that a denial names all of them; then the idempotency marker is honoured
+/// only when the pod really carries that injection; then the plan.
 pub fn mutate_pod(pod: &crate::pod::Pod<'_>, ctx: &Context<'_>) -> Decision {
     let annotations = pod.metadata.as_ref().and_then(|m| m.annotations.as_ref());
-    // Idempotency: the API server may call again (reinvocationPolicy: IfNeeded)
-    // and `inject` may run twice; a pod we already patched is left alone.
-    if let Some(done) = annotations.and_then(|a| a.get(crate::annotations::INJECTED)) {
-        return Decision {
-            mode: done.parse().unwrap_or(Mode::None),
-            outcome: Outcome::Unchanged,
-            warnings: Vec::new(),
-        };
+    let (ann, mut reasons) =
+        crate::annotations::read(annotations.into_iter().flat_map(Pairs::iter));
+    let choice = crate::policy::choose(ann.mode, ctx.namespace, ctx.config);
+    let mut code = if reasons.is_empty() { 403 } else { 400 };
+    if let Err(d) = crate::policy::resolve(ann.mode, ctx.namespace, ctx.config) {
+        code = code.min(d.code);
+        reasons.extend(d.reasons);
     }
-    let ann = match crate::annotations::parse(annotations.into_iter().flat_map(Pairs::iter)) {
-        Ok(a) => a,
-        Err(message) => return denied(ctx.config.default_mode, 400, message),
-    };
-    let choice = match crate::policy::resolve(ann.mode, ctx.namespace, ctx.config) {
-        Ok(c) => c,
-        Err(d) => {
-            return Decision {
-                mode: ann.mode.unwrap_or(ctx.config.default_mode),
-                outcome: Outcome::Denied(d),
-                warnings: Vec::new(),
-            }
-        }
-    };
     let mode = choice.mode;
+    let decided = |outcome, warnings| Decision {
+        mode,
+        from: ModeFrom::Chosen(choice.source),
+        outcome,
+        warnings,
+    };
+    if !reasons.is_empty() {
+        return decided(Outcome::Denied(Denial::new(code, reasons)), Vec::new());
+    }
     let view = match PodView::new(pod) {
         Ok(v) => v,
-        Err(d) => {
+        Err(d) => return decided(Outcome::Denied(d), Vec::new()),
+    };
+    let mut warnings = Warnings::default();
+    // Idempotency: the API server may call again (reinvocationPolicy:
+    // IfNeeded) and `inject` may run twice. The marker is whatever the pod's
+    // author wrote, so it counts only when the pod carries that injection.
+    if let Some(marker) = ann.injected.as_deref() {
+        if marker == mode.as_str() && view.carries_injection(mode) {
             return Decision {
                 mode,
-                outcome: Outcome::Denied(d),
+                from: ModeFrom::AlreadyInjected,
+                outcome: Outcome::Unchanged,
                 warnings: Vec::new(),
-            }
+            };
         }
-    };
+        warnings.push(format!(
+            "{}={} ignored: the pod does not carry nestdock's {mode} injection",
+            crate::annotations::INJECTED,
+            crate::validate::shown(marker)
+        ));
+    }
     let mut planner = Planner {
         view: &view,
         ann: &ann,
         mode,
         ctx,
         patch: Patch::new(),
-        warnings: Vec::new(),
+        warnings,
     };
-    match planner.plan() {
-        Ok(()) => Decision {
-            mode,
-            outcome: if planner.patch.is_empty() {
+    let planned = planner.plan();
+    let Planner {
+        patch, warnings, ..
+    } = planner;
+    match planned {
+        Ok(()) if patch.as_json().len() > MAX_PATCH_BYTES => decided(
+            Outcome::Denied(Denial::one(
+                400,
+                format!(
+                    "the patch for this pod would be over {MAX_PATCH_BYTES} bytes, more than any pod \
+                     Kubernetes can store; name fewer containers with nestdock.io/containers"
+                ),
+            )),
+            Vec::new(),
+        ),
+        Ok(()) => decided(
+            if patch.is_empty() {
                 Outcome::Unchanged
             } else {
-                Outcome::Patched(planner.patch)
+                Outcome::Patched(patch)
             },
-            warnings: planner.warnings,
-        },
-        Err(d) => Decision {
-            mode,
-            outcome: Outcome::Denied(d),
-            warnings: Vec::new(),
-        },
+            warnings.finish(),
+        ),
+        Err(d) => decided(Outcome::Denied(d), Vec::new()),
     }
 }
 
-fn denied(mode: Mode, code: u16, message: String) -> Decision {
+/// The decision for a pod that cannot be read.
+fn unreadable(ctx: &Context<'_>, message: String) -> Decision {
     Decision {
-        mode,
-        outcome: Outcome::Denied(Denial { code, message }),
+        mode: ctx.config.default_mode,
+        from: ModeFrom::Unreadable,
+        outcome: Outcome::Denied(Denial::one(400, message)),
         warnings: Vec::new(),
     }
 }
 
 fn bad(message: String) -> Denial {
-    Denial { code: 400, message }
+    Denial::one(400, message)
+}
+
+/// A decision's warnings, bounded in number and each in length.
+#[derive(Default)]
+struct Warnings {
+    kept: Vec<String>,
+    dropped: usize,
+}
+
+impl Warnings {
+    fn push(&mut self, msg: String) {
+        if self.kept.len() < MAX_WARNINGS {
+            self.kept.push(limit_warning(msg));
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    fn finish(mut self) -> Vec<String> {
+        if self.dropped > 0 {
+            self.kept.push(format!(
+                "{} more warnings like these not shown",
+                self.dropped
+            ));
+        }
+        self.kept
+    }
 }
 
 /// A container of the pod, where it sits, and whether it gets the daemon.
@@ -253,8 +389,10 @@ struct Slot<'a> {
 
 /// The pieces of a mode's wiring that differ between dind, rootless, TLS and dood.
 struct Wiring {
-    /// Environment for every target container.
-    env: Vec<(&'static str, String)>,
+    /// Environment for every target container: name, value, and whether a
+    /// target that sets the name itself is warned about (it is kept either
+    /// way; an override such as Testcontainers' is the user's to set).
+    env: Vec<(&'static str, String, bool)>,
     /// The mount every target gets.
     target_mount: Value,
     /// Target mount paths that would shadow or duplicate that mount.
@@ -304,8 +442,8 @@ struct PodView<'a> {
     init: Vec<Slot<'a>>,
     app: Vec<Slot<'a>>,
     /// Names of the projected service-account token volumes (usually one),
-    /// found once so that each mount's check is constant.
-    token_volumes: Vec<&'a str>,
+    /// in a set so that each mount's check is constant however many there are.
+    token_volumes: HashSet<&'a str>,
 }
 
 impl<'a> PodView<'a> {
@@ -332,6 +470,24 @@ impl<'a> PodView<'a> {
     fn volume(&self, name: &str) -> Option<&'a Volume<'a>> {
         self.spec.volumes.items().iter().find(|v| v.name == name)
     }
+
+    /// Whether the pod carries nestdock's injection of `mode`: the daemon
+    /// container with its storage and socket (or certificates) volumes for
+    /// dind, the host-socket volume for dood. What makes a marker credible.
+    fn carries_injection(&self, mode: Mode) -> bool {
+        match mode {
+            Mode::Dind | Mode::DindRootless => {
+                self.init
+                    .iter()
+                    .chain(self.app.iter())
+                    .any(|s| s.name == DAEMON_CONTAINER)
+                    && self.volume(VOL_STORAGE).is_some()
+                    && (self.volume(VOL_SOCKET).is_some() || self.volume(VOL_CERTS).is_some())
+            }
+            Mode::Dood => self.volume(VOL_HOST_SOCKET).is_some(),
+            Mode::None => false,
+        }
+    }
 }
 
 /// Mounts of the service-account token: the ServiceAccount admission plugin
@@ -348,7 +504,7 @@ struct Planner<'v, 'a> {
     mode: Mode,
     ctx: &'v Context<'v>,
     patch: Patch,
-    warnings: Vec<String>,
+    warnings: Warnings,
 }
 
 impl<'v, 'a> Planner<'v, 'a> {
@@ -357,11 +513,16 @@ impl<'v, 'a> Planner<'v, 'a> {
     }
 
     fn warn(&mut self, msg: String) {
-        self.warnings.push(limit_warning(msg));
+        self.warnings.push(msg);
     }
 
+    /// Adds one operation; past [`MAX_PATCH_BYTES`] nothing more is written
+    /// (the decision is then a denial), so a hostile pod cannot make the
+    /// engine build a patch of hundreds of MiB first.
     fn add(&mut self, path: &[&str], value: &impl serde::Serialize) {
-        self.patch.add(path, value);
+        if self.patch.as_json().len() <= MAX_PATCH_BYTES {
+            self.patch.add(path, value);
+        }
     }
 
     /// Appends `items` to the list at `path`. A list that is absent or null
@@ -421,26 +582,33 @@ impl<'v, 'a> Planner<'v, 'a> {
         }
     }
 
+    /// The `image` annotation picks what runs privileged: only images the
+    /// platform lists in `dind.allowedImages` may be chosen.
     fn check_image_allowed(&self) -> Result<(), Denial> {
-        let allowed = &self.cfg().dind.allowed_images;
         let Some(image) = &self.ann.image else {
             return Ok(());
         };
-        if allowed.is_empty() {
-            return Ok(());
-        }
+        let allowed = &self.cfg().dind.allowed_images;
         let ok = allowed.iter().any(|a| match a.strip_suffix('*') {
             Some(prefix) => image.starts_with(prefix),
             None => a == image,
         });
         if ok {
-            Ok(())
-        } else {
-            Err(bad(format!(
-                "annotation nestdock.io/image: image {image:?} is not allowed; accepted are {}",
-                allowed.join(", ")
-            )))
+            return Ok(());
         }
+        let accepted = if allowed.is_empty() {
+            "none: dind.allowedImages is empty, so pods use the configured image".to_string()
+        } else {
+            allowed.join(", ")
+        };
+        Err(Denial::one(
+            403,
+            format!(
+                "annotation nestdock.io/image: image {} is not allowed (it would run privileged); \
+                 accepted are {accepted}",
+                crate::validate::shown(image)
+            ),
+        ))
     }
 
     /// The daemon's resources: config, overridden by annotations; a request
@@ -490,31 +658,40 @@ impl<'v, 'a> Planner<'v, 'a> {
                 view.app.iter().collect()
             });
         };
+        // One lookup per name: the annotation may name tens of thousands.
+        let by_name: HashMap<&str, &'v Slot<'a>> = view
+            .init
+            .iter()
+            .chain(view.app.iter())
+            .map(|s| (s.name, s))
+            .collect();
         let mut out = Vec::with_capacity(names.len());
         for n in names {
-            if let Some(s) = view.app.iter().find(|s| s.name == n) {
-                out.push(s);
-            } else if let Some(s) = view.init.iter().find(|s| s.name == n) {
-                if !init_ok {
+            match by_name.get(n.as_str()) {
+                Some(s) if s.list == "initContainers" && !init_ok => {
                     return Err(bad(format!(
-                        "annotation nestdock.io/containers names init container {n:?}, but with \
+                        "annotation nestdock.io/containers names init container {}, but with \
                          nestdock.io/sidecar: container the daemon starts after the init containers; \
-                         name app containers only, or use the native sidecar"
+                         name app containers only, or use the native sidecar",
+                        crate::validate::shown(n)
                     )));
                 }
-                out.push(s);
-            } else {
-                let all: Vec<&str> = view
-                    .init
-                    .iter()
-                    .chain(view.app.iter())
-                    .map(|s| s.name)
-                    .collect();
-                return Err(bad(format!(
-                    "annotation nestdock.io/containers names {n:?}, which is not a container of this pod; \
-                     accepted are: {}",
-                    all.join(", ")
-                )));
+                Some(s) => out.push(*s),
+                None => {
+                    let all: Vec<&str> = view
+                        .init
+                        .iter()
+                        .chain(view.app.iter())
+                        .map(|s| s.name)
+                        .take(20)
+                        .collect();
+                    return Err(bad(format!(
+                        "annotation nestdock.io/containers names {}, which is not a container of this pod; \
+                         accepted are: {}",
+                        crate::validate::shown(n),
+                        all.join(", ")
+                    )));
+                }
             }
         }
         out.sort_by_key(|s| (s.list == "containers", s.index));
@@ -577,7 +754,11 @@ impl<'v, 'a> Planner<'v, 'a> {
         for t in targets {
             for m in t.obj.volume_mounts.items() {
                 let path = m.path();
-                if wiring.reserved_target_paths.iter().any(|r| r == path) {
+                if wiring
+                    .reserved_target_paths
+                    .iter()
+                    .any(|r| crate::pod::normalize_path(r) == path)
+                {
                     let vol = &m.name;
                     return Err(bad(format!(
                         "container {} already mounts volume {vol} at {path}, where nestdock puts the docker \
@@ -591,12 +772,14 @@ impl<'v, 'a> Planner<'v, 'a> {
             let index = t.index.to_string();
             let existing: Vec<&str> = t.obj.env.items().iter().map(|e| e.name.as_ref()).collect();
             let mut env = Vec::with_capacity(wiring.env.len());
-            for (k, v) in &wiring.env {
+            for (k, v, warn) in &wiring.env {
                 if existing.contains(k) {
-                    self.warn(format!(
-                        "container {} keeps its own {k}; nestdock's daemon is at {v}",
-                        t.name
-                    ));
+                    if *warn {
+                        self.warn(format!(
+                            "container {} keeps its own {k}; nestdock's daemon is at {v}",
+                            t.name
+                        ));
+                    }
                 } else {
                     env.push(json!({ "name": k, "value": v }));
                 }
@@ -654,8 +837,15 @@ impl<'v, 'a> Planner<'v, 'a> {
         let cfg = self.cfg();
         self.check_volume_names_free(&[VOL_HOST_SOCKET])?;
         let socket = cfg.socket_path();
+        let mut env = vec![("DOCKER_HOST", format!("unix://{socket}"), true)];
+        // The node's daemon resolves bind sources on the node, where the
+        // socket is at hostSocket: helpers that bind-mount the socket
+        // (Testcontainers' Ryuk) need that path.
+        if crate::pod::normalize_path(&cfg.dood.host_socket) != socket.as_str() {
+            env.push((TC_SOCKET_OVERRIDE, cfg.dood.host_socket.clone(), false));
+        }
         let wiring = Wiring {
-            env: vec![("DOCKER_HOST", format!("unix://{socket}"))],
+            env,
             target_mount: json!({ "name": VOL_HOST_SOCKET, "mountPath": socket }),
             reserved_target_paths: vec![socket.clone()],
             group: cfg.dood.socket_group,
@@ -702,6 +892,51 @@ impl<'v, 'a> Planner<'v, 'a> {
         }
     }
 
+    /// A privileged daemon must not share the node's namespaces: with
+    /// hostNetwork it rewrites the node's iptables, with hostPID or hostIPC a
+    /// privileged container sees the node's processes and memory. And a
+    /// user-namespaced pod cannot run it. Every field that applies is named.
+    fn check_host_namespaces(&self) -> Result<(), Denial> {
+        let spec = self.view.spec;
+        let mode = self.mode;
+        let mut reasons = Vec::new();
+        let shared = [
+            (
+                "hostNetwork",
+                spec.host_network,
+                "the inner daemon would rewrite the node's iptables",
+            ),
+            (
+                "hostPID",
+                spec.host_pid,
+                "a privileged container would see and signal the node's processes",
+            ),
+            (
+                "hostIPC",
+                spec.host_ipc,
+                "a privileged container would share the node's IPC namespace",
+            ),
+        ];
+        for (field, value, why) in shared {
+            if value == Some(true) {
+                reasons.push(format!(
+                    "mode {mode} is denied for a pod with {field}: true: {why}; drop {field}, or use mode dood."
+                ));
+            }
+        }
+        if spec.host_users == Some(false) {
+            reasons.push(format!(
+                "mode {mode} is denied for a pod with hostUsers: false: its daemon must be privileged, \
+                 which a user-namespaced pod cannot be; remove hostUsers: false, or use mode dood."
+            ));
+        }
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(Denial::new(403, reasons))
+        }
+    }
+
     fn plan_dind(
         &mut self,
         targets: &[&'v Slot<'a>],
@@ -712,24 +947,7 @@ impl<'v, 'a> Planner<'v, 'a> {
         let mode = self.mode;
         let rootless = mode == Mode::DindRootless;
         let tls = self.ann.tls == Some(true);
-        if self.view.spec.host_network == Some(true) {
-            return Err(Denial {
-                code: 403,
-                message: format!(
-                    "mode {mode} is denied for a pod with hostNetwork: true: the inner daemon would rewrite \
-                     the node's iptables; drop hostNetwork, or use mode dood"
-                ),
-            });
-        }
-        if self.view.spec.host_users == Some(false) {
-            return Err(Denial {
-                code: 403,
-                message: format!(
-                    "mode {mode} is denied for a pod with hostUsers: false: its daemon must be privileged, \
-                     which a user-namespaced pod cannot be; remove hostUsers: false, or use mode dood"
-                ),
-            });
-        }
+        self.check_host_namespaces()?;
         self.check_container_name_free(DAEMON_CONTAINER)?;
         let shared = if tls { VOL_CERTS } else { VOL_SOCKET };
         self.check_volume_names_free(&[shared, VOL_STORAGE])?;
@@ -739,9 +957,9 @@ impl<'v, 'a> Planner<'v, 'a> {
         let wiring = if tls {
             Wiring {
                 env: vec![
-                    ("DOCKER_HOST", TLS_HOST.to_string()),
-                    ("DOCKER_TLS_VERIFY", "1".to_string()),
-                    ("DOCKER_CERT_PATH", CERTS_CLIENT_DIR.to_string()),
+                    ("DOCKER_HOST", TLS_HOST.to_string(), true),
+                    ("DOCKER_TLS_VERIFY", "1".to_string(), true),
+                    ("DOCKER_CERT_PATH", CERTS_CLIENT_DIR.to_string(), true),
                 ],
                 target_mount: json!({
                     "name": VOL_CERTS, "mountPath": CERTS_CLIENT_DIR, "subPath": "client", "readOnly": true,
@@ -750,8 +968,18 @@ impl<'v, 'a> Planner<'v, 'a> {
                 group: None,
             }
         } else {
+            let mut env = vec![("DOCKER_HOST", format!("unix://{socket}"), true)];
+            // The rootless daemon sees the same socket file at its own
+            // runtime directory, and resolves bind sources there.
+            if rootless {
+                env.push((
+                    TC_SOCKET_OVERRIDE,
+                    format!("{ROOTLESS_RUNTIME_DIR}/docker.sock"),
+                    false,
+                ));
+            }
             Wiring {
-                env: vec![("DOCKER_HOST", format!("unix://{socket}"))],
+                env,
                 target_mount: json!({ "name": VOL_SOCKET, "mountPath": socket_dir }),
                 reserved_target_paths: vec![socket_dir.to_string(), socket.clone()],
                 group: Some(if rootless {
@@ -842,7 +1070,7 @@ impl<'v, 'a> Planner<'v, 'a> {
         let ours = [VOL_SOCKET, VOL_STORAGE, VOL_CERTS, VOL_HOST_SOCKET];
         // Path -> (volume, subPath) of what is mirrored so far: one entry
         // per path, looked up once per mount (pods may have 1000 containers).
-        let mut seen: HashMap<&str, (&str, &str)> = HashMap::new();
+        let mut seen: HashMap<Cow<'a, str>, (&str, &str)> = HashMap::new();
         for t in targets {
             for m in t.obj.volume_mounts.items() {
                 let name = m.name.as_ref();
@@ -851,7 +1079,7 @@ impl<'v, 'a> Planner<'v, 'a> {
                 if name.is_empty() || path.is_empty() || ours.contains(&name) {
                     continue;
                 }
-                if is_service_account_token(view, name, path) {
+                if is_service_account_token(view, name, &path) {
                     continue;
                 }
                 let skip = |reason: &str| {
@@ -865,24 +1093,24 @@ impl<'v, 'a> Planner<'v, 'a> {
                     self.warn(w);
                     continue;
                 }
-                if let Some(p) = own.iter().find(|p| under(path, p) || under(p, path)) {
+                if let Some(p) = own.iter().find(|p| under(&path, p) || under(p, &path)) {
                     let w = skip(&format!("the daemon keeps its own {p}"));
                     self.warn(w);
                     continue;
                 }
-                if DAEMON_SYSTEM_PATHS.contains(&path) {
+                if hides_system_path(&path) {
                     let w = skip("it would hide the daemon's own files");
                     self.warn(w);
                     continue;
                 }
-                if let Some(&(first, first_sub)) = seen.get(path) {
+                if let Some(&(first, first_sub)) = seen.get(&path) {
                     if (first, first_sub) != (name, sub) {
                         let w = skip(&format!("the path already holds volume {first}"));
                         self.warn(w);
                     }
                     continue;
                 }
-                seen.insert(path, (name, sub));
+                seen.insert(path.clone(), (name, sub));
                 out.push(MountOut {
                     name,
                     mount_path: path,
@@ -942,9 +1170,21 @@ impl<'v, 'a> Planner<'v, 'a> {
         let mut args: Vec<String> = Vec::new();
         if !tls {
             args.push(format!("--host={host}"));
-            if !rootless {
-                args.push(format!("--group={}", cfg.socket_group));
-            }
+            // Rootless: gid 0 inside the user namespace is the daemon's own
+            // gid (1000) outside, the group the pod's supplementalGroups
+            // carry. Without --group, dockerd would pick its image's
+            // `docker` group, which maps to no group of the pod.
+            args.push(if rootless {
+                "--group=0".to_string()
+            } else {
+                format!("--group={}", cfg.socket_group)
+            });
+        }
+        if rootless {
+            // dockerd chmods its data root, which fails inside the user
+            // namespace on the root-owned directory the kubelet makes for an
+            // emptyDir: the data root is a directory the daemon creates inside.
+            args.push(format!("--data-root={ROOTLESS_DATA_ROOT}"));
         }
         for m in ann
             .registry_mirrors
@@ -1010,7 +1250,7 @@ impl<'v, 'a> Planner<'v, 'a> {
             security_context: SecurityOut {
                 privileged: true,
                 run_as_user: if rootless { ROOTLESS_ID } else { 0 },
-                run_as_group: rootless.then_some(ROOTLESS_ID),
+                run_as_group: if rootless { ROOTLESS_ID } else { 0 },
                 run_as_non_root: rootless,
             },
             startup_probe: ProbeOut {
@@ -1065,8 +1305,7 @@ impl<'a> EnvOut<'a> {
 struct SecurityOut {
     privileged: bool,
     run_as_user: i64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    run_as_group: Option<i64>,
+    run_as_group: i64,
     run_as_non_root: bool,
 }
 
@@ -1113,7 +1352,7 @@ struct CpuMemory<'a> {
 #[serde(rename_all = "camelCase")]
 struct MountOut<'a> {
     name: &'a str,
-    mount_path: &'a str,
+    mount_path: Cow<'a, str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     sub_path: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -1124,7 +1363,7 @@ impl<'a> MountOut<'a> {
     fn new(name: &'a str, mount_path: &'a str) -> MountOut<'a> {
         MountOut {
             name,
-            mount_path,
+            mount_path: Cow::Borrowed(mount_path),
             sub_path: None,
             read_only: None,
         }

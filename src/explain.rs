@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-use crate::engine::{self, Context, NamespacePolicy, Outcome};
+use crate::engine::{self, Context, ModeFrom, NamespacePolicy, Outcome};
 use crate::mode::Mode;
 use crate::policy::{self, Source};
 
@@ -61,48 +61,52 @@ pub fn explain(pod: &Value, ctx: &Context<'_>) -> String {
     }
 
     let decision = engine::mutate(pod, ctx);
-    let annotations = meta
+    let has_mode_annotation = meta
         .and_then(|m| m.get("annotations"))
-        .and_then(Value::as_object);
-    if let Some(done) = annotations.and_then(|a| a.get(crate::annotations::INJECTED)) {
-        let _ = writeln!(
-            out,
-            "result: unchanged: the pod already carries {}={}, so nestdock leaves it alone",
-            crate::annotations::INJECTED,
-            done.as_str().unwrap_or("?")
-        );
-        return out;
-    }
-    // Why this mode: the same choice the engine made, before any gate.
-    let ann_mode = crate::annotations::parse(
-        annotations
-            .into_iter()
-            .flatten()
-            .filter_map(|(k, v)| Some((k.as_str(), v.as_str()?))),
-    )
-    .ok()
-    .and_then(|a| a.mode);
-    let choice = policy::choose(ann_mode, ctx.namespace, ctx.config);
-    let why = match choice.source {
-        Source::Annotation => "the pod annotation nestdock.io/mode".to_string(),
-        Source::NamespaceLabel => format!(
-            "the namespace label {} (the pod has no nestdock.io/mode annotation)",
-            policy::LABEL_MODE
-        ),
-        Source::InjectFlag => "the --mode flag".to_string(),
-        Source::ConfigDefault => format!(
-            "the config file's defaultMode (no nestdock.io/mode annotation on the pod, no {} label on the namespace)",
-            policy::LABEL_MODE
-        ),
+        .and_then(|a| a.get(policy::LABEL_MODE))
+        .is_some();
+    let why = match decision.from {
+        ModeFrom::AlreadyInjected => {
+            let _ = writeln!(
+                out,
+                "result: unchanged: the pod already carries nestdock's {} injection ({}={}), so \
+                 nestdock leaves it alone",
+                decision.mode,
+                crate::annotations::INJECTED,
+                decision.mode
+            );
+            return out;
+        }
+        ModeFrom::Unreadable => {
+            "the config file's defaultMode (the pod could not be read)".to_string()
+        }
+        ModeFrom::Chosen(Source::Annotation) => "the pod annotation nestdock.io/mode".to_string(),
+        ModeFrom::Chosen(source) => {
+            let annotation = if has_mode_annotation {
+                "the pod's nestdock.io/mode annotation is invalid, see below"
+            } else {
+                "the pod has no nestdock.io/mode annotation"
+            };
+            match source {
+                Source::NamespaceLabel => {
+                    format!("the namespace label {} ({annotation})", policy::LABEL_MODE)
+                }
+                Source::InjectFlag => format!("the --mode flag ({annotation})"),
+                _ => format!(
+                    "the config file's defaultMode ({annotation}; no {} label on the namespace)",
+                    policy::LABEL_MODE
+                ),
+            }
+        }
     };
-    let _ = writeln!(out, "mode: {} (from {why})", choice.mode);
+    let _ = writeln!(out, "mode: {} (from {why})", decision.mode);
 
     match &decision.outcome {
         Outcome::Denied(d) => {
             let _ = writeln!(out, "result: denied (code {})", d.code);
-            // Policy denials name every rule that applies, one sentence each.
-            for sentence in d.message.split_inclusive(". ") {
-                let _ = writeln!(out, "  - {}", sentence.trim_end());
+            // Every reason: each bad annotation and every policy rule that applies.
+            for reason in &d.reasons {
+                let _ = writeln!(out, "  - {reason}");
             }
         }
         Outcome::Unchanged => {

@@ -555,7 +555,7 @@ impl Run<'_> {
                     object: name.to_string(),
                     location: location.clone(),
                     code: denial.code,
-                    message: denial.message,
+                    message: denial.message(),
                 });
                 None
             }
@@ -1079,7 +1079,7 @@ mod yaml {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::Denial;
+    use crate::engine::{Denial, ModeFrom};
     use serde_json::json;
 
     const INJECTED: &str = "nestdock.io/injected";
@@ -1092,6 +1092,7 @@ mod tests {
         let get = |k: &str| annotations.and_then(|a| a.get(k)).and_then(Value::as_str);
         let unchanged = Decision {
             mode: Mode::None,
+            from: ModeFrom::AlreadyInjected,
             outcome: Outcome::Unchanged,
             warnings: vec![],
         };
@@ -1103,10 +1104,11 @@ mod tests {
         if get("nestdock.io/mtu") == Some("9") {
             return Decision {
                 mode: Mode::Dind,
-                outcome: Outcome::Denied(Denial {
-                    code: 400,
-                    message: "annotation nestdock.io/mtu: \"9\" is invalid".into(),
-                }),
+                from: ModeFrom::Unreadable,
+                outcome: Outcome::Denied(Denial::one(
+                    400,
+                    "annotation nestdock.io/mtu: \"9\" is invalid".into(),
+                )),
                 warnings: vec![],
             };
         }
@@ -1123,6 +1125,7 @@ mod tests {
         ops.push(json!({"op": "add", "path": "/spec/initContainers", "value": [{"name": "nestdock-dind", "image": "docker:28-dind", "restartPolicy": "Always"}]}));
         Decision {
             mode: Mode::Dind,
+            from: ModeFrom::Chosen(crate::policy::Source::Annotation),
             outcome: Outcome::Patched(serde_json::from_value(Value::Array(ops)).unwrap()),
             warnings: vec![format!(
                 "namespace seen: {}",

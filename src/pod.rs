@@ -58,6 +58,88 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Field<T> {
     }
 }
 
+/// How many list items and map entries one pod may hold once read.
+///
+/// Why: the typed pod costs tens of bytes per entry where the JSON costs a
+/// dozen (`{"name":"a"},` becomes an 88-byte container), so an 8 MiB review
+/// of tiny containers would take hundreds of MiB. No pod Kubernetes can
+/// store comes near this (etcd keeps objects under 1.5 MiB, and a defaulted
+/// container alone is over 150 bytes); a pod past it is refused with a
+/// message, and the memory a review can take stays bounded.
+pub const MAX_ENTRIES: usize = 100_000;
+
+thread_local! {
+    /// Entries left for the pod being read on this thread; `None` when no
+    /// read is bounded. Reading is synchronous, so one counter per thread is
+    /// one counter per read; [`bounded`] sets and restores it.
+    static ENTRIES_LEFT: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `read` with at most [`MAX_ENTRIES`] list items and map entries
+/// allowed in what it deserialises into the pod types. A nested call gets a
+/// budget of its own and gives the outer one back when it returns.
+pub fn bounded<T>(read: impl FnOnce() -> T) -> T {
+    let outer = ENTRIES_LEFT.with(|c| c.replace(Some(MAX_ENTRIES)));
+    struct Restore(Option<usize>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            ENTRIES_LEFT.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(outer);
+    read()
+}
+
+/// Takes one entry from the budget of the read in progress.
+fn take_entry<E: de::Error>() -> Result<(), E> {
+    ENTRIES_LEFT.with(|c| match c.get() {
+        None => Ok(()),
+        Some(0) => Err(E::custom(format_args!(
+            "the pod has more than {MAX_ENTRIES} list items and map entries (containers, volumes, \
+             mounts, env, annotations...), more than any pod Kubernetes can store; nestdock reads \
+             at most {MAX_ENTRIES}"
+        ))),
+        Some(n) => {
+            c.set(Some(n - 1));
+            Ok(())
+        }
+    })
+}
+
+/// `deserialize_with` for the pod's lists: a [`Field`] whose items count
+/// against the read's entry budget.
+fn list<'de, D, T>(d: D) -> Result<Field<Vec<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Items<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for Items<T> {
+        type Value = Field<Vec<T>>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a list")
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Field::Null)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Field::Null)
+        }
+        fn visit_some<D2: Deserializer<'de>>(self, d: D2) -> Result<Self::Value, D2::Error> {
+            d.deserialize_seq(self)
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(item) = seq.next_element()? {
+                take_entry::<A::Error>()?;
+                out.push(item);
+            }
+            Ok(Field::Present(out))
+        }
+    }
+    d.deserialize_option(Items(std::marker::PhantomData))
+}
+
 /// A string map (annotations, nodeSelector) kept as pairs in document order:
 /// pods carry a handful of entries, and a Vec costs one allocation.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -112,8 +194,9 @@ impl<'de: 'a, 'a> Deserialize<'de> for Pairs<'a> {
                 f.write_str("a map of strings to strings")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Pairs<'a>, A::Error> {
-                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(4));
+                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(4).min(16));
                 while let Some(k) = map.next_key::<StrValue<'a>>()? {
+                    take_entry::<A::Error>()?;
                     let v = map
                         .next_value::<StrValue<'a>>()
                         .map_err(|e| de::Error::custom(format_args!("value of {:?}: {e}", k.0)))?;
@@ -152,18 +235,22 @@ pub struct Metadata<'a> {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Spec<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "list")]
     pub containers: Field<Vec<Container<'a>>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "list")]
     pub init_containers: Field<Vec<Container<'a>>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "list")]
     pub ephemeral_containers: Field<Vec<Named<'a>>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "list")]
     pub volumes: Field<Vec<Volume<'a>>>,
     #[serde(default)]
     pub host_network: Option<bool>,
     #[serde(default)]
     pub host_users: Option<bool>,
+    #[serde(default, rename = "hostPID")]
+    pub host_pid: Option<bool>,
+    #[serde(default, rename = "hostIPC")]
+    pub host_ipc: Option<bool>,
     #[serde(default)]
     pub security_context: Field<SecurityContext>,
     #[serde(borrow, default)]
@@ -173,7 +260,7 @@ pub struct Spec<'a> {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SecurityContext {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "list")]
     pub supplemental_groups: Field<Vec<i64>>,
 }
 
@@ -182,9 +269,9 @@ pub struct SecurityContext {
 pub struct Container<'a> {
     #[serde(borrow)]
     pub name: Cow<'a, str>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "list")]
     pub env: Field<Vec<Named<'a>>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "list")]
     pub volume_mounts: Field<Vec<Mount<'a>>>,
 }
 
@@ -210,16 +297,46 @@ pub struct Mount<'a> {
     pub read_only: Option<bool>,
 }
 
-impl Mount<'_> {
-    /// The mount path without a trailing `/`, as the kubelet compares them.
-    pub fn path(&self) -> &str {
-        let p = self.mount_path.as_ref();
-        if p.len() > 1 {
-            p.trim_end_matches('/')
-        } else {
-            p
+impl<'a> Mount<'a> {
+    /// The mount path as the kubelet resolves it: `//`, `.` and `..`
+    /// segments and a trailing `/` removed (`//usr/./bin/` is `/usr/bin`).
+    /// Paths are compared in this form, so that a spelling cannot slip a
+    /// mount past a check. Borrowed when the path is already in that form.
+    pub fn path(&'a self) -> Cow<'a, str> {
+        normalize_path(&self.mount_path)
+    }
+}
+
+/// `p` with `//`, `.` and `..` segments and a trailing `/` removed (lexically,
+/// as `path.Clean` in Go does for absolute paths); borrowed when nothing changes.
+pub fn normalize_path(p: &str) -> Cow<'_, str> {
+    let clean = |rest: &str| {
+        rest.split('/')
+            .all(|s| !s.is_empty() && s != "." && s != "..")
+    };
+    match p.strip_prefix('/') {
+        Some("") => return Cow::Borrowed(p),
+        Some(rest) if clean(rest) => return Cow::Borrowed(p),
+        None if p.is_empty() || clean(p) => return Cow::Borrowed(p),
+        _ => {}
+    }
+    let absolute = p.starts_with('/');
+    let mut parts: Vec<&str> = Vec::new();
+    for seg in p.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            s => parts.push(s),
         }
     }
+    let joined = parts.join("/");
+    Cow::Owned(if absolute {
+        format!("/{joined}")
+    } else {
+        joined
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -232,7 +349,7 @@ pub struct Volume<'a> {
 
 #[derive(Debug, Default, Deserialize)]
 pub struct Projected {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "list")]
     pub sources: Field<Vec<ProjectionSource>>,
 }
 
@@ -259,15 +376,17 @@ impl Volume<'_> {
 /// Reads the pod from a JSON text (the webhook's path: borrowed, no tree).
 pub fn from_json(text: &str) -> Result<Pod<'_>, String> {
     // Fast path without path tracking; a failure is read again to say where.
-    serde_json::from_str(text).or_else(|_| {
-        let mut de = serde_json::Deserializer::from_str(text);
-        serde_path_to_error::deserialize(&mut de).map_err(describe)
+    bounded(|| {
+        serde_json::from_str(text).or_else(|_| {
+            let mut de = serde_json::Deserializer::from_str(text);
+            serde_path_to_error::deserialize(&mut de).map_err(describe)
+        })
     })
 }
 
 /// Reads the pod from a JSON value (offline `inject`, tests).
 pub fn from_value(value: &serde_json::Value) -> Result<Pod<'_>, String> {
-    serde_path_to_error::deserialize(value).map_err(describe)
+    bounded(|| serde_path_to_error::deserialize(value).map_err(describe))
 }
 
 fn describe<E: fmt::Display>(e: serde_path_to_error::Error<E>) -> String {
@@ -302,6 +421,45 @@ mod tests {
         let ann = pod.metadata.as_ref().unwrap().annotations.as_ref().unwrap();
         assert!(matches!(ann.0[0].1, Cow::Borrowed("dind")));
         assert_eq!(ann.get("nestdock.io/mode"), Some("dind"));
+    }
+
+    #[test]
+    fn paths_are_compared_normalised() {
+        for (given, want) in [
+            ("/usr/bin", "/usr/bin"),
+            ("//usr/bin", "/usr/bin"),
+            ("/usr/./sbin", "/usr/sbin"),
+            ("/var/run/", "/var/run"),
+            ("/a/b/../../etc", "/etc"),
+            ("/../..", "/"),
+            ("/", "/"),
+            ("///", "/"),
+        ] {
+            assert_eq!(normalize_path(given), want, "{given}");
+        }
+        assert!(matches!(normalize_path("/workspace"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn a_pod_past_the_entry_budget_is_an_error_naming_the_bound() {
+        let containers: Vec<_> = (0..MAX_ENTRIES + 1).map(|_| json!({"name": "a"})).collect();
+        let text = json!({"spec": {"containers": containers}}).to_string();
+        let e = from_json(&text).unwrap_err();
+        assert!(e.contains(&MAX_ENTRIES.to_string()), "{e}");
+        // Within the budget (and outside any bounded read) it reads.
+        let containers: Vec<_> = (0..MAX_ENTRIES).map(|_| json!({"name": "a"})).collect();
+        let text = json!({"spec": {"containers": containers}}).to_string();
+        assert_eq!(
+            from_json(&text)
+                .unwrap()
+                .spec
+                .as_ref()
+                .unwrap()
+                .containers
+                .items()
+                .len(),
+            MAX_ENTRIES
+        );
     }
 
     #[test]

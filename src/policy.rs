@@ -68,10 +68,7 @@ pub fn choose(
 }
 
 fn forbidden(reasons: Vec<String>) -> Denial {
-    Denial {
-        code: 403,
-        message: reasons.join(" "),
-    }
+    Denial::new(403, reasons)
 }
 
 /// Resolves the pod's mode and applies the namespace rules. A denial names
@@ -124,10 +121,7 @@ pub fn resolve(
             let enforce = flag(LABEL_ENFORCE, &mut bad_labels);
             let allow_dood = flag(LABEL_ALLOW_DOOD, &mut bad_labels);
             if !bad_labels.is_empty() {
-                return Err(Denial {
-                    code: 400,
-                    message: bad_labels.join(" "),
-                });
+                return Err(Denial::new(400, bad_labels));
             }
             let (ns_effective, ns_source) = match ns_mode {
                 Some(m) => (m, Source::NamespaceLabel),
@@ -218,7 +212,7 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.code, 403);
-        assert!(e.message.contains(LABEL_ENFORCE) && e.message.contains("enforces mode none"));
+        assert!(e.message().contains(LABEL_ENFORCE) && e.message().contains("enforces mode none"));
         // The enforced mode itself, asked explicitly, is fine.
         with(
             Some(Mode::Dind),
@@ -229,9 +223,9 @@ mod tests {
         // Without a mode label, enforce uses the config default.
         let e = with(Some(Mode::Dind), &[(LABEL_ENFORCE, "true")], &cfg).unwrap_err();
         assert!(
-            e.message.contains("config file's defaultMode"),
+            e.message().contains("config file's defaultMode"),
             "{}",
-            e.message
+            e.message()
         );
     }
 
@@ -239,7 +233,7 @@ mod tests {
     fn dood_needs_allow_label_or_namespace_mode() {
         let cfg = Config::default();
         let e = with(Some(Mode::Dood), &[], &cfg).unwrap_err();
-        assert!(e.message.contains(LABEL_ALLOW_DOOD) && e.message.contains("root"));
+        assert!(e.message().contains(LABEL_ALLOW_DOOD) && e.message().contains("root"));
         with(Some(Mode::Dood), &[(LABEL_ALLOW_DOOD, "true")], &cfg).unwrap();
         with(None, &[(LABEL_MODE, "dood")], &cfg).unwrap();
     }
@@ -258,11 +252,11 @@ mod tests {
         )
         .unwrap_err();
         assert!(e
-            .message
+            .message()
             .contains("pod-security.kubernetes.io/enforce=baseline"));
-        assert!(e.message.contains("hostPath"));
-        assert!(e.message.contains("enforces mode dind"));
-        assert!(e.message.contains(LABEL_ALLOW_DOOD));
+        assert!(e.message().contains("hostPath"));
+        assert!(e.message().contains("enforces mode dind"));
+        assert!(e.message().contains(LABEL_ALLOW_DOOD));
         with(Some(Mode::Dind), &[(LABEL_PSA_ENFORCE, "privileged")], &cfg).unwrap();
         with(Some(Mode::None), &[(LABEL_PSA_ENFORCE, "restricted")], &cfg).unwrap();
     }
@@ -271,19 +265,19 @@ mod tests {
     fn invalid_labels_are_reported_not_treated_as_none() {
         let e = with(None, &[(LABEL_MODE, "dnid")], &Config::default()).unwrap_err();
         assert!(
-            e.message.contains("nestdock.io/mode=\"dnid\""),
+            e.message().contains("nestdock.io/mode=\"dnid\""),
             "{}",
-            e.message
+            e.message()
         );
         let e = with(None, &[(LABEL_ENFORCE, "yes")], &Config::default()).unwrap_err();
-        assert!(e.message.contains(LABEL_ENFORCE), "{}", e.message);
+        assert!(e.message().contains(LABEL_ENFORCE), "{}", e.message());
     }
 
     #[test]
     fn without_namespace_policy_dood_needs_the_config_switch() {
         let mut cfg = Config::default();
         let e = resolve(Some(Mode::Dood), NamespacePolicy::Off, &cfg).unwrap_err();
-        assert!(e.message.contains("allowWithoutNamespacePolicy"));
+        assert!(e.message().contains("allowWithoutNamespacePolicy"));
         cfg.dood.allow_without_namespace_policy = true;
         resolve(Some(Mode::Dood), NamespacePolicy::Off, &cfg).unwrap();
         // Offline inject: the flag acts like a label, the annotation wins, no gate.

@@ -5,7 +5,25 @@
 //! entries (never through a shell), but they are still checked here so that a
 //! typo is reported at admission time rather than as a crash-looping daemon.
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
+
+/// A user's value as error messages quote it: Debug-escaped and cut after
+/// [`SHOWN_MAX`] characters, so that a 256 KiB annotation does not come back
+/// whole in every message that names it (responses stay bounded).
+pub fn shown(s: &str) -> String {
+    match s.char_indices().nth(SHOWN_MAX) {
+        None => format!("{s:?}"),
+        Some((cut, _)) => {
+            let mut out = format!("{:?}", &s[..cut]);
+            let _ = write!(out, "... ({} bytes in all)", s.len());
+            out
+        }
+    }
+}
+
+/// How many characters of a value [`shown`] keeps.
+pub const SHOWN_MAX: usize = 80;
 
 /// An RFC 1123 subdomain (storage class names, for example).
 pub fn dns_subdomain(s: &str) -> Result<(), String> {
@@ -23,14 +41,39 @@ pub fn dns_subdomain(s: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "{s:?} is not a DNS subdomain: lower-case letters, digits, '-' and '.', at most 253 characters"
+            "{} is not a DNS subdomain: lower-case letters, digits, '-' and '.', at most 253 characters", shown(s)
+        ))
+    }
+}
+
+/// An RFC 1123 label (namespace and service names): 1-63 lower-case letters,
+/// digits or '-', starting and ending with a letter or digit.
+pub fn dns_label(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} is not a DNS label: 1-63 lower-case letters, digits or '-', starting and ending \
+             with a letter or digit",
+            shown(s)
         ))
     }
 }
 
 /// `address/prefix`, IPv4 or IPv6.
 pub fn cidr(s: &str) -> Result<(), String> {
-    let bad = || format!("{s:?} is not a CIDR: expected address/prefix, e.g. 172.30.0.1/16");
+    let bad = || {
+        format!(
+            "{} is not a CIDR: expected address/prefix, e.g. 172.30.0.1/16",
+            shown(s)
+        )
+    };
     let (addr, prefix) = s.split_once('/').ok_or_else(bad)?;
     let addr: IpAddr = addr.parse().map_err(|_| bad())?;
     let prefix: u8 = prefix.parse().map_err(|_| bad())?;
@@ -44,7 +87,7 @@ pub fn cidr(s: &str) -> Result<(), String> {
 /// A registry mirror: an `http://` or `https://` URL with a host.
 pub fn registry_mirror(s: &str) -> Result<(), String> {
     let bad = || {
-        format!("{s:?} is not a registry mirror: expected an http:// or https:// URL, e.g. https://mirror.example.com")
+        format!("{} is not a registry mirror: expected an http:// or https:// URL, e.g. https://mirror.example.com", shown(s))
     };
     let rest = s
         .strip_prefix("https://")
@@ -65,12 +108,16 @@ pub fn registry_mirror(s: &str) -> Result<(), String> {
 pub fn insecure_registry(s: &str) -> Result<(), String> {
     if s.contains('/') {
         return cidr(s).map_err(|_| {
-            format!("{s:?} is not an insecure registry: expected host[:port] or a CIDR such as 10.0.0.0/8")
+            format!(
+                "{} is not an insecure registry: expected host[:port] or a CIDR such as 10.0.0.0/8",
+                shown(s)
+            )
         });
     }
     host_port(s).map_err(|_| {
         format!(
-            "{s:?} is not an insecure registry: expected host[:port] or a CIDR such as 10.0.0.0/8"
+            "{} is not an insecure registry: expected host[:port] or a CIDR such as 10.0.0.0/8",
+            shown(s)
         )
     })
 }
@@ -125,7 +172,7 @@ pub fn image(s: &str) -> Result<(), String> {
         || s.starts_with(['-', ':', '@', '/'])
     {
         return Err(format!(
-            "{s:?} is not an image reference: expected [registry/]name[:tag][@digest], e.g. docker:28-dind"
+            "{} is not an image reference: expected [registry/]name[:tag][@digest], e.g. docker:28-dind", shown(s)
         ));
     }
     Ok(())
@@ -140,7 +187,10 @@ pub fn env_name(s: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("{s:?} is not a valid environment variable name"))
+        Err(format!(
+            "{} is not a valid environment variable name",
+            shown(s)
+        ))
     }
 }
 
@@ -151,13 +201,18 @@ pub fn label_key(s: &str) -> Result<(), String> {
         None => (None, s),
     };
     if let Some(p) = prefix {
-        dns_subdomain(p)
-            .map_err(|_| format!("{s:?} is not a valid label key: bad prefix {p:?}"))?;
+        dns_subdomain(p).map_err(|_| {
+            format!(
+                "{} is not a valid label key: bad prefix {}",
+                shown(s),
+                shown(p)
+            )
+        })?;
     }
     label_value(name)
         .ok()
         .filter(|_| !name.is_empty())
-        .ok_or_else(|| format!("{s:?} is not a valid label key"))
+        .ok_or_else(|| format!("{} is not a valid label key", shown(s)))
 }
 
 /// A label value: at most 63 alphanumerics, '-', '_' or '.', starting and ending alphanumeric.
@@ -171,7 +226,7 @@ pub fn label_value(s: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("{s:?} is not a valid label value"))
+        Err(format!("{} is not a valid label value", shown(s)))
     }
 }
 

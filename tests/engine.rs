@@ -79,7 +79,7 @@ fn injected(p: &Value, config: &Config) -> (Value, Vec<String>) {
 
 fn denied(p: &Value, config: &Config) -> (u16, String) {
     match decide(p, config).outcome {
-        Outcome::Denied(d) => (d.code, d.message),
+        Outcome::Denied(d) => (d.code, d.message()),
         other => panic!("expected a denial, got {other:?}"),
     }
 }
@@ -502,7 +502,7 @@ dind:
         json!({"containers": [app("b")]}),
     );
     let (code, msg) = denied(&p, &cfg);
-    assert_eq!(code, 400);
+    assert_eq!(code, 403);
     assert!(
         msg.contains("evil/docker:dind") && msg.contains("registry.example.com/docker:*"),
         "{msg}"
@@ -644,4 +644,376 @@ fn patched_pods_pass_the_kubernetes_schema() {
     ];
     let patched: Vec<Value> = cases.iter().map(|(p, cfg)| injected(p, cfg).0).collect();
     common::schema::validate_k8s(&patched);
+}
+
+/// Labels of a namespace for [`with_labels`].
+fn labels(kv: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+    kv.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn with_labels(
+    p: &Value,
+    config: &Config,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> Decision {
+    mutate(
+        p,
+        &Context {
+            config,
+            namespace: NamespacePolicy::Labels {
+                namespace: "ci",
+                labels,
+            },
+            native_sidecars: true,
+        },
+    )
+}
+
+fn args(daemon: &Value) -> Vec<&str> {
+    daemon["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
+#[test]
+fn rootless_starts_inside_its_user_namespace() {
+    let mut own = app("own");
+    own["env"] = json!([{"name": "TESTCONTAINERS_DOCKER_SOCKET_OVERRIDE", "value": "/mine.sock"}]);
+    let p = pod(
+        json!({"nestdock.io/mode": "dind-rootless", "nestdock.io/mtu": "1400"}),
+        json!({"containers": [app("build"), own]}),
+    );
+    let (out, warnings) = injected(&p, &Config::default());
+    let daemon = container(&out, "nestdock-dind").unwrap();
+    // The data root is a directory below the volume's (root-owned) mount point.
+    assert_eq!(
+        mount(daemon, "nestdock-docker-storage").unwrap()["mountPath"],
+        "/home/rootless/.local/share/docker"
+    );
+    let a = args(daemon);
+    assert!(
+        a.contains(&"--data-root=/home/rootless/.local/share/docker/data"),
+        "{a:?}"
+    );
+    // The socket's group is the daemon's own (gid 0 inside = 1000 outside).
+    assert!(a.contains(&"--group=0"), "{a:?}");
+    // rootlesskit's interface gets the same MTU as dockerd.
+    assert!(daemon["command"][2]
+        .as_str()
+        .unwrap()
+        .contains("export DOCKERD_ROOTLESS_ROOTLESSKIT_MTU=\"$mtu\""));
+    assert_eq!(env(daemon, "NESTDOCK_MTU"), Some("1400"));
+    // Ryuk binds the socket as the daemon sees it; a target's own value wins, silently.
+    assert_eq!(
+        env(
+            container(&out, "build").unwrap(),
+            "TESTCONTAINERS_DOCKER_SOCKET_OVERRIDE"
+        ),
+        Some("/run/user/1000/docker.sock")
+    );
+    assert_eq!(
+        env(
+            container(&out, "own").unwrap(),
+            "TESTCONTAINERS_DOCKER_SOCKET_OVERRIDE"
+        ),
+        Some("/mine.sock")
+    );
+    assert!(warnings.is_empty(), "{warnings:?}");
+}
+
+#[test]
+fn rootful_daemon_runs_as_group_0_and_needs_no_socket_override() {
+    let p = pod(
+        json!({"nestdock.io/mode": "dind"}),
+        json!({"securityContext": {"runAsUser": 2000, "runAsGroup": 2000}, "containers": [app("build")]}),
+    );
+    let (out, _) = injected(&p, &Config::default());
+    let daemon = container(&out, "nestdock-dind").unwrap();
+    assert_eq!(daemon["securityContext"]["runAsGroup"], 0);
+    assert_eq!(
+        env(
+            container(&out, "build").unwrap(),
+            "TESTCONTAINERS_DOCKER_SOCKET_OVERRIDE"
+        ),
+        None
+    );
+}
+
+#[test]
+fn dood_with_a_custom_host_socket_tells_testcontainers_the_node_path() {
+    let mut cfg = Config::default();
+    cfg.dood.allow_without_namespace_policy = true;
+    let p = pod(
+        json!({"nestdock.io/mode": "dood"}),
+        json!({"containers": [app("build")]}),
+    );
+    let (out, _) = injected(&p, &cfg);
+    assert_eq!(
+        env(
+            container(&out, "build").unwrap(),
+            "TESTCONTAINERS_DOCKER_SOCKET_OVERRIDE"
+        ),
+        None
+    );
+    cfg.dood.host_socket = "/run/containerd-docker/docker.sock".into();
+    let (out, _) = injected(&p, &cfg);
+    assert_eq!(
+        env(
+            container(&out, "build").unwrap(),
+            "TESTCONTAINERS_DOCKER_SOCKET_OVERRIDE"
+        ),
+        Some("/run/containerd-docker/docker.sock")
+    );
+}
+
+#[test]
+fn a_forged_injected_marker_is_ignored() {
+    let cfg = Config::default();
+    // A namespace that enforces dind and does not allow dood.
+    let enforced = labels(&[
+        ("nestdock.io/mode", "dind"),
+        ("nestdock.io/enforce", "true"),
+    ]);
+    for marker in ["dood", "dind", "none", "garbage"] {
+        let p = pod(
+            json!({"nestdock.io/injected": marker}),
+            json!({"containers": [app("build")]}),
+        );
+        let d = with_labels(&p, &cfg, &enforced);
+        assert_eq!(d.mode, nestdock::mode::Mode::Dind, "marker {marker}");
+        let Outcome::Patched(patch) = &d.outcome else {
+            panic!(
+                "marker {marker}: the pod must meet policy, got {:?}",
+                d.outcome
+            );
+        };
+        let out = common::apply_patch(&p, &serde_json::to_value(patch).unwrap());
+        assert_eq!(annotation(&out, "nestdock.io/injected"), Some("dind"));
+        assert!(container(&out, "nestdock-dind").is_some());
+        // Now it does carry the injection: the next pass leaves it alone.
+        assert_eq!(
+            with_labels(&out, &cfg, &enforced).outcome,
+            Outcome::Unchanged
+        );
+    }
+    // A marker does not skip validation either.
+    let p = pod(
+        json!({"nestdock.io/injected": "dind", "nestdock.io/mtu": "9"}),
+        json!({"containers": [app("build")]}),
+    );
+    let (code, msg) = denied(&p, &cfg);
+    assert_eq!(code, 400);
+    assert!(msg.contains("nestdock.io/mtu"), "{msg}");
+    // Nor dood's namespace gate.
+    let p = pod(
+        json!({"nestdock.io/injected": "dood", "nestdock.io/mode": "dood"}),
+        json!({"containers": [app("build")]}),
+    );
+    let d = with_labels(&p, &cfg, &labels(&[]));
+    assert!(
+        matches!(d.outcome, Outcome::Denied(ref x) if x.code == 403),
+        "{d:?}"
+    );
+}
+
+#[test]
+fn only_the_official_docker_image_may_be_chosen_by_default() {
+    let cfg = Config::default();
+    for image in [
+        "docker:27-dind",
+        "docker.io/library/docker:27-dind-rootless",
+    ] {
+        let p = pod(
+            json!({"nestdock.io/mode": "dind", "nestdock.io/image": image}),
+            json!({"containers": [app("b")]}),
+        );
+        let (out, _) = injected(&p, &cfg);
+        assert_eq!(container(&out, "nestdock-dind").unwrap()["image"], image);
+    }
+    for image in [
+        "evil.example.com/suid-sh:1",
+        "docker.evil.example/docker:1",
+        "dockerx:1",
+    ] {
+        let p = pod(
+            json!({"nestdock.io/mode": "dind-rootless", "nestdock.io/image": image}),
+            json!({"containers": [app("b")]}),
+        );
+        let (code, msg) = denied(&p, &cfg);
+        assert_eq!(code, 403, "{image}");
+        assert!(msg.contains(image) && msg.contains("docker:*"), "{msg}");
+    }
+    // An empty list lets no pod choose.
+    let mut cfg = Config::default();
+    cfg.dind.allowed_images.clear();
+    let p = pod(
+        json!({"nestdock.io/mode": "dind", "nestdock.io/image": "docker:27-dind"}),
+        json!({"containers": [app("b")]}),
+    );
+    let (_, msg) = denied(&p, &cfg);
+    assert!(msg.contains("allowedImages is empty"), "{msg}");
+}
+
+#[test]
+fn mirrored_mounts_never_reach_the_daemons_system_paths() {
+    let mut build = app("build");
+    let paths = [
+        ("/usr/local/bin/dockerd-entrypoint.sh", Some("entrypoint")),
+        ("/bin/sh", Some("sh")),
+        ("/usr/local/sbin", None),
+        ("/etc/docker", None),
+        ("/root", None),
+        ("//usr/bin", None),
+        ("/usr/./sbin", None),
+        ("/lib64", None),
+        ("/home", None),
+        ("/work/../etc", None),
+        ("/", None),
+    ];
+    let mut mounts: Vec<Value> = paths
+        .iter()
+        .map(|(p, sub)| match sub {
+            Some(sub) => json!({"name": "evil", "mountPath": p, "subPath": sub}),
+            None => json!({"name": "evil", "mountPath": p}),
+        })
+        .collect();
+    mounts.push(json!({"name": "src", "mountPath": "/workspace//"}));
+    build["volumeMounts"] = Value::Array(mounts);
+    let spec = json!({
+        "containers": [build],
+        "volumes": [{"name": "evil", "emptyDir": {}}, {"name": "src", "emptyDir": {}}],
+    });
+    let p = pod(json!({"nestdock.io/mode": "dind"}), spec);
+    let (out, warnings) = injected(&p, &Config::default());
+    let daemon = container(&out, "nestdock-dind").unwrap();
+    assert!(mount(daemon, "evil").is_none(), "{daemon:#}");
+    assert_eq!(mount(daemon, "src").unwrap()["mountPath"], "/workspace");
+    assert!(
+        warnings.iter().any(|w| w.contains("/bin/sh")),
+        "{warnings:?}"
+    );
+}
+
+#[test]
+fn a_mount_at_the_socket_directory_is_caught_however_it_is_spelled() {
+    for path in [
+        "//var/run",
+        "/var/run/",
+        "/var/./run",
+        "/var/run/docker.sock/",
+    ] {
+        let mut build = app("build");
+        build["volumeMounts"] = json!([{"name": "run", "mountPath": path}]);
+        let p = pod(
+            json!({"nestdock.io/mode": "dind"}),
+            json!({"containers": [build], "volumes": [{"name": "run", "emptyDir": {}}]}),
+        );
+        let (code, msg) = denied(&p, &Config::default());
+        assert_eq!(code, 400, "{path}");
+        assert!(
+            msg.contains("where nestdock puts the docker socket"),
+            "{path}: {msg}"
+        );
+    }
+}
+
+#[test]
+fn dind_shares_no_host_namespace_and_every_field_is_named() {
+    for mode in ["dind", "dind-rootless"] {
+        let p = pod(
+            json!({"nestdock.io/mode": mode}),
+            json!({"hostPID": true, "hostIPC": true, "containers": [app("b")]}),
+        );
+        let (code, msg) = denied(&p, &Config::default());
+        assert_eq!(code, 403);
+        assert!(msg.contains("hostPID") && msg.contains("hostIPC"), "{msg}");
+    }
+}
+
+#[test]
+fn a_denial_names_every_bad_annotation_and_every_policy_rule() {
+    let p = pod(
+        json!({
+            "nestdock.io/mode": "dood",
+            "nestdock.io/mtu": "9",
+            "nestdock.io/tls": "yes",
+            "nestdock.io/mdoe": "dind",
+        }),
+        json!({"containers": [app("b")]}),
+    );
+    let ns = labels(&[
+        ("nestdock.io/mode", "dind"),
+        ("nestdock.io/enforce", "true"),
+        ("pod-security.kubernetes.io/enforce", "baseline"),
+    ]);
+    let d = with_labels(&p, &Config::default(), &ns);
+    let Outcome::Denied(denial) = d.outcome else {
+        panic!("{d:?}");
+    };
+    assert_eq!(denial.code, 400, "a bad value makes it a bad request");
+    let all = denial.message();
+    for needle in [
+        "nestdock.io/mtu",
+        "nestdock.io/tls",
+        "nestdock.io/mdoe",
+        "enforces mode dind",
+        "nestdock.io/allow-dood",
+        "pod-security.kubernetes.io/enforce=baseline",
+    ] {
+        assert!(all.contains(needle), "{needle} missing from {all}");
+    }
+    assert_eq!(denial.reasons.len(), 6, "{:#?}", denial.reasons);
+}
+
+#[test]
+fn what_a_hostile_pod_gets_back_is_bounded() {
+    // A thousand unknown keys with long values: one short reason.
+    let mut ann = serde_json::Map::new();
+    for i in 0..1000 {
+        ann.insert(format!("nestdock.io/k{i}"), json!("x".repeat(10_000)));
+    }
+    let p = pod(Value::Object(ann), json!({"containers": [app("b")]}));
+    let (_, msg) = denied(&p, &Config::default());
+    assert!(msg.len() < 2_000, "{} bytes", msg.len());
+    assert!(msg.contains("995 more"), "{msg}");
+    // Hundreds of skipped mounts: a bounded number of warnings.
+    let mut build = app("build");
+    build["volumeMounts"] = Value::Array(
+        (0..500)
+            .map(|i| json!({"name": "v", "mountPath": format!("/usr/x{i}")}))
+            .collect(),
+    );
+    let p = pod(
+        json!({"nestdock.io/mode": "dind"}),
+        json!({"containers": [build], "volumes": [{"name": "v", "emptyDir": {}}]}),
+    );
+    let (_, warnings) = injected(&p, &Config::default());
+    assert!(
+        warnings.len() <= nestdock::engine::MAX_WARNINGS + 1,
+        "{}",
+        warnings.len()
+    );
+    assert!(
+        warnings.last().unwrap().contains("more warnings"),
+        "{warnings:?}"
+    );
+    // A patch past the bound is refused, not written.
+    let containers: Vec<Value> = (0..25_000)
+        .map(|i| json!({"name": format!("c{i}")}))
+        .collect();
+    let p = pod(
+        json!({"nestdock.io/mode": "dind"}),
+        json!({"containers": containers}),
+    );
+    let (code, msg) = denied(&p, &Config::default());
+    assert_eq!(code, 400);
+    assert!(
+        msg.contains(&nestdock::engine::MAX_PATCH_BYTES.to_string()),
+        "{msg}"
+    );
 }

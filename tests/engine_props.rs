@@ -280,14 +280,14 @@ proptest! {
             Outcome::Unchanged => prop_assert!(d.mode == nestdock::mode::Mode::None),
             Outcome::Denied(denial) => {
                 prop_assert!(denial.code >= 400);
-                prop_assert!(!denial.message.is_empty());
+                prop_assert!(!denial.message().is_empty());
                 // Only the documented reasons: a mount where the socket goes,
                 // TLS outside dind, or an init container named with a plain sidecar.
                 prop_assert!(
-                    denial.message.contains("where nestdock puts the docker socket")
-                        || denial.message.contains("nestdock.io/tls")
-                        || denial.message.contains("names init container"),
-                    "unexpected denial: {}", denial.message
+                    denial.message().contains("where nestdock puts the docker socket")
+                        || denial.message().contains("nestdock.io/tls")
+                        || denial.message().contains("names init container"),
+                    "unexpected denial: {}", denial.message()
                 );
             }
             Outcome::Patched(patch) => {

@@ -203,7 +203,8 @@ fn invalid_namespace_label_is_named() {
 }
 
 #[test]
-fn already_injected_pod_is_left_alone() {
+fn already_injected_pod_is_left_alone_and_a_forged_marker_is_not_believed() {
+    // A marker on a pod that carries no injection is the author's claim only.
     let text = explain(
         &[
             ("nestdock.io/mode", "dind"),
@@ -213,10 +214,66 @@ fn already_injected_pod_is_left_alone() {
     );
     assert_says(
         &text,
+        &["result: injected", "nestdock.io/injected=\"dind\" ignored"],
+    );
+    // The pod as `nestdock inject` writes it does carry the injection.
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        dir.path().join("pod.yaml"),
+        pod_yaml(&[("nestdock.io/mode", "dind")]),
+    )
+    .unwrap();
+    let injected = Command::new(common::bin())
+        .args(["inject", "-f", "pod.yaml"])
+        .current_dir(dir.path())
+        .output()
+        .expect("run nestdock inject");
+    assert!(injected.status.success(), "{injected:?}");
+    let text = explain_with(&String::from_utf8_lossy(&injected.stdout), "", None);
+    assert_says(
+        &text,
         &[
             "result: unchanged",
-            "already carries nestdock.io/injected=dind",
+            "already carries nestdock's dind injection",
         ],
+    );
+}
+
+#[test]
+fn mode_source_is_told_truthfully_and_every_reason_is_listed() {
+    // A valid mode annotation beside a bad one: the mode comes from the
+    // annotation, and both problems are listed.
+    let text = explain(
+        &[
+            ("nestdock.io/mode", "dood"),
+            ("nestdock.io/mtu", "9"),
+            ("nestdock.io/tls", "yes"),
+        ],
+        "nestdock.io/mode=dind,nestdock.io/enforce=true",
+    );
+    assert_says(
+        &text,
+        &[
+            "mode: dood (from the pod annotation nestdock.io/mode)",
+            "result: denied (code 400)",
+            "  - annotation nestdock.io/mtu",
+            "  - annotation nestdock.io/tls",
+            "  - namespace ci enforces mode dind",
+            "  - mode dood is not allowed in namespace ci",
+        ],
+    );
+    // An invalid mode annotation is not "no annotation".
+    let text = explain(&[("nestdock.io/mode", "dnid")], "nestdock.io/mode=dind");
+    assert_says(
+        &text,
+        &[
+            "the pod's nestdock.io/mode annotation is invalid",
+            "  - annotation nestdock.io/mode: invalid value \"dnid\"",
+        ],
+    );
+    assert!(
+        !text.contains("has no nestdock.io/mode annotation"),
+        "{text}"
     );
 }
 

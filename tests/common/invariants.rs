@@ -130,6 +130,43 @@ fn targets<'a>(pod: &'a Value, mode: &str, native: bool) -> Vec<&'a Value> {
 
 /// Asserts every SPEC section 1 invariant on a pod that nestdock patched.
 /// Without the original, an env var a target already set is only required to exist.
+/// Testcontainers' override of the socket path as the daemon sees it.
+const TC_OVERRIDE: &str = "TESTCONTAINERS_DOCKER_SOCKET_OVERRIDE";
+
+/// The daemon image's system paths (SPEC 1, *Same paths for bind mounts*).
+const SYSTEM: [&str; 9] = [
+    "/bin",
+    "/sbin",
+    "/usr",
+    "/etc",
+    "/root",
+    "/proc",
+    "/sys",
+    "/dev",
+    "/home/rootless",
+];
+
+/// A path as the kubelet resolves it, written here independently of the
+/// product: `//`, `.`, `..` and a trailing `/` removed.
+fn clean(p: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for seg in p.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            x => parts.push(x),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+/// `p` is `base` or below it.
+fn within(p: &str, base: &str) -> bool {
+    p == base || p.starts_with(&format!("{}/", base.trim_end_matches('/')))
+}
+
 pub fn check(pod: &Value, config: &Config) {
     check_against(None, pod, config)
 }
@@ -168,6 +205,14 @@ pub fn check_against(original: Option<&Value>, pod: &Value, config: &Config) {
                 assert_eq!(s(m, "mountPath"), socket);
                 let want = user_env(t, "DOCKER_HOST").unwrap_or(format!("unix://{socket}"));
                 assert_eq!(env(t, "DOCKER_HOST"), Some(want.as_str()));
+            }
+            // Helpers that bind-mount the socket (Ryuk) need the path the
+            // node's daemon sees, when it differs from the targets' path.
+            let override_wanted =
+                (config.dood.host_socket != socket).then(|| config.dood.host_socket.clone());
+            for t in targets(pod, mode, true) {
+                let want = user_env(t, TC_OVERRIDE).or(override_wanted.clone());
+                assert_eq!(env(t, TC_OVERRIDE), want.as_deref(), "{}", s(t, "name"));
             }
             if let Some(g) = config.dood.socket_group {
                 assert!(groups.contains(&g), "supplementalGroups lacks {g}");
@@ -209,8 +254,13 @@ pub fn check_against(original: Option<&Value>, pod: &Value, config: &Config) {
             assert_eq!(sc["privileged"], true);
             if rootless {
                 assert_eq!(sc["runAsUser"], 1000);
+                assert_eq!(sc["runAsGroup"], 1000);
             } else {
                 assert_eq!(sc["runAsUser"], 0);
+                assert_eq!(
+                    sc["runAsGroup"], 0,
+                    "the daemon does not inherit the pod's group"
+                );
                 assert_eq!(sc["runAsNonRoot"], false);
             }
             let cmd: Vec<&str> = arr(daemon, "command")
@@ -244,6 +294,22 @@ pub fn check_against(original: Option<&Value>, pod: &Value, config: &Config) {
             };
             let sm = mount(daemon, VOL_STORAGE).expect("storage mount");
             assert_eq!(s(sm, "mountPath"), storage_path);
+            if rootless {
+                // dockerd chmods its data root, which the user namespace
+                // cannot do to the emptyDir's root-owned mount point.
+                let data_root = args
+                    .iter()
+                    .find_map(|a| a.strip_prefix("--data-root="))
+                    .expect("rootless daemon has --data-root");
+                assert!(
+                    data_root.starts_with(&format!("{storage_path}/")),
+                    "rootless data root {data_root} must lie below {storage_path}"
+                );
+                assert!(
+                    script.contains("DOCKERD_ROOTLESS_ROOTLESSKIT_MTU"),
+                    "rootlesskit's MTU follows the daemon's"
+                );
+            }
             let sv = volume(pod, VOL_STORAGE).expect("storage volume");
             assert!(sv.get("emptyDir").is_some() || sv.get("ephemeral").is_some());
 
@@ -282,11 +348,22 @@ pub fn check_against(original: Option<&Value>, pod: &Value, config: &Config) {
                     args.contains(&listen.as_str()),
                     "daemon listens at {listen}: {args:?}"
                 );
-                let gid = if rootless { 1000 } else { config.socket_group };
-                if !rootless {
-                    assert!(args.contains(&format!("--group={gid}").as_str()));
-                }
+                // Rootless: gid 0 in the user namespace is 1000 outside.
+                let (gid, flag) = if rootless {
+                    (1000, "--group=0".to_string())
+                } else {
+                    (
+                        config.socket_group,
+                        format!("--group={}", config.socket_group),
+                    )
+                };
+                assert!(args.contains(&flag.as_str()), "{flag} in {args:?}");
                 assert!(groups.contains(&gid), "supplementalGroups lacks {gid}");
+                let override_wanted = rootless.then(|| "/run/user/1000/docker.sock".to_string());
+                for t in &ts {
+                    let want = user_env(t, TC_OVERRIDE).or(override_wanted.clone());
+                    assert_eq!(env(t, TC_OVERRIDE), want.as_deref(), "{}", s(t, "name"));
+                }
                 for t in &ts {
                     let m = mount(t, VOL_SOCKET)
                         .unwrap_or_else(|| panic!("{} lacks socket", s(t, "name")));
@@ -306,15 +383,28 @@ pub fn check_against(original: Option<&Value>, pod: &Value, config: &Config) {
                     ts.iter().any(|t| arr(t, "volumeMounts")
                         .iter()
                         .any(|tm| s(tm, "name") == name
-                            && s(tm, "mountPath") == s(m, "mountPath")
+                            && clean(s(tm, "mountPath")) == clean(s(m, "mountPath"))
                             && s(tm, "subPath") == s(m, "subPath"))),
                     "daemon mount {m} mirrors no target mount"
+                );
+                // Never at, below or above what the privileged daemon runs.
+                let p = clean(s(m, "mountPath"));
+                let first = p.trim_start_matches('/').split('/').next().unwrap_or("");
+                assert!(
+                    p != "/"
+                        && !first.starts_with("lib")
+                        && !SYSTEM.iter().any(|sys| within(&p, sys) || within(sys, &p)),
+                    "mirrored mount {m} reaches a daemon system path"
                 );
             }
             if config.mirror_mounts {
                 for t in &ts {
                     for tm in arr(t, "volumeMounts") {
-                        let p = s(tm, "mountPath");
+                        let p = clean(s(tm, "mountPath"));
+                        let p = p.as_str();
+                        if SYSTEM.iter().any(|sys| within(p, sys) || within(sys, p)) {
+                            continue;
+                        }
                         let skip = [VOL_SOCKET, VOL_CERTS].contains(&s(tm, "name"))
                             || p.starts_with("/var/run")
                             || p.starts_with("/run")
@@ -336,7 +426,7 @@ pub fn check_against(original: Option<&Value>, pod: &Value, config: &Config) {
                             assert!(
                                 arr(daemon, "volumeMounts")
                                     .iter()
-                                    .any(|dm| s(dm, "mountPath") == p),
+                                    .any(|dm| clean(s(dm, "mountPath")) == p),
                                 "target mount {tm} is not mirrored into the daemon"
                             );
                         }
