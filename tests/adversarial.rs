@@ -55,6 +55,11 @@ fn list_up_to(budget: usize, item: impl Fn(usize) -> String) -> (String, usize) 
     }
 }
 
+/// `item(i)` for i in 0..n, comma-separated.
+fn list_of(n: usize, item: impl Fn(usize) -> String) -> String {
+    (0..n).map(item).collect::<Vec<_>>().join(",")
+}
+
 /// The adversarial reviews, each under the body limit.
 fn worst_reviews() -> Vec<(&'static str, Bytes)> {
     let room = BODY_LIMIT - 64 * 1024;
@@ -89,20 +94,36 @@ fn worst_reviews() -> Vec<(&'static str, Bytes)> {
     ));
 
     let dind = r#"{"nestdock.io/mode":"dind"}"#;
-    // Tens of thousands of containers (as many as fit).
-    let (containers, _) = list_up_to(room, |i| format!(r#"{{"name":"c{i}","image":"i"}}"#));
+    let containers = |n: usize| {
+        let list = list_of(n, |i| format!(r#"{{"name":"c{i}","image":"i"}}"#));
+        format!(r#"{{"containers":[{list}]}}"#)
+    };
+    // As many containers as the body holds (the engine refuses a pod over
+    // 100,000 entries: this measures reading up to that cap).
+    let (all, _) = list_up_to(room, |i| format!(r#"{{"name":"c{i}","image":"i"}}"#));
     out.push((
-        "containers",
+        "containers-8MiB",
         Bytes::from(review(
             "many",
             dind,
-            &format!(r#"{{"containers":[{containers}]}}"#),
+            &format!(r#"{{"containers":[{all}]}}"#),
         )),
     ));
-    // Mounts: one container with as many volumeMounts as fit.
-    let (mounts, _) = list_up_to(room, |i| format!(r#"{{"name":"v","mountPath":"/m{i}"}}"#));
+    // Just under the entry cap: the patch would pass 4 MiB (refused).
     out.push((
-        "mounts",
+        "containers-95k",
+        Bytes::from(review("c95k", dind, &containers(95_000))),
+    ));
+    // The largest patch that is still answered (~4 MiB, a 5 MiB response
+    // for a 0.45 MiB body).
+    out.push((
+        "containers-16k",
+        Bytes::from(review("c16k", dind, &containers(16_000))),
+    ));
+    // Mounts: one container with 95,000 volumeMounts.
+    let mounts = list_of(95_000, |i| format!(r#"{{"name":"v","mountPath":"/m{i}"}}"#));
+    out.push((
+        "mounts-95k",
         Bytes::from(review(
             "mounts",
             dind,
@@ -111,10 +132,13 @@ fn worst_reviews() -> Vec<(&'static str, Bytes)> {
             ),
         )),
     ));
-    // Env: one container with as many env entries as fit.
-    let (env, _) = list_up_to(room, |i| format!(r#"{{"name":"E{i}","value":"x"}}"#));
+    // Env: one container with 95,000 env entries of 40-byte values.
+    let value = "x".repeat(40);
+    let env = list_of(95_000, |i| {
+        format!(r#"{{"name":"E{i}","value":"{value}"}}"#)
+    });
     out.push((
-        "env",
+        "env-95k",
         Bytes::from(review(
             "env",
             dind,
@@ -255,6 +279,7 @@ async fn worst_inputs_keep_healthz_fast_and_peak_rss_under_200_mib() {
     }
     // 40 slow almost-complete 8 MiB bodies, twice over the attack.
     let slow_body = Arc::new(reviews[1].1.to_vec());
+    assert!(slow_body.len() > BODY_LIMIT - 128 * 1024);
     let mut slow = Vec::new();
     let started = Instant::now();
     while started.elapsed() < ATTACK {
