@@ -1,30 +1,19 @@
 //! `nestdock explain`: what a user runs when a pod did not get what they
-//! expected. It goes through the same engine as the webhook, then says in
-//! plain words which mode applies and why, what would be injected, or why the
-//! pod would be denied and which annotation or label to change.
+//! expected. It prints the same [`crate::plan::Plan`] the webhook renders:
+//! which mode applies and why, what would be injected (targets, daemon,
+//! mirrored and skipped mounts, volumes, group), or every reason the pod
+//! would be denied and which annotation or label to change. Nothing here
+//! re-derives a decision.
 
 use std::fmt::Write as _;
 
 use serde_json::Value;
 
-use crate::engine::{self, Context, ModeFrom, NamespacePolicy, Outcome};
+use crate::config::Sidecar;
+use crate::engine::{Context, ModeFrom, NamespacePolicy, VOL_CERTS, VOL_SOCKET, VOL_STORAGE};
 use crate::mode::Mode;
+use crate::plan::{Action, Injection};
 use crate::policy::{self, Source};
-
-fn names(list: Option<&Value>) -> Vec<String> {
-    list.and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c.get("name").and_then(Value::as_str))
-        .map(str::to_string)
-        .collect()
-}
-
-fn find<'a>(list: Option<&'a Value>, name: &str) -> Option<&'a Value> {
-    list.and_then(Value::as_array)?
-        .iter()
-        .find(|c| c.get("name").and_then(Value::as_str) == Some(name))
-}
 
 /// Explains the decision for one pod. `ctx` is what the webhook would use;
 /// the text names the annotation, label or config field that decided.
@@ -60,20 +49,27 @@ pub fn explain(pod: &Value, ctx: &Context<'_>) -> String {
         let _ = writeln!(out, "namespace labels: {shown}");
     }
 
-    let decision = engine::mutate(pod, ctx);
+    let read = match crate::pod::from_value(pod) {
+        Ok(read) => read,
+        Err(message) => {
+            let _ = writeln!(out, "result: denied (code 400): {message}");
+            return out;
+        }
+    };
+    let plan = crate::plan::decide(&read, ctx);
     let has_mode_annotation = meta
         .and_then(|m| m.get("annotations"))
         .and_then(|a| a.get(policy::LABEL_MODE))
         .is_some();
-    let why = match decision.from {
+    let why = match plan.from {
         ModeFrom::AlreadyInjected => {
             let _ = writeln!(
                 out,
                 "result: unchanged: the pod already carries nestdock's {} injection ({}={}), so \
                  nestdock leaves it alone",
-                decision.mode,
+                plan.mode,
                 crate::annotations::INJECTED,
-                decision.mode
+                plan.mode
             );
             return out;
         }
@@ -99,19 +95,20 @@ pub fn explain(pod: &Value, ctx: &Context<'_>) -> String {
             }
         }
     };
-    let _ = writeln!(out, "mode: {} (from {why})", decision.mode);
+    let _ = writeln!(out, "mode: {} (from {why})", plan.mode);
 
-    match &decision.outcome {
-        Outcome::Denied(d) => {
-            let _ = writeln!(out, "result: denied (code {})", d.code);
-            // Every reason: each bad annotation and every policy rule that applies.
-            for reason in &d.reasons {
-                let _ = writeln!(out, "  - {reason}");
-            }
+    let deny = |out: &mut String, d: &crate::denial::Denial| {
+        let _ = writeln!(out, "result: denied (code {})", d.code);
+        // Every reason: each bad annotation and every policy rule that applies.
+        for reason in &d.reasons {
+            let _ = writeln!(out, "  - {reason}");
         }
-        Outcome::Unchanged => {
+    };
+    match &plan.action {
+        Action::Deny(d) => deny(&mut out, d),
+        Action::Nothing => {
             let _ = writeln!(out, "result: unchanged");
-            if decision.mode == Mode::None {
+            if plan.mode == Mode::None {
                 let _ = writeln!(
                     out,
                     "to get a daemon: annotate the pod nestdock.io/mode: dind (or dind-rootless, dood), \
@@ -120,76 +117,105 @@ pub fn explain(pod: &Value, ctx: &Context<'_>) -> String {
                 );
             }
         }
-        Outcome::Patched(patch) => {
-            let mut patched = pod.clone();
-            if patch.apply(&mut patched).is_err() {
-                let _ = writeln!(out, "result: injected (the patch could not be previewed)");
-            } else {
+        Action::Inject(injection) => match crate::render::render(injection, plan.mode) {
+            Err(crate::render::TooLarge) => deny(
+                &mut out,
+                &crate::denial::Denial::bad(format!(
+                    "the patch for this pod would be over {} bytes",
+                    crate::render::MAX_PATCH_BYTES
+                )),
+            ),
+            Ok(_) => {
                 let _ = writeln!(out, "result: injected");
-                describe(&mut out, pod, &patched, decision.mode);
+                describe(&mut out, injection, ctx);
             }
-        }
+        },
     }
-    if !decision.warnings.is_empty() {
+    if !plan.warnings.is_empty() {
         let _ = writeln!(out, "warnings:");
-        for w in &decision.warnings {
+        for w in &plan.warnings {
             let _ = writeln!(out, "  - {w}");
         }
     }
     out
 }
 
-/// Describes what the patch added, read off the patched pod.
-fn describe(out: &mut String, before: &Value, after: &Value, mode: Mode) {
-    let spec = &after["spec"];
-    if let Some(daemon) = find(spec.get("initContainers"), engine::DAEMON_CONTAINER) {
-        let _ = writeln!(
-            out,
-            "  daemon: container {} ({}), a native sidecar: the first init container, running and answering \
-             before any later container starts",
-            engine::DAEMON_CONTAINER,
-            daemon["image"].as_str().unwrap_or("?")
-        );
-        let _ = writeln!(
-            out,
-            "  (with sidecar: auto this assumes Kubernetes 1.29 or newer; the webhook asks the API server, \
-             and before 1.29 the daemon is a plain container)"
-        );
-    } else if let Some(daemon) = find(spec.get("containers"), engine::DAEMON_CONTAINER) {
-        let _ = writeln!(
-            out,
-            "  daemon: container {} ({}), a plain container next to yours: no start-order guarantee",
-            engine::DAEMON_CONTAINER,
-            daemon["image"].as_str().unwrap_or("?")
-        );
-    } else if mode == Mode::Dood {
-        let _ = writeln!(out, "  daemon: the node's docker socket (hostPath)");
-    }
-    let mut targets = Vec::new();
-    for list in ["initContainers", "containers"] {
-        for n in names(spec.get(list)) {
-            if n == engine::DAEMON_CONTAINER {
-                continue;
-            }
-            let mounts = |pod: &Value| {
-                find(pod["spec"].get(list), &n)
-                    .and_then(|c| c.get("volumeMounts"))
-                    .and_then(Value::as_array)
-                    .map(Vec::len)
-                    .unwrap_or(0)
-            };
-            if mounts(after) > mounts(before) {
-                targets.push(n);
+/// What an injection adds, read off the plan.
+fn describe(out: &mut String, injection: &Injection<'_>, ctx: &Context<'_>) {
+    match &injection.daemon {
+        Some(daemon) if daemon.placement == Sidecar::Native => {
+            let _ = writeln!(
+                out,
+                "  daemon: container {} ({}), a native sidecar: the first init container, running and \
+                 answering before any later container starts",
+                daemon.container.name, daemon.container.image
+            );
+            if ctx.config.sidecar == crate::config::SidecarConfig::Auto {
+                let _ = writeln!(
+                    out,
+                    "  (with sidecar: auto this assumes Kubernetes 1.29 or newer; the webhook asks the API \
+                     server, and before 1.29 the daemon is a plain container)"
+                );
             }
         }
+        Some(daemon) => {
+            let _ = writeln!(
+                out,
+                "  daemon: container {} ({}), a plain container next to yours: no start-order guarantee",
+                daemon.container.name, daemon.container.image
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "  daemon: the node's docker socket (hostPath {})",
+                ctx.config.dood.host_socket
+            );
+        }
     }
+    let targets: Vec<&str> = injection.targets.iter().map(|t| t.name).collect();
     let _ = writeln!(out, "  docker for containers: {}", targets.join(", "));
-    let before_vols = names(before["spec"].get("volumes"));
-    let added: Vec<String> = after["spec"]["volumes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|v| !before_vols.contains(&v["name"].as_str().unwrap_or("").to_string()))
+    let env: Vec<String> = injection
+        .env
+        .iter()
+        .map(|e| format!("{}={}", e.name, e.value))
+        .collect();
+    let _ = writeln!(out, "  environment: {}", env.join(", "));
+    for t in injection.targets.iter().filter(|t| !t.kept_env.is_empty()) {
+        let _ = writeln!(
+            out,
+            "  container {} keeps its own {}",
+            t.name,
+            t.kept_env.join(", ")
+        );
+    }
+    if let Some(daemon) = &injection.daemon {
+        let own = [VOL_SOCKET, VOL_STORAGE, VOL_CERTS];
+        let mirrored: Vec<String> = daemon
+            .container
+            .volume_mounts
+            .iter()
+            .filter(|m| !own.contains(&m.name))
+            .map(|m| format!("{} at {}", m.name, m.mount_path))
+            .collect();
+        if !mirrored.is_empty() {
+            let _ = writeln!(
+                out,
+                "  mounts mirrored into the daemon (same paths for docker run -v): {}",
+                mirrored.join(", ")
+            );
+        }
+    }
+    for m in &injection.skipped_mounts {
+        let _ = writeln!(
+            out,
+            "  not mirrored: {} at {} (container {}): {}",
+            m.volume, m.path, m.container, m.reason
+        );
+    }
+    let added: Vec<String> = injection
+        .volumes
+        .iter()
         .map(|v| {
             let kind = v
                 .as_object()
@@ -199,8 +225,10 @@ fn describe(out: &mut String, before: &Value, after: &Value, mode: Mode) {
         })
         .collect();
     let _ = writeln!(out, "  volumes added: {}", added.join(", "));
-    if let Some(g) = after["spec"]["securityContext"]["supplementalGroups"].as_array() {
-        let groups: Vec<String> = g.iter().map(|x| x.to_string()).collect();
-        let _ = writeln!(out, "  supplementalGroups: {}", groups.join(", "));
+    if let Some((gid, _)) = injection.group {
+        let _ = writeln!(out, "  supplementalGroups: {gid} added");
+    }
+    for (k, v) in &injection.node_selector {
+        let _ = writeln!(out, "  nodeSelector: {k}={v} added");
     }
 }

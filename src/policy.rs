@@ -1,11 +1,27 @@
 //! Which mode applies to a pod, and whether namespace policy allows it
 //! (SPEC sections 3 and 8). Pure: the labels come from the caller.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::config::Config;
-use crate::engine::{Denial, NamespacePolicy};
+use crate::denial::Denial;
 use crate::mode::Mode;
+
+/// What the engine knows about the pod's namespace.
+#[derive(Debug, Clone, Copy)]
+pub enum NamespacePolicy<'a> {
+    /// Namespace policy is off (`--kube=false`): annotations and config only,
+    /// and dood only when `dood.allowWithoutNamespacePolicy` is set.
+    Off,
+    /// Offline `inject`: `--mode` acts like a namespace label and no gate applies.
+    Offline { mode: Option<Mode> },
+    /// The labels of the pod's namespace, from the namespace cache.
+    Labels {
+        namespace: &'a str,
+        labels: &'a BTreeMap<String, String>,
+    },
+}
 
 pub const LABEL_MODE: &str = "nestdock.io/mode";
 pub const LABEL_ENFORCE: &str = "nestdock.io/enforce";
@@ -168,7 +184,6 @@ pub fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
     fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
         kv.iter()

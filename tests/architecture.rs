@@ -1,0 +1,132 @@
+//! The module map of docs/architecture.md, checked: every module under
+//! `src/` says what it is for (a `//!` comment), and the modules' uses of
+//! each other form no cycle, so that each can be read (and tested) knowing
+//! only the ones below it. A new edge that closes a cycle fails here, naming
+//! the cycle.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// `module -> modules it uses`, read from the code (comments skipped).
+fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut graph = BTreeMap::new();
+    for entry in std::fs::read_dir(&src).expect("src/ is readable") {
+        let path = entry.expect("a directory entry").path();
+        if path.extension().and_then(|e| e.to_str()) != Some("rs") {
+            continue;
+        }
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(&path).expect("a source file");
+        let mut uses = BTreeSet::new();
+        for line in text.lines() {
+            let code = line.trim_start();
+            if code.starts_with("//") {
+                continue;
+            }
+            let mut rest = code;
+            while let Some(at) = rest.find("crate::") {
+                rest = &rest[at + "crate::".len()..];
+                // `crate::{a, b::c}` names several modules at once.
+                let names: Vec<&str> = match rest.strip_prefix('{') {
+                    Some(group) => group
+                        .split([',', '}'])
+                        .map(|part| part.trim().split("::").next().unwrap_or(""))
+                        .collect(),
+                    None => vec![rest
+                        .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+                        .next()
+                        .unwrap_or("")],
+                };
+                for n in names {
+                    if !n.is_empty()
+                        && n != name
+                        && n.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    {
+                        uses.insert(n.to_string());
+                    }
+                }
+            }
+        }
+        graph.insert(name, uses);
+    }
+    graph
+}
+
+#[test]
+fn modules_use_each_other_without_cycles() {
+    let graph = module_graph();
+    // Depth-first search with colours; a grey node met again closes a cycle.
+    fn visit(
+        node: &str,
+        graph: &BTreeMap<String, BTreeSet<String>>,
+        state: &mut BTreeMap<String, u8>,
+        stack: &mut Vec<String>,
+    ) -> Option<Vec<String>> {
+        state.insert(node.to_string(), 1);
+        stack.push(node.to_string());
+        for next in graph.get(node).into_iter().flatten() {
+            if !graph.contains_key(next) {
+                continue; // not a module of src/ (a re-export, a macro)
+            }
+            match state.get(next.as_str()).copied().unwrap_or(0) {
+                1 => {
+                    let from = stack.iter().position(|n| n == next).unwrap();
+                    let mut cycle = stack[from..].to_vec();
+                    cycle.push(next.clone());
+                    return Some(cycle);
+                }
+                0 => {
+                    if let Some(cycle) = visit(next, graph, state, stack) {
+                        return Some(cycle);
+                    }
+                }
+                _ => {}
+            }
+        }
+        stack.pop();
+        state.insert(node.to_string(), 2);
+        None
+    }
+    let mut state = BTreeMap::new();
+    for node in graph.keys() {
+        if state.get(node.as_str()).copied().unwrap_or(0) == 0 {
+            if let Some(cycle) = visit(node, &graph, &mut state, &mut Vec::new()) {
+                panic!(
+                    "modules use each other in a cycle: {} (docs/architecture.md says which way each edge goes)",
+                    cycle.join(" -> ")
+                );
+            }
+        }
+    }
+    // The engine's core depends on nothing that does I/O.
+    for core in [
+        "plan",
+        "render",
+        "policy",
+        "denial",
+        "annotations",
+        "pod",
+        "patch",
+    ] {
+        for io in ["server", "namespaces", "tls", "metrics", "cli", "admission"] {
+            assert!(
+                !graph[core].contains(io),
+                "{core} (pure) uses {io} (I/O): {:?}",
+                graph[core]
+            );
+        }
+    }
+}
+
+#[test]
+fn every_module_says_what_it_is_for() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    for name in module_graph().keys() {
+        let text = std::fs::read_to_string(src.join(format!("{name}.rs"))).unwrap();
+        assert!(
+            text.trim_start().starts_with("//!"),
+            "src/{name}.rs has no module comment (//!) saying what it owns"
+        );
+    }
+}
