@@ -174,19 +174,16 @@ const BUDGET_WAIT: Duration = Duration::from_secs(2);
 
 /// The memory budget of requests in flight (SPEC 5: memory bounded across
 /// all in-flight requests). A semaphore whose permits are bytes: a review
-/// takes its body's declared `Content-Length` before reading it, together
-/// with [`PROCESSING_FACTOR`] times that (at most [`PROCESSING_CAP`]) for
-/// parsing and deciding, in one acquisition (so no review holds bytes while
-/// waiting for more); without a declared length it takes each chunk as it
-/// comes and the share for deciding after the last one. It keeps what
+/// takes its body's declared `Content-Length` before reading it (or each
+/// chunk as it comes when no length is declared), then [`PROCESSING_FACTOR`]
+/// times the body (at most [`PROCESSING_CAP`]) before parsing, and keeps what
 /// its response needs until the response has been written. When the budget
 /// is in use it waits (at most [`BUDGET_WAIT`], within the review's deadline)
 /// and then answers HTTP 503 naming the budget and its flag. Permits go back
 /// whenever the request ends, also when the client goes away half-way (the
 /// handler's future is dropped, and the permits with it).
 ///
-/// The fast path (a declared length, the API server's case) is one
-/// uncontended `try_acquire`.
+/// The fast path is one `try_acquire` per phase: an uncontended atomic.
 #[derive(Debug)]
 pub struct Budget {
     semaphore: Arc<Semaphore>,
@@ -1290,12 +1287,9 @@ async fn collect_limited(
     let declared = axum::body::HttpBody::size_hint(&body).lower();
     let declared = usize::try_from(declared).unwrap_or(usize::MAX).min(limit);
     if !*over && declared > 0 {
-        // With the share for deciding, in one acquisition: a review never
-        // holds its body's bytes while it waits for more.
-        let upfront = declared + budget.processing(declared);
         charge.add(
             budget
-                .charge(upfront, wait)
+                .charge(declared, wait)
                 .await
                 .map_err(ReadError::Budget)?,
         );
@@ -1583,20 +1577,20 @@ async fn review(
         Ok(read) => read,
         Err((status, message)) => return failed(status, message, None, started),
     };
-    // Parsing and deciding hold the typed pod, the patch and the response:
-    // charged with the body when its length was declared, else now.
-    let needed = body.len() + state.budget.processing(body.len());
-    if needed > charge.bytes() {
-        match state.budget.charge(needed - charge.bytes(), wait).await {
-            Ok(more) => charge.add(more),
-            Err(e) => {
-                return failed(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    e.to_string(),
-                    None,
-                    started,
-                )
-            }
+    // Parsing and deciding hold the typed pod, the patch and the response.
+    match state
+        .budget
+        .charge(state.budget.processing(body.len()), wait)
+        .await
+    {
+        Ok(more) => charge.add(more),
+        Err(e) => {
+            return failed(
+                StatusCode::SERVICE_UNAVAILABLE,
+                e.to_string(),
+                None,
+                started,
+            )
         }
     }
     if body.len() <= OFFLOAD_BYTES {
@@ -2030,11 +2024,9 @@ mod tests {
         assert_eq!(budget.charge(0, wait).await.unwrap().bytes(), 0);
     }
 
-    /// Slow clients that declared large bodies hold the whole budget (the
-    /// first takes its body and the share for deciding it, all that this
-    /// small budget has; the second waits): a third review waits, then gets
-    /// a 503 naming the budget and its flag; once they go away (mid-body),
-    /// the budget is whole again.
+    /// Two clients that declared large bodies hold the whole budget: a third
+    /// review waits, then gets a 503 naming the budget and its flag; once the
+    /// two go away (mid-body), the budget is whole again.
     #[tokio::test]
     async fn reviews_past_the_memory_budget_wait_then_get_503() {
         let running = start_opts(
