@@ -29,10 +29,11 @@ fn main() -> ExitCode {
     match run(root, corpus) {
         Ok(counts) => {
             println!(
-                "seed corpus: {} review, {} engine, {} inject inputs in {}",
+                "seed corpus: {} review, {} engine, {} inject, {} query inputs in {}",
                 counts[0],
                 counts[1],
                 counts[2],
+                counts[3],
                 corpus.display()
             );
             ExitCode::SUCCESS
@@ -44,7 +45,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(root: &Path, corpus: &Path) -> Result<[usize; 3], String> {
+fn run(root: &Path, corpus: &Path) -> Result<[usize; 4], String> {
     let mut files = Vec::new();
     for dir in ["examples", "tests/fixtures"] {
         collect(&root.join(dir), &mut files)?;
@@ -101,6 +102,7 @@ fn run(root: &Path, corpus: &Path) -> Result<[usize; 3], String> {
         out.count("review"),
         out.count("engine"),
         out.count("inject"),
+        out.count("query"),
     ])
 }
 
