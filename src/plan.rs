@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use crate::config::{Config, Mtu, Sidecar, SidecarConfig, Storage};
 use crate::denial::Denial;
 use crate::mode::Mode;
-use crate::pod::{Container, Field, Metadata, Pairs, Spec, Volume};
+use crate::pod::{Container, Items, Metadata, Pairs, Spec, Volume};
 use crate::policy::{NamespacePolicy, Source};
 use crate::quantity::Quantity;
 
@@ -375,7 +375,7 @@ struct Wiring<'a> {
     group: Option<i64>,
 }
 
-fn slots<'a>(list: &'static str, items: &'a Field<Vec<Container<'a>>>) -> Vec<Slot<'a>> {
+fn slots<'a>(list: &'static str, items: &'a Option<Vec<Container<'a>>>) -> Vec<Slot<'a>> {
     items
         .items()
         .iter()
@@ -608,7 +608,7 @@ impl<'v, 'a> Planner<'v, 'a> {
     }
 
     /// The containers that get the daemon: the `containers` annotation, or every
-    /// container the mode can serve (SPEC section 8, "Targets"), in pod order.
+    /// container the mode can serve (docs/behaviour.md, *Targets*), in pod order.
     fn targets(&self, sidecar: Sidecar) -> Result<Vec<&'v Slot<'a>>, Denial> {
         let view = self.view;
         let init_ok = !(self.mode.has_daemon() && sidecar == Sidecar::Container);
@@ -756,8 +756,8 @@ impl<'v, 'a> Planner<'v, 'a> {
                 index: t.index,
                 name: t.name,
                 kept_env,
-                env_exists: t.obj.env.is_present(),
-                mounts_exist: t.obj.volume_mounts.is_present(),
+                env_exists: t.obj.env.is_some(),
+                mounts_exist: t.obj.volume_mounts.is_some(),
             });
         }
         Ok(out)
@@ -766,11 +766,11 @@ impl<'v, 'a> Planner<'v, 'a> {
     /// Where `gid` goes in `supplementalGroups`; `None` when it is there.
     fn group_at(&self, gid: i64) -> Option<(i64, GroupAt)> {
         match &self.view.spec.security_context {
-            Field::Present(sc) => {
+            Some(sc) => {
                 let groups = &sc.supplemental_groups;
                 if groups.items().contains(&gid) {
                     None
-                } else if groups.is_present() {
+                } else if groups.is_some() {
                     Some((gid, GroupAt::Append))
                 } else {
                     Some((gid, GroupAt::NewList))
@@ -783,7 +783,7 @@ impl<'v, 'a> Planner<'v, 'a> {
     /// Where the idempotency marker goes.
     fn marker_at(&self) -> MarkerAt {
         match self.view.meta {
-            Some(meta) if meta.annotations.is_present() => MarkerAt::Annotations,
+            Some(meta) if meta.annotations.is_some() => MarkerAt::Annotations,
             Some(_) => MarkerAt::Metadata,
             None => MarkerAt::Nothing,
         }
@@ -809,10 +809,10 @@ impl<'v, 'a> Planner<'v, 'a> {
                 .collect(),
             target_mount: wiring.target_mount,
             volumes,
-            volumes_exist: self.view.spec.volumes.is_present(),
+            volumes_exist: self.view.spec.volumes.is_some(),
             group: wiring.group.and_then(|gid| self.group_at(gid)),
             node_selector: Vec::new(),
-            node_selector_exists: self.view.spec.node_selector.is_present(),
+            node_selector_exists: self.view.spec.node_selector.is_some(),
             daemon: None,
             skipped_mounts: Vec::new(),
         }
@@ -1012,14 +1012,14 @@ impl<'v, 'a> Planner<'v, 'a> {
         ];
         let spec = self.view.spec;
         let list_exists = match sidecar {
-            Sidecar::Native => spec.init_containers.is_present(),
+            Sidecar::Native => spec.init_containers.is_some(),
             Sidecar::Container => {
                 self.warn(
                     "sidecar: container: the daemon may start after your containers, and Jobs will not \
                      complete while it runs"
                         .to_string(),
                 );
-                spec.containers.is_present()
+                spec.containers.is_some()
             }
         };
         let mut injection = self.injection(wired, wiring, volumes);

