@@ -227,10 +227,6 @@ pub fn unreadable<'a>(ctx: &Context<'_>, message: String) -> Plan<'a> {
     }
 }
 
-fn bad(message: String) -> Denial {
-    Denial::bad(message)
-}
-
 /// Name of the daemon container nestdock adds.
 pub const DAEMON_CONTAINER: &str = "nestdock-dind";
 /// emptyDir shared by the daemon and the targets; holds `docker.sock`.
@@ -335,7 +331,8 @@ struct Warnings {
 impl Warnings {
     fn push(&mut self, msg: String) {
         if self.kept.len() < MAX_WARNINGS {
-            self.kept.push(limit_warning(msg));
+            // The API server refuses warnings of 120 characters or more.
+            self.kept.push(crate::denial::cut(msg, 119));
         } else {
             self.dropped += 1;
         }
@@ -396,19 +393,6 @@ fn under(path: &str, base: &str) -> bool {
             && (base == "/" || path.as_bytes().get(base.len()) == Some(&b'/')))
 }
 
-fn limit_warning(mut s: String) -> String {
-    const MAX: usize = 119;
-    if s.len() > MAX {
-        let mut cut = MAX - 3;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
-        s.push_str("...");
-    }
-    s
-}
-
 /// The parts of the pod the engine reads, resolved once.
 struct PodView<'a> {
     spec: &'a Spec<'a>,
@@ -425,7 +409,7 @@ impl<'a> PodView<'a> {
         let spec = pod
             .spec
             .as_ref()
-            .ok_or_else(|| bad("the pod has no spec object".to_string()))?;
+            .ok_or_else(|| Denial::bad("the pod has no spec object".to_string()))?;
         Ok(PodView {
             spec,
             meta: pod.metadata.as_ref(),
@@ -494,7 +478,7 @@ impl<'v, 'a> Planner<'v, 'a> {
     fn plan(&mut self) -> Result<Option<Injection<'a>>, Denial> {
         // Values whose meaning does not depend on the mode are checked in every mode.
         if self.ann.tls == Some(true) && self.mode != Mode::Dind {
-            return Err(bad(format!(
+            return Err(Denial::bad(format!(
                 "annotation nestdock.io/tls: \"true\" needs mode dind, but the mode is {}; \
                  remove the annotation or use mode dind",
                 self.mode
@@ -576,7 +560,7 @@ impl<'v, 'a> Planner<'v, 'a> {
         for (what, req, lim) in [("cpu", cpu_req, cpu_lim), ("memory", mem_req, mem_lim)] {
             if let (Some(req), Some(lim)) = (req, lim) {
                 if req.value() > lim.value() {
-                    return Err(bad(format!(
+                    return Err(Denial::bad(format!(
                         "the daemon's {what} request {req} is above its limit {lim} (annotations \
                          nestdock.io/{what}-request, nestdock.io/{what}-limit or the config); \
                          a request must not exceed its limit"
@@ -630,7 +614,7 @@ impl<'v, 'a> Planner<'v, 'a> {
         for n in names {
             match by_name.get(n.as_str()) {
                 Some(s) if s.list == "initContainers" && !init_ok => {
-                    return Err(bad(format!(
+                    return Err(Denial::bad(format!(
                         "annotation nestdock.io/containers names init container {}, but with \
                          nestdock.io/sidecar: container the daemon starts after the init containers; \
                          name app containers only, or use the native sidecar",
@@ -646,7 +630,7 @@ impl<'v, 'a> Planner<'v, 'a> {
                         .map(|s| s.name)
                         .take(20)
                         .collect();
-                    return Err(bad(format!(
+                    return Err(Denial::bad(format!(
                         "annotation nestdock.io/containers names {}, which is not a container of this pod; \
                          accepted are: {}",
                         crate::validate::shown(n),
@@ -689,7 +673,7 @@ impl<'v, 'a> Planner<'v, 'a> {
         ];
         for (list, names) in lists {
             if names.contains(&name) {
-                return Err(bad(format!(
+                return Err(Denial::bad(format!(
                     "the pod already has a container named {name} (in spec.{list}), the name of the \
                      daemon container nestdock adds; rename that container"
                 )));
@@ -701,7 +685,7 @@ impl<'v, 'a> Planner<'v, 'a> {
     fn check_volume_names_free(&self, names: &[&str]) -> Result<(), Denial> {
         for name in names {
             if self.view.volume(name).is_some() {
-                return Err(bad(format!(
+                return Err(Denial::bad(format!(
                     "the pod already has a volume named {name}, a name nestdock uses for the docker \
                      daemon's wiring; rename that volume"
                 )));
@@ -727,7 +711,7 @@ impl<'v, 'a> Planner<'v, 'a> {
                     .any(|r| crate::pod::normalize_path(r) == path)
                 {
                     let vol = &m.name;
-                    return Err(bad(format!(
+                    return Err(Denial::bad(format!(
                         "container {} already mounts volume {vol} at {path}, where nestdock puts the docker \
                          socket; remove that mount, or leave the container out with nestdock.io/containers",
                         t.name
