@@ -17,6 +17,10 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 dir=${NESTDOCK_HELM_DIR:-$root/target/helm}
 go=${GO:-go}
+# Go's usual install location, for shells whose PATH lacks it.
+if ! command -v "$go" >/dev/null 2>&1 && [[ -z ${GO:-} && -x /usr/local/go/bin/go ]]; then
+    go=/usr/local/go/bin/go
+fi
 
 # The pinned helm release, and the Kubernetes release of the client-go it
 # builds with (`go list -m k8s.io/client-go` in helm's module: v0.37 is 1.37).
