@@ -435,27 +435,24 @@ fn default_and_everything_on_renders_validate_strictly() {
     }
     // The cert-manager objects: exactly manifests/cert-manager's, which
     // tests/manifests.rs checks against cert-manager's CRDs.
-    let ours: Vec<Value> = everything
-        .iter()
-        .filter(|d| {
-            d["apiVersion"]
-                .as_str()
-                .unwrap_or_default()
-                .starts_with("cert-manager.io/")
-        })
-        .map(without_helm)
-        .collect();
-    let shipped: Vec<Value> = kustomize("manifests/cert-manager")
-        .iter()
-        .filter(|d| {
-            d["apiVersion"]
-                .as_str()
-                .unwrap_or_default()
-                .starts_with("cert-manager.io/")
-        })
-        .map(without_helm)
-        .collect();
-    assert_eq!(sorted(ours), sorted(shipped));
+    let cert_manager = |docs: &[Value]| -> Vec<Value> {
+        let docs = docs
+            .iter()
+            .filter(|d| {
+                d["apiVersion"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .starts_with("cert-manager.io/")
+            })
+            .map(without_helm)
+            .collect();
+        sorted(docs)
+    };
+    let (ours, shipped) = (
+        cert_manager(&everything),
+        cert_manager(&kustomize("manifests/cert-manager")),
+    );
+    assert_eq!(ours, shipped);
 }
 
 /// What the Prometheus Operator's ServiceMonitor CRD (monitoring.coreos.com/v1)
