@@ -14,7 +14,9 @@
 //!   (Helm's labels aside), and manifests/ is rendered from the chart by
 //!   scripts/render-manifests.sh: rendering again changes nothing.
 //! - The self-signed certificate the chart generates serves nestdock and is the
-//!   one the caBundle trusts; `helm upgrade` keeps it (lookup of the Secret).
+//!   one the caBundle trusts; a render that finds the Secret (lookup, run by
+//!   `helm template --dry-run=server` against a minimal API server on
+//!   loopback) keeps it and the caBundle byte for byte, as `helm upgrade` does.
 //! - The config file from values is one nestdock accepts, and with the
 //!   registry cache on, the daemons nestdock injects use it as their mirror.
 //! - The Grafana dashboard is dashboard JSON whose every query names a metric
@@ -776,10 +778,11 @@ fn self_signed_certificate_serves_nestdock_and_is_what_the_webhooks_trust() {
 
 #[test]
 fn self_signed_secret_is_kept_across_upgrades_and_other_modes_ship_none() {
-    // helm template has no cluster, so lookup finds nothing and each render
-    // makes a new CA; `helm upgrade` finds the Secret and keeps it. What can be
-    // checked here: the template looks the Secret up by the name it writes,
-    // and uses what it finds for both the Secret and the caBundle.
+    // Plain helm template has no cluster, so lookup finds nothing and each
+    // render makes a new CA; `helm upgrade` finds the Secret and keeps it
+    // (an_upgrade_keeps_the_self_signed_secret_it_finds runs lookup against an
+    // API server). Here: the template looks the Secret up by the name it
+    // writes, and uses what it finds for both the Secret and the caBundle.
     let source = read(repo().join("charts/nestdock/templates/webhook.yaml"));
     let lookup = source
         .lines()
@@ -1205,4 +1208,172 @@ fn dashboard_is_grafana_json_and_queries_only_exported_metrics() {
             "the dashboard shows nothing of {family}"
         );
     }
+}
+
+// ------------------------------------------- 8. lookup against an API server
+
+/// A minimal API server on loopback for `helm template --dry-run=server`:
+/// discovery, `/version`, and GET of one Secret (404 until it is set), so
+/// that the chart's `lookup` runs for real. Plain HTTP; every path asked for
+/// is recorded.
+struct FakeApi {
+    secret: Arc<std::sync::Mutex<Option<Value>>>,
+    paths: Arc<std::sync::Mutex<Vec<String>>>,
+    dir: tempfile::TempDir,
+}
+
+impl FakeApi {
+    fn start() -> FakeApi {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let secret: Arc<std::sync::Mutex<Option<Value>>> = Arc::default();
+        let paths: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+        let (s, p) = (secret.clone(), paths.clone());
+        // The thread ends with the test binary; it only ever answers loopback.
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match stream.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => break,
+                    }
+                }
+                let head = String::from_utf8_lossy(&head);
+                let target = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let path = target.split('?').next().unwrap_or_default().to_string();
+                p.lock().unwrap().push(target.clone());
+                let (code, body) = Self::answer(&path, &target, &s.lock().unwrap());
+                let body = body.to_string();
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+                     Connection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("kubeconfig"),
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: \
+                 http://127.0.0.1:{port}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    \
+                 user: fake\ncurrent-context: fake\nusers:\n- name: fake\n  user:\n    token: fake\n"
+            ),
+        )
+        .unwrap();
+        FakeApi { secret, paths, dir }
+    }
+
+    fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("kubeconfig")
+    }
+
+    fn answer(path: &str, target: &str, secret: &Option<Value>) -> (u16, Value) {
+        let not_found = json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "reason": "NotFound", "code": 404, "message": format!("{target} not found")
+        });
+        let resource = |name: &str, kind_: &str, namespaced: bool| {
+            json!({"name": name, "singularName": "", "namespaced": namespaced, "kind": kind_,
+                   "verbs": ["get", "list", "create", "update", "patch", "delete"]})
+        };
+        match path {
+            "/version" => (
+                200,
+                json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0", "gitCommit": "",
+                       "gitTreeState": "clean", "buildDate": "2025-04-23T00:00:00Z",
+                       "goVersion": "go1.24.2", "compiler": "gc", "platform": "linux/amd64"}),
+            ),
+            "/api" => (
+                200,
+                json!({"kind": "APIVersions", "versions": ["v1"],
+                       "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}),
+            ),
+            "/apis" => (
+                200,
+                json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []}),
+            ),
+            "/api/v1" => (
+                200,
+                json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1",
+                       "resources": [resource("secrets", "Secret", true),
+                                     resource("namespaces", "Namespace", false),
+                                     resource("configmaps", "ConfigMap", true)]}),
+            ),
+            "/api/v1/namespaces/nestdock-system/secrets/nestdock-tls" => match secret {
+                Some(s) => (200, s.clone()),
+                None => (404, not_found),
+            },
+            // Helm's own release records: none.
+            "/api/v1/namespaces/nestdock-system/secrets" => (
+                200,
+                json!({"kind": "SecretList", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": []}),
+            ),
+            _ => (404, not_found),
+        }
+    }
+}
+
+#[test]
+fn an_upgrade_keeps_the_self_signed_secret_it_finds() {
+    let api = FakeApi::start();
+    let render = || {
+        let out = helm()
+            .args([
+                "template",
+                RELEASE,
+                "charts/nestdock",
+                "--namespace",
+                NAMESPACE,
+            ])
+            .args(["--dry-run=server", "--kubeconfig"])
+            .arg(api.kubeconfig())
+            .output()
+            .expect("run helm template --dry-run=server");
+        assert!(
+            out.status.success(),
+            "helm template --dry-run=server failed: {}\nasked: {:?}",
+            String::from_utf8_lossy(&out.stderr),
+            api.paths.lock().unwrap()
+        );
+        parse_documents(&String::from_utf8_lossy(&out.stdout))
+    };
+    // Install: no Secret in the cluster, so the chart makes one.
+    let install = render();
+    let made = named(&install, "Secret", "nestdock-tls").clone();
+    assert!(
+        api.paths
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|p| p.starts_with("/api/v1/namespaces/nestdock-system/secrets/nestdock-tls")),
+        "the chart never looked the Secret up: {:?}",
+        api.paths.lock().unwrap()
+    );
+    // Upgrade: the Secret is there; the chart keeps it, byte for byte, and the
+    // caBundle with it.
+    *api.secret.lock().unwrap() = Some(made.clone());
+    let upgrade = render();
+    let kept = named(&upgrade, "Secret", "nestdock-tls");
+    assert_eq!(
+        kept["data"], made["data"],
+        "the upgrade made a new certificate"
+    );
+    for hook in named(&upgrade, "MutatingWebhookConfiguration", "nestdock")["webhooks"]
+        .as_array()
+        .unwrap()
+    {
+        assert_eq!(hook["clientConfig"]["caBundle"], made["data"]["ca.crt"]);
+    }
+    // And a third render without the Secret (deleted) makes a new one.
+    *api.secret.lock().unwrap() = None;
+    let again = render();
+    assert_ne!(
+        named(&again, "Secret", "nestdock-tls")["data"],
+        made["data"]
+    );
 }
