@@ -1377,3 +1377,51 @@ fn an_upgrade_keeps_the_self_signed_secret_it_finds() {
         made["data"]
     );
 }
+
+#[test]
+fn helm_install_refuses_a_values_typo_and_rolls_pods_on_a_config_change() {
+    let api = FakeApi::start();
+    let install = |sets: &[&str]| {
+        let mut cmd = helm();
+        cmd.args([
+            "install",
+            RELEASE,
+            "charts/nestdock",
+            "--namespace",
+            NAMESPACE,
+        ])
+        .args(["--dry-run=server", "--kubeconfig"])
+        .arg(api.kubeconfig());
+        for set in sets {
+            cmd.args(["--set", set]);
+        }
+        let out = cmd.output().expect("run helm install --dry-run=server");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    // helm install reads the chart and checks values against the schema
+    // before it creates anything.
+    let (ok, err) = install(&["replica=3"]);
+    assert!(
+        !ok && err.contains("schema") && err.contains("replica"),
+        "helm install with a typo: {err}"
+    );
+    // (A whole install would need the cluster's OpenAPI and every API group;
+    // that is for the suite with a real control plane.)
+
+    // A config change (helm upgrade --set config...) changes the pods'
+    // checksum annotation, so the Deployment rolls; nothing else changes.
+    let checksum = |docs: &[Value]| {
+        named(docs, "Deployment", "nestdock")["spec"]["template"]["metadata"]["annotations"]
+            ["checksum/config"]
+            .as_str()
+            .expect("checksum/config")
+            .to_string()
+    };
+    let before = template(&[]);
+    let after = template(&["--set", "config.dind.mtu=1400"]);
+    assert_ne!(checksum(&before), checksum(&after));
+    assert_eq!(checksum(&before), checksum(&template(&[])), "stable");
+}
