@@ -934,7 +934,12 @@ fn registry_cache_is_the_dind_mirror_and_node_docker_the_dood_socket() {
     assert!(container["resources"]["requests"].is_object());
     let claim = named(&docs, "PersistentVolumeClaim", "nestdock-registry-cache");
     assert_eq!(
-        pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"],
+        pod["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "storage")
+            .expect("the storage volume")["persistentVolumeClaim"]["claimName"],
         name(claim)
     );
     assert_eq!(
