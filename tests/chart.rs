@@ -1430,3 +1430,14 @@ fn helm_install_refuses_a_values_typo_and_rolls_pods_on_a_config_change() {
     assert_ne!(checksum(&before), checksum(&after));
     assert_eq!(checksum(&before), checksum(&template(&[])), "stable");
 }
+
+/// The config the install ships is the product's own default: a default
+/// that changes in the code (say, which images a pod may pick) reaches the
+/// chart's values and the rendered manifests, or this fails.
+#[test]
+fn the_shipped_config_is_the_products_default() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/base/config.yaml");
+    let text = std::fs::read_to_string(&path).expect("manifests/base/config.yaml");
+    let shipped = nestdock::config::Config::from_yaml(&text).expect("a valid config");
+    assert_eq!(shipped, nestdock::config::Config::default());
+}
