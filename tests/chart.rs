@@ -36,10 +36,12 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
-use serde::Deserialize;
+
 use serde_json::{json, Value};
 
 mod common;
+
+use common::docs::{free_port, kind, kubectl, name, named, parse_documents, read, repo, tool};
 
 const RELEASE: &str = "nestdock";
 const NAMESPACE: &str = "nestdock-system";
@@ -48,60 +50,13 @@ const EVERYTHING: &str = "charts/nestdock/ci/everything-values.yaml";
 
 // ------------------------------------------------------------------ plumbing
 
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn nestdock() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_nestdock"))
-}
-
-fn read(path: impl AsRef<Path>) -> String {
-    let path = path.as_ref();
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
-}
-
 /// Runs a set-up script once per test binary and returns the path it prints
 /// last; panics (never skips) when it fails.
-fn set_up(cell: &'static OnceLock<Result<PathBuf, String>>, script: &str, what: &str) -> PathBuf {
-    let result = cell.get_or_init(|| {
-        let path = repo().join(script);
-        let out = Command::new("bash")
-            .arg(&path)
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", path.display()))?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        if !out.status.success() {
-            return Err(format!(
-                "{} failed ({}): {stdout}{}",
-                path.display(),
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        let bin = PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
-        if bin.is_file() {
-            Ok(bin)
-        } else {
-            Err(format!(
-                "{script} printed {stdout:?}, not the path of {what}"
-            ))
-        }
-    });
-    match result {
-        Ok(path) => path.clone(),
-        Err(e) => panic!(
-            "{what} is not available, so this check cannot run (the check is required, not \
-             skipped): {e}"
-        ),
-    }
-}
-
 /// helm, built from its Go module (a few minutes the first time).
 fn helm() -> Command {
-    static CELL: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    static CELL: OnceLock<Result<String, String>> = OnceLock::new();
     static HOME: OnceLock<tempfile::TempDir> = OnceLock::new();
-    let bin = set_up(&CELL, "scripts/setup-helm.sh", "helm");
+    let bin = tool(&CELL, "scripts/setup-helm.sh", "helm");
     // No user's helm configuration, cache or plugins take part.
     let home = HOME.get_or_init(|| tempfile::tempdir().expect("temporary directory"));
     let mut cmd = Command::new(bin);
@@ -114,11 +69,6 @@ fn helm() -> Command {
     }
     cmd.current_dir(repo());
     cmd
-}
-
-fn kubectl() -> PathBuf {
-    static CELL: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    set_up(&CELL, "scripts/setup-kubectl.sh", "kubectl")
 }
 
 /// `helm template nestdock charts/nestdock -n nestdock-system ARGS...`: its
@@ -147,13 +97,6 @@ fn template(args: &[&str]) -> Vec<Value> {
     let text = try_template(args)
         .unwrap_or_else(|e| panic!("helm template {} failed: {e}", args.join(" ")));
     parse_documents(&text)
-}
-
-fn parse_documents(text: &str) -> Vec<Value> {
-    serde_norway::Deserializer::from_str(text)
-        .map(|doc| Value::deserialize(doc).expect("helm's output is YAML"))
-        .filter(|doc| !doc.is_null())
-        .collect()
 }
 
 fn kustomize(dir: &str) -> Vec<Value> {
@@ -194,20 +137,6 @@ fn validate_strict(what: &str, docs: &[&Value]) {
     );
 }
 
-fn kind(doc: &Value) -> &str {
-    doc["kind"].as_str().unwrap_or_default()
-}
-
-fn name(doc: &Value) -> &str {
-    doc["metadata"]["name"].as_str().unwrap_or_default()
-}
-
-fn named<'a>(docs: &'a [Value], kind_: &str, name_: &str) -> &'a Value {
-    docs.iter()
-        .find(|d| kind(d) == kind_ && name(d) == name_)
-        .unwrap_or_else(|| panic!("no {kind_} named {name_:?} in the rendered chart"))
-}
-
 fn all<'a>(docs: &'a [Value], kind_: &str) -> Vec<&'a Value> {
     docs.iter().filter(|d| kind(d) == kind_).collect()
 }
@@ -238,14 +167,6 @@ impl Drop for Running {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `nestdock serve` on loopback with the given files, `--kube=false`.
 fn serve(dir: &Path, cert: &str, key: &str, config: &str) -> (Running, u16, u16) {
     let files = [("tls.crt", cert), ("tls.key", key), ("config.yaml", config)];
@@ -253,7 +174,7 @@ fn serve(dir: &Path, cert: &str, key: &str, config: &str) -> (Running, u16, u16)
         std::fs::write(dir.join(file), content).unwrap();
     }
     let (port, metrics) = (free_port(), free_port());
-    let child = Command::new(nestdock())
+    let child = Command::new(common::bin())
         .arg("serve")
         .arg(format!("--listen=127.0.0.1:{port}"))
         .arg(format!("--metrics-listen=127.0.0.1:{metrics}"))
@@ -858,7 +779,7 @@ fn inject(config: &str, mode: &str) -> String {
         "metadata": {"name": "build", "namespace": "ci"},
         "spec": {"containers": [{"name": "build", "image": "docker:28-cli"}]}
     });
-    let mut child = Command::new(nestdock())
+    let mut child = Command::new(common::bin())
         .args(["inject", "--mode", mode, "-f", "-", "--config"])
         .arg(&path)
         .stdin(Stdio::piped())
@@ -1007,7 +928,7 @@ fn registry_cache_overlay_renders_validates_and_matches_the_chart() {
 fn exported_series() -> (BTreeSet<String>, BTreeSet<String>) {
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
-    let out = Command::new(nestdock())
+    let out = Command::new(common::bin())
         .args(["certs", "--out-dir"])
         .arg(&certs)
         .output()
