@@ -72,9 +72,9 @@ count() {
 	done
 	local url="https://127.0.0.1:$port/mutate"
 	h2load --h1 -c 1 -n 300 -d "bench/fixtures/$BODY.json" -H 'content-type: application/json' "$url" >/dev/null
-	callgrind_control -i on "$pid" >/dev/null
+	callgrind_control -i on "$pid" >/dev/null 2>&1
 	h2load --h1 -c 1 -n "$REQUESTS" -d "bench/fixtures/$BODY.json" -H 'content-type: application/json' "$url" >"$WORK/$name.h2load"
-	callgrind_control -i off "$pid" >/dev/null
+	callgrind_control -i off "$pid" >/dev/null 2>&1
 	kill "$pid"
 	wait "$pid" 2>/dev/null || true
 	grep -q "succeeded, 0 failed" "$WORK/$name.h2load" || { cat "$WORK/$name.h2load" >&2; echo "bench/callgrind.sh: $name failed requests" >&2; exit 1; }

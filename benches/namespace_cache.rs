@@ -1,4 +1,4 @@
-//! What the namespace cache costs (SPEC section 3: labels from a watch-backed
+//! What the namespace cache costs (docs/behaviour.md, *Namespace policy*: labels from a watch-backed
 //! cache, no API call per admission), measured against the fake API of
 //! tests/common/fake_kube.rs serving 10,000 realistic Namespaces:
 //!

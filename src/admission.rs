@@ -1,4 +1,4 @@
-//! AdmissionReview in, AdmissionReview bytes out (SPEC section 5). Pure: no I/O,
+//! AdmissionReview in, AdmissionReview bytes out (docs/behaviour.md, *The server*). Pure: no I/O,
 //! so the server only moves bytes and the rules can be tested without sockets.
 //!
 //! Two choices worth knowing:

@@ -1,4 +1,4 @@
-//! The pod annotations of SPEC section 2 (`nestdock.io/*`), read and checked.
+//! The pod annotations of docs/behaviour.md, *Annotations* (`nestdock.io/*`), read and checked.
 //!
 //! Every `nestdock.io/*` key is checked whatever the mode, `none` included, so
 //! that a typo (`nestdock.io/mdoe`) is reported when the pod is created instead

@@ -1,5 +1,5 @@
 //! `nestdock certs`: a CA and a serving certificate for the webhook's Service
-//! (SPEC section 6), for clusters without cert-manager and for local runs.
+//! (the README, *Command line*), for clusters without cert-manager and for local runs.
 //!
 //! The API server checks the webhook's certificate against the
 //! MutatingWebhookConfiguration's `caBundle` and the Service's DNS name

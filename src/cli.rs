@@ -1,4 +1,4 @@
-//! Command line (SPEC section 6): parsing, logging set-up, and handing over to
+//! Command line (the README, *Command line*): parsing, logging set-up, and handing over to
 //! the module that does each job. Bad usage exits 2 with a one-line reason.
 
 use std::io::{IsTerminal, Read, Write};

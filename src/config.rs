@@ -1,4 +1,4 @@
-//! The configuration file (`--config`, YAML), SPEC section 4.
+//! The configuration file (`--config`, YAML), the README, *Configuration*.
 //!
 //! Every field has a default, so nestdock runs with no file at all. A file is
 //! parsed strictly: unknown fields are errors, and every error names the dotted
@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::mode::Mode;
 use crate::quantity::Quantity;
 
-/// Where the daemon container goes (SPEC section 1, "Start order").
+/// Where the daemon container goes (docs/behaviour.md, "Start order").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SidecarConfig {
@@ -32,15 +32,6 @@ pub enum SidecarConfig {
 pub enum Sidecar {
     Native,
     Container,
-}
-
-impl Sidecar {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Sidecar::Native => "native",
-            Sidecar::Container => "container",
-        }
-    }
 }
 
 /// `mtu`: a fixed value, or `auto` (the pod interface's MTU, read when the daemon starts).

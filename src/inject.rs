@@ -1,4 +1,4 @@
-//! `nestdock inject`: the webhook's mutation, offline (SPEC sections 6 and 8).
+//! `nestdock inject`: the webhook's mutation, offline (the README, *Command line*).
 //!
 //! GitOps repositories and CI pipelines want the patched manifests before they
 //! reach a cluster, so this module reads manifests, hands every Pod and every pod
@@ -1117,16 +1117,19 @@ mod tests {
         if !asked {
             return unchanged;
         }
-        let mut ops = vec![];
+        let mut patch = crate::patch::Patch::new();
         if pod["metadata"].get("annotations").is_none() {
-            ops.push(json!({"op": "add", "path": "/metadata/annotations", "value": {}}));
+            patch.add(&["metadata", "annotations"], &json!({}));
         }
-        ops.push(json!({"op": "add", "path": "/metadata/annotations/nestdock.io~1injected", "value": "dind"}));
-        ops.push(json!({"op": "add", "path": "/spec/initContainers", "value": [{"name": "nestdock-dind", "image": "docker:28-dind", "restartPolicy": "Always"}]}));
+        patch.add(&["metadata", "annotations", INJECTED], &"dind");
+        patch.add(
+            &["spec", "initContainers"],
+            &json!([{"name": "nestdock-dind", "image": "docker:28-dind", "restartPolicy": "Always"}]),
+        );
         Decision {
             mode: Mode::Dind,
             from: ModeFrom::Chosen(crate::policy::Source::Annotation),
-            outcome: Outcome::Patched(serde_json::from_value(Value::Array(ops)).unwrap()),
+            outcome: Outcome::Patched(patch),
             warnings: vec![format!(
                 "namespace seen: {}",
                 pod["metadata"]["namespace"].as_str().unwrap_or("-")

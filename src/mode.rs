@@ -1,4 +1,4 @@
-//! The four modes of SPEC section 1 and their names on the wire.
+//! The four modes of docs/behaviour.md and their names on the wire.
 
 use std::fmt;
 use std::str::FromStr;
@@ -20,7 +20,6 @@ pub enum Mode {
 }
 
 impl Mode {
-    pub const ALL: [Mode; 4] = [Mode::Dind, Mode::DindRootless, Mode::Dood, Mode::None];
     /// What error messages list as accepted.
     pub const ACCEPTED: &'static str = "dind, dind-rootless, dood, none";
 

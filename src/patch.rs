@@ -33,22 +33,13 @@ impl std::fmt::Debug for Patch {
     }
 }
 
-/// Writes `tokens` as an escaped JSON Pointer (RFC 6901: `~` is `~0`, `/` is `~1`).
+/// Writes `tokens` as a JSON Pointer, each token escaped by `jsonptr`
+/// (RFC 6901: `~` is `~0`, `/` is `~1`; borrowed when nothing needs escaping).
 fn pointer(tokens: &[&str]) -> String {
     let mut p = String::with_capacity(tokens.iter().map(|t| t.len() + 1).sum());
     for t in tokens {
         p.push('/');
-        if !t.contains(['~', '/']) {
-            p.push_str(t);
-            continue;
-        }
-        for c in t.chars() {
-            match c {
-                '~' => p.push_str("~0"),
-                '/' => p.push_str("~1"),
-                c => p.push(c),
-            }
-        }
+        p.push_str(jsonptr::Token::new(*t).encoded());
     }
     p
 }
@@ -118,18 +109,6 @@ impl Serialize for Patch {
         let text = std::str::from_utf8(&self.json).map_err(serde::ser::Error::custom)?;
         let raw: &RawValue = serde_json::from_str(text).map_err(serde::ser::Error::custom)?;
         raw.serialize(s)
-    }
-}
-
-/// Reads a JSON Patch document written elsewhere (tests, tools).
-impl<'de> serde::Deserialize<'de> for Patch {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let ops = json_patch::Patch::deserialize(d)?;
-        let json = serde_json::to_vec(&ops).map_err(serde::de::Error::custom)?;
-        Ok(Patch {
-            json,
-            ops: ops.0.len(),
-        })
     }
 }
 

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use crate::config::{Config, Mtu, Sidecar, SidecarConfig, Storage};
 use crate::denial::Denial;
 use crate::mode::Mode;
-use crate::pod::{Container, Field, Metadata, Pairs, Spec, Volume};
+use crate::pod::{Container, Items, Metadata, Pairs, Spec, Volume};
 use crate::policy::{NamespacePolicy, Source};
 use crate::quantity::Quantity;
 
@@ -227,10 +227,6 @@ pub fn unreadable<'a>(ctx: &Context<'_>, message: String) -> Plan<'a> {
     }
 }
 
-fn bad(message: String) -> Denial {
-    Denial::bad(message)
-}
-
 /// Name of the daemon container nestdock adds.
 pub const DAEMON_CONTAINER: &str = "nestdock-dind";
 /// emptyDir shared by the daemon and the targets; holds `docker.sock`.
@@ -335,7 +331,8 @@ struct Warnings {
 impl Warnings {
     fn push(&mut self, msg: String) {
         if self.kept.len() < MAX_WARNINGS {
-            self.kept.push(limit_warning(msg));
+            // The API server refuses warnings of 120 characters or more.
+            self.kept.push(crate::denial::cut(msg, 119));
         } else {
             self.dropped += 1;
         }
@@ -375,7 +372,7 @@ struct Wiring<'a> {
     group: Option<i64>,
 }
 
-fn slots<'a>(list: &'static str, items: &'a Field<Vec<Container<'a>>>) -> Vec<Slot<'a>> {
+fn slots<'a>(list: &'static str, items: &'a Option<Vec<Container<'a>>>) -> Vec<Slot<'a>> {
     items
         .items()
         .iter()
@@ -396,19 +393,6 @@ fn under(path: &str, base: &str) -> bool {
             && (base == "/" || path.as_bytes().get(base.len()) == Some(&b'/')))
 }
 
-fn limit_warning(mut s: String) -> String {
-    const MAX: usize = 119;
-    if s.len() > MAX {
-        let mut cut = MAX - 3;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
-        s.push_str("...");
-    }
-    s
-}
-
 /// The parts of the pod the engine reads, resolved once.
 struct PodView<'a> {
     spec: &'a Spec<'a>,
@@ -425,7 +409,7 @@ impl<'a> PodView<'a> {
         let spec = pod
             .spec
             .as_ref()
-            .ok_or_else(|| bad("the pod has no spec object".to_string()))?;
+            .ok_or_else(|| Denial::bad("the pod has no spec object".to_string()))?;
         Ok(PodView {
             spec,
             meta: pod.metadata.as_ref(),
@@ -494,7 +478,7 @@ impl<'v, 'a> Planner<'v, 'a> {
     fn plan(&mut self) -> Result<Option<Injection<'a>>, Denial> {
         // Values whose meaning does not depend on the mode are checked in every mode.
         if self.ann.tls == Some(true) && self.mode != Mode::Dind {
-            return Err(bad(format!(
+            return Err(Denial::bad(format!(
                 "annotation nestdock.io/tls: \"true\" needs mode dind, but the mode is {}; \
                  remove the annotation or use mode dind",
                 self.mode
@@ -576,7 +560,7 @@ impl<'v, 'a> Planner<'v, 'a> {
         for (what, req, lim) in [("cpu", cpu_req, cpu_lim), ("memory", mem_req, mem_lim)] {
             if let (Some(req), Some(lim)) = (req, lim) {
                 if req.value() > lim.value() {
-                    return Err(bad(format!(
+                    return Err(Denial::bad(format!(
                         "the daemon's {what} request {req} is above its limit {lim} (annotations \
                          nestdock.io/{what}-request, nestdock.io/{what}-limit or the config); \
                          a request must not exceed its limit"
@@ -608,7 +592,7 @@ impl<'v, 'a> Planner<'v, 'a> {
     }
 
     /// The containers that get the daemon: the `containers` annotation, or every
-    /// container the mode can serve (SPEC section 8, "Targets"), in pod order.
+    /// container the mode can serve (docs/behaviour.md, *Targets*), in pod order.
     fn targets(&self, sidecar: Sidecar) -> Result<Vec<&'v Slot<'a>>, Denial> {
         let view = self.view;
         let init_ok = !(self.mode.has_daemon() && sidecar == Sidecar::Container);
@@ -630,7 +614,7 @@ impl<'v, 'a> Planner<'v, 'a> {
         for n in names {
             match by_name.get(n.as_str()) {
                 Some(s) if s.list == "initContainers" && !init_ok => {
-                    return Err(bad(format!(
+                    return Err(Denial::bad(format!(
                         "annotation nestdock.io/containers names init container {}, but with \
                          nestdock.io/sidecar: container the daemon starts after the init containers; \
                          name app containers only, or use the native sidecar",
@@ -646,7 +630,7 @@ impl<'v, 'a> Planner<'v, 'a> {
                         .map(|s| s.name)
                         .take(20)
                         .collect();
-                    return Err(bad(format!(
+                    return Err(Denial::bad(format!(
                         "annotation nestdock.io/containers names {}, which is not a container of this pod; \
                          accepted are: {}",
                         crate::validate::shown(n),
@@ -689,7 +673,7 @@ impl<'v, 'a> Planner<'v, 'a> {
         ];
         for (list, names) in lists {
             if names.contains(&name) {
-                return Err(bad(format!(
+                return Err(Denial::bad(format!(
                     "the pod already has a container named {name} (in spec.{list}), the name of the \
                      daemon container nestdock adds; rename that container"
                 )));
@@ -701,7 +685,7 @@ impl<'v, 'a> Planner<'v, 'a> {
     fn check_volume_names_free(&self, names: &[&str]) -> Result<(), Denial> {
         for name in names {
             if self.view.volume(name).is_some() {
-                return Err(bad(format!(
+                return Err(Denial::bad(format!(
                     "the pod already has a volume named {name}, a name nestdock uses for the docker \
                      daemon's wiring; rename that volume"
                 )));
@@ -727,7 +711,7 @@ impl<'v, 'a> Planner<'v, 'a> {
                     .any(|r| crate::pod::normalize_path(r) == path)
                 {
                     let vol = &m.name;
-                    return Err(bad(format!(
+                    return Err(Denial::bad(format!(
                         "container {} already mounts volume {vol} at {path}, where nestdock puts the docker \
                          socket; remove that mount, or leave the container out with nestdock.io/containers",
                         t.name
@@ -756,8 +740,8 @@ impl<'v, 'a> Planner<'v, 'a> {
                 index: t.index,
                 name: t.name,
                 kept_env,
-                env_exists: t.obj.env.is_present(),
-                mounts_exist: t.obj.volume_mounts.is_present(),
+                env_exists: t.obj.env.is_some(),
+                mounts_exist: t.obj.volume_mounts.is_some(),
             });
         }
         Ok(out)
@@ -766,11 +750,11 @@ impl<'v, 'a> Planner<'v, 'a> {
     /// Where `gid` goes in `supplementalGroups`; `None` when it is there.
     fn group_at(&self, gid: i64) -> Option<(i64, GroupAt)> {
         match &self.view.spec.security_context {
-            Field::Present(sc) => {
+            Some(sc) => {
                 let groups = &sc.supplemental_groups;
                 if groups.items().contains(&gid) {
                     None
-                } else if groups.is_present() {
+                } else if groups.is_some() {
                     Some((gid, GroupAt::Append))
                 } else {
                     Some((gid, GroupAt::NewList))
@@ -783,7 +767,7 @@ impl<'v, 'a> Planner<'v, 'a> {
     /// Where the idempotency marker goes.
     fn marker_at(&self) -> MarkerAt {
         match self.view.meta {
-            Some(meta) if meta.annotations.is_present() => MarkerAt::Annotations,
+            Some(meta) if meta.annotations.is_some() => MarkerAt::Annotations,
             Some(_) => MarkerAt::Metadata,
             None => MarkerAt::Nothing,
         }
@@ -809,10 +793,10 @@ impl<'v, 'a> Planner<'v, 'a> {
                 .collect(),
             target_mount: wiring.target_mount,
             volumes,
-            volumes_exist: self.view.spec.volumes.is_present(),
+            volumes_exist: self.view.spec.volumes.is_some(),
             group: wiring.group.and_then(|gid| self.group_at(gid)),
             node_selector: Vec::new(),
-            node_selector_exists: self.view.spec.node_selector.is_present(),
+            node_selector_exists: self.view.spec.node_selector.is_some(),
             daemon: None,
             skipped_mounts: Vec::new(),
         }
@@ -1012,14 +996,14 @@ impl<'v, 'a> Planner<'v, 'a> {
         ];
         let spec = self.view.spec;
         let list_exists = match sidecar {
-            Sidecar::Native => spec.init_containers.is_present(),
+            Sidecar::Native => spec.init_containers.is_some(),
             Sidecar::Container => {
                 self.warn(
                     "sidecar: container: the daemon may start after your containers, and Jobs will not \
                      complete while it runs"
                         .to_string(),
                 );
-                spec.containers.is_present()
+                spec.containers.is_some()
             }
         };
         let mut injection = self.injection(wired, wiring, volumes);

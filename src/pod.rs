@@ -8,8 +8,8 @@
 //! share one engine.
 //!
 //! Patches must apply to the object exactly as sent, so each list or map the
-//! engine appends to remembers whether it was absent, `null` or present
-//! ([`Field`]).
+//! engine appends to remembers whether it was present: an `Option`, `None`
+//! for absent and `null` alike (both are added whole, never appended to).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -17,44 +17,15 @@ use std::fmt;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 
-/// A field as it was sent: missing, `null`, or a value.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum Field<T> {
-    #[default]
-    Absent,
-    Null,
-    Present(T),
+/// The items of a list field, empty when it is absent or `null` (for the
+/// patch both mean "add the list whole"; only a present list is appended to).
+pub trait Items<T> {
+    fn items(&self) -> &[T];
 }
 
-impl<T> Field<T> {
-    pub fn as_ref(&self) -> Option<&T> {
-        match self {
-            Field::Present(v) => Some(v),
-            _ => None,
-        }
-    }
-
-    pub fn is_present(&self) -> bool {
-        matches!(self, Field::Present(_))
-    }
-}
-
-impl<T> Field<Vec<T>> {
-    /// The items, empty when absent or null.
-    pub fn items(&self) -> &[T] {
-        match self {
-            Field::Present(v) => v,
-            _ => &[],
-        }
-    }
-}
-
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for Field<T> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Ok(match Option::<T>::deserialize(d)? {
-            Some(v) => Field::Present(v),
-            None => Field::Null,
-        })
+impl<T> Items<T> for Option<Vec<T>> {
+    fn items(&self) -> &[T] {
+        self.as_deref().unwrap_or(&[])
     }
 }
 
@@ -106,24 +77,24 @@ fn take_entry<E: de::Error>() -> Result<(), E> {
     })
 }
 
-/// `deserialize_with` for the pod's lists: a [`Field`] whose items count
+/// `deserialize_with` for the pod's lists: an `Option` whose items count
 /// against the read's entry budget.
-fn list<'de, D, T>(d: D) -> Result<Field<Vec<T>>, D::Error>
+fn list<'de, D, T>(d: D) -> Result<Option<Vec<T>>, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de>,
 {
     struct Items<T>(std::marker::PhantomData<T>);
     impl<'de, T: Deserialize<'de>> Visitor<'de> for Items<T> {
-        type Value = Field<Vec<T>>;
+        type Value = Option<Vec<T>>;
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             f.write_str("a list")
         }
         fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-            Ok(Field::Null)
+            Ok(None)
         }
         fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-            Ok(Field::Null)
+            Ok(None)
         }
         fn visit_some<D2: Deserializer<'de>>(self, d: D2) -> Result<Self::Value, D2::Error> {
             d.deserialize_seq(self)
@@ -134,7 +105,7 @@ where
                 take_entry::<A::Error>()?;
                 out.push(item);
             }
-            Ok(Field::Present(out))
+            Ok(Some(out))
         }
     }
     d.deserialize_option(Items(std::marker::PhantomData))
@@ -213,16 +184,16 @@ impl<'de: 'a, 'a> Deserialize<'de> for Pairs<'a> {
 #[derive(Debug, Default, Deserialize)]
 pub struct Pod<'a> {
     #[serde(borrow, default)]
-    pub metadata: Field<Metadata<'a>>,
+    pub metadata: Option<Metadata<'a>>,
     #[serde(borrow, default)]
-    pub spec: Field<Spec<'a>>,
+    pub spec: Option<Spec<'a>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Metadata<'a> {
     #[serde(borrow, default)]
-    pub annotations: Field<Pairs<'a>>,
+    pub annotations: Option<Pairs<'a>>,
     /// For log lines: the API server may send a pod without a name yet.
     #[serde(borrow, default)]
     pub name: Option<Cow<'a, str>>,
@@ -236,13 +207,13 @@ pub struct Metadata<'a> {
 #[serde(rename_all = "camelCase")]
 pub struct Spec<'a> {
     #[serde(borrow, default, deserialize_with = "list")]
-    pub containers: Field<Vec<Container<'a>>>,
+    pub containers: Option<Vec<Container<'a>>>,
     #[serde(borrow, default, deserialize_with = "list")]
-    pub init_containers: Field<Vec<Container<'a>>>,
+    pub init_containers: Option<Vec<Container<'a>>>,
     #[serde(borrow, default, deserialize_with = "list")]
-    pub ephemeral_containers: Field<Vec<Named<'a>>>,
+    pub ephemeral_containers: Option<Vec<Named<'a>>>,
     #[serde(borrow, default, deserialize_with = "list")]
-    pub volumes: Field<Vec<Volume<'a>>>,
+    pub volumes: Option<Vec<Volume<'a>>>,
     #[serde(default)]
     pub host_network: Option<bool>,
     #[serde(default)]
@@ -252,16 +223,16 @@ pub struct Spec<'a> {
     #[serde(default, rename = "hostIPC")]
     pub host_ipc: Option<bool>,
     #[serde(default)]
-    pub security_context: Field<SecurityContext>,
+    pub security_context: Option<SecurityContext>,
     #[serde(borrow, default)]
-    pub node_selector: Field<Pairs<'a>>,
+    pub node_selector: Option<Pairs<'a>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SecurityContext {
     #[serde(default, deserialize_with = "list")]
-    pub supplemental_groups: Field<Vec<i64>>,
+    pub supplemental_groups: Option<Vec<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -270,9 +241,9 @@ pub struct Container<'a> {
     #[serde(borrow)]
     pub name: Cow<'a, str>,
     #[serde(borrow, default, deserialize_with = "list")]
-    pub env: Field<Vec<Named<'a>>>,
+    pub env: Option<Vec<Named<'a>>>,
     #[serde(borrow, default, deserialize_with = "list")]
-    pub volume_mounts: Field<Vec<Mount<'a>>>,
+    pub volume_mounts: Option<Vec<Mount<'a>>>,
 }
 
 /// Anything with a name (env vars, ephemeral containers).
@@ -350,7 +321,7 @@ pub struct Volume<'a> {
 #[derive(Debug, Default, Deserialize)]
 pub struct Projected {
     #[serde(default, deserialize_with = "list")]
-    pub sources: Field<Vec<ProjectionSource>>,
+    pub sources: Option<Vec<ProjectionSource>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -400,17 +371,14 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn absent_null_and_present_are_told_apart() {
+    fn present_lists_are_told_from_absent_and_null_ones() {
         let v = json!({"metadata": {"annotations": null}, "spec": {"containers": [{"name": "a", "env": []}], "volumes": null}});
         let pod = from_value(&v).unwrap();
         let spec = pod.spec.as_ref().unwrap();
-        assert!(matches!(
-            pod.metadata.as_ref().unwrap().annotations,
-            Field::Null
-        ));
-        assert!(matches!(spec.volumes, Field::Null));
-        assert!(matches!(spec.init_containers, Field::Absent));
-        assert!(matches!(spec.containers.items()[0].env, Field::Present(ref e) if e.is_empty()));
+        assert!(pod.metadata.as_ref().unwrap().annotations.is_none());
+        assert!(spec.volumes.is_none());
+        assert!(spec.init_containers.is_none());
+        assert!(matches!(spec.containers.items()[0].env, Some(ref e) if e.is_empty()));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Which mode applies to a pod, and whether namespace policy allows it
-//! (SPEC sections 3 and 8). Pure: the labels come from the caller.
+//! (docs/behaviour.md, *Namespace policy*). Pure: the labels come from the caller.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -1,4 +1,4 @@
-//! rustls server configuration for the webhook's HTTPS port (SPEC section 5).
+//! rustls server configuration for the webhook's HTTPS port (docs/behaviour.md, *The server*).
 //!
 //! Three decisions live here:
 //!

@@ -1,6 +1,6 @@
 //! The mutation engine through its public function, the way the webhook and
 //! `inject` call it: every patch is applied to the pod as sent (no implicit
-//! parents), the result is checked against SPEC section 1, and a second pass
+//! parents), the result is checked against docs/behaviour.md, and a second pass
 //! over the patched pod must change nothing.
 
 mod common;

@@ -1,6 +1,6 @@
 //! Property test: for any valid pod shape and every mode, the engine either
 //! denies with a reason or returns a patch that applies to the pod as sent,
-//! yields a pod that satisfies SPEC section 1, and a second pass changes nothing.
+//! yields a pod that satisfies docs/behaviour.md, and a second pass changes nothing.
 
 mod common;
 

@@ -1,5 +1,5 @@
 //! `nestdock explain -f POD [--namespace-labels k=v,...] [--config F]`
-//! (SPEC section 6): what a user runs when a pod did not get what they
+//! (the README, *Command line*): what a user runs when a pod did not get what they
 //! expected. For every way a decision goes, the text must say the outcome and
 //! name the annotation, label or config field that decided it.
 

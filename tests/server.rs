@@ -1,4 +1,4 @@
-//! End-to-end tests of `nestdock serve` (SPEC section 5): the real binary as a
+//! End-to-end tests of `nestdock serve` (docs/behaviour.md, *The server*): the real binary as a
 //! child process, certificates from `nestdock certs`, and a TLS client that
 //! verifies them the way the API server does (CA from `ca.crt`, server name
 //! `nestdock.nestdock-system.svc`), over HTTP/1.1 and HTTP/2; the harness
@@ -122,7 +122,7 @@ async fn job_pod_gets_a_native_sidecar() {
     );
     pod["spec"]["restartPolicy"] = json!("Never");
     let (patched, _) = expect_injected(server(), Proto::H1, &pod).await;
-    // SPEC section 1, start order: a native sidecar, first init container, so
+    // docs/behaviour.md, start order: a native sidecar, first init container, so
     // that the Job's pod completes when its main container exits.
     let first = &patched["spec"]["initContainers"][0];
     assert_eq!(first["name"], "nestdock-dind", "{patched:#}");

@@ -852,7 +852,7 @@ pub fn decode_patch(response: &Value) -> Value {
 }
 
 /// The full contract for a pod that gets a daemon: a base64 JSON Patch that
-/// applies to the pod as sent, a patched pod that satisfies the SPEC section 1
+/// applies to the pod as sent, a patched pod that satisfies the docs/behaviour.md
 /// invariants, and no second patch when the API server calls again.
 /// Returns the patched pod and the response.
 pub async fn expect_injected(served: &Served, proto: Proto, pod: &Value) -> (Value, Value) {

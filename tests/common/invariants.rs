@@ -1,4 +1,4 @@
-//! The invariants of SPEC section 1 that every pod nestdock patched must
+//! The invariants of docs/behaviour.md that every pod nestdock patched must
 //! satisfy, checked on the patched pod itself (not on the patch): what the
 //! API server and the kubelet will see.
 
@@ -128,12 +128,12 @@ fn targets<'a>(pod: &'a Value, mode: &str, native: bool) -> Vec<&'a Value> {
         .collect()
 }
 
-/// Asserts every SPEC section 1 invariant on a pod that nestdock patched.
+/// Asserts every invariant of docs/behaviour.md on a pod that nestdock patched.
 /// Without the original, an env var a target already set is only required to exist.
 /// Testcontainers' override of the socket path as the daemon sees it.
 const TC_OVERRIDE: &str = "TESTCONTAINERS_DOCKER_SOCKET_OVERRIDE";
 
-/// The daemon image's system paths (SPEC 1, *Same paths for bind mounts*).
+/// The daemon image's system paths (docs/behaviour.md, *Same paths for bind mounts*).
 const SYSTEM: [&str; 9] = [
     "/bin",
     "/sbin",

@@ -1,7 +1,8 @@
 //! Shared test helpers: applying patches the way the API server does, and the
-//! SPEC section 1 invariants every patched pod must satisfy.
+//! invariants of docs/behaviour.md every patched pod must satisfy.
 #![allow(dead_code)]
 
+pub mod docs;
 pub mod harness;
 pub mod invariants;
 pub mod schema;
