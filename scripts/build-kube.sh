@@ -30,6 +30,7 @@ stamp_file=$out/kube-testplane.stamp
 stamp() {
     {
         "$go" version
+        sha256sum "${BASH_SOURCE[0]}"
         cd "$src" && sha256sum go.mod go.sum ./*.go
     } | sha256sum | cut -d' ' -f1
 }
@@ -56,7 +57,17 @@ echo "build-kube: building the test control plane (k8s.io/kubernetes, see tests/
 start=$(date +%s)
 (
     cd "$src"
-    nice -n 10 "$go" build -o "$bin.tmp" .
+    # The version the API server reports (GET /version, what nestdock reads to
+    # choose native sidecars, and kubectl checks): the release in go.mod, set
+    # the way Kubernetes' own build does. Without it: v0.0.0-master.
+    kver=$("$go" list -m -f '{{.Version}}' k8s.io/kubernetes)
+    major=${kver#v}
+    major=${major%%.*}
+    minor=${kver#v*.}
+    minor=${minor%%.*}
+    pkg=k8s.io/component-base/version
+    nice -n 10 "$go" build -o "$bin.tmp" -ldflags "-X $pkg.gitVersion=$kver \
+        -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean" .
 ) >&2
 mv -f "$bin.tmp" "$bin"
 printf '%s' "$want" >"$stamp_file"
