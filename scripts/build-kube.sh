@@ -30,7 +30,7 @@ stamp_file=$out/kube-testplane.stamp
 stamp() {
     {
         "$go" version
-        sha256sum "${BASH_SOURCE[0]}"
+        sha256sum <"${BASH_SOURCE[0]}"
         cd "$src" && sha256sum go.mod go.sum ./*.go
     } | sha256sum | cut -d' ' -f1
 }

@@ -190,81 +190,138 @@ fn free_port() -> u16 {
 
 // ------------------------------------------------------------ control plane
 
-/// The running test control plane.
+/// The running test control plane: etcd and kube-apiserver as two processes
+/// of the same program, so that the API server can be stopped and started
+/// again on the same data, port and certificates.
 struct Plane {
-    _proc: Proc,
+    bin: PathBuf,
+    dir: PathBuf,
+    etcd_url: String,
+    port: u16,
+    api: Option<Proc>,
+    _etcd: Proc,
     server: String,
     admin_kubeconfig: PathBuf,
     /// The API server's CA, base64 (from the admin kubeconfig).
     ca_data: String,
 }
 
-fn start_plane(bin: &Path, dir: &Path) -> (Plane, Duration) {
-    let kubeconfig = dir.join("admin.kubeconfig");
-    let log_path = dir.join("testplane.log");
-    let log = std::fs::File::create(&log_path).expect("testplane.log");
-    let start = Instant::now();
-    let mut child = Command::new(bin)
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .arg("--state-dir")
-        .arg(dir.join("state"))
+/// Starts `cmd` (stderr appended to `log_path`) and waits for a line on its
+/// stdout that starts with `prefix`.
+fn spawn_until_line(
+    mut cmd: Command,
+    name: &'static str,
+    prefix: &'static str,
+    log_path: &Path,
+    limit: Duration,
+) -> (Proc, String) {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .expect("log file");
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log)
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
     let stdout = child.stdout.take().unwrap();
-    let proc_ = Proc {
-        child,
-        name: "kube-testplane",
-    };
+    let proc_ = Proc { child, name };
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            if line.starts_with("nestdock-testplane ready ") {
+            if line.starts_with(prefix) {
                 let _ = tx.send(line);
             }
         }
     });
-    let line = match rx.recv_timeout(Duration::from_secs(240)) {
-        Ok(line) => line,
+    match rx.recv_timeout(limit) {
+        Ok(line) => (proc_, line),
         Err(_) => {
-            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(60).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            let log = std::fs::read_to_string(log_path).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
             panic!(
-                "\n\n!!! e2e: the test control plane did not become ready within 240 s.\n\
+                "\n\n!!! e2e: {name} did not become ready within {limit:?}.\n\
                  !!! Last lines of {}:\n{}\n",
                 log_path.display(),
-                tail.join("\n")
+                lines[lines.len().saturating_sub(60)..].join("\n")
             );
         }
+    }
+}
+
+fn start_plane(bin: &Path, dir: &Path) -> (Plane, Duration) {
+    let start = Instant::now();
+    let mut cmd = Command::new(bin);
+    cmd.arg("--etcd-only")
+        .arg("--state-dir")
+        .arg(dir.join("state"));
+    let (etcd, line) = spawn_until_line(
+        cmd,
+        "etcd",
+        "nestdock-testplane etcd ready ",
+        &dir.join("etcd.log"),
+        Duration::from_secs(60),
+    );
+    let etcd_url = line.rsplit(' ').next().unwrap().to_string();
+    let mut plane = Plane {
+        bin: bin.to_path_buf(),
+        dir: dir.to_path_buf(),
+        etcd_url,
+        port: free_port(),
+        api: None,
+        _etcd: etcd,
+        server: String::new(),
+        admin_kubeconfig: dir.join("admin.kubeconfig"),
+        ca_data: String::new(),
     };
-    let elapsed = start.elapsed();
-    eprintln!("e2e: {line}");
-    let server = line
-        .split_whitespace()
-        .nth(2)
-        .expect("server in ready line")
-        .to_string();
-    let cfg: Value =
-        serde_norway::from_str(&std::fs::read_to_string(&kubeconfig).expect("admin kubeconfig"))
-            .expect("kubeconfig YAML");
-    let ca_data = cfg["clusters"][0]["cluster"]["certificate-authority-data"]
+    plane.start_apiserver();
+    let cfg: Value = serde_norway::from_str(
+        &std::fs::read_to_string(&plane.admin_kubeconfig).expect("admin kubeconfig"),
+    )
+    .expect("kubeconfig YAML");
+    plane.ca_data = cfg["clusters"][0]["cluster"]["certificate-authority-data"]
         .as_str()
         .expect("CA data")
         .to_string();
-    (
-        Plane {
-            _proc: proc_,
-            server,
-            admin_kubeconfig: kubeconfig,
-            ca_data,
-        },
-        elapsed,
-    )
+    (plane, start.elapsed())
+}
+
+impl Plane {
+    /// Starts kube-apiserver (again) on the same port, etcd and certificates;
+    /// returns how long it took to be ready.
+    fn start_apiserver(&mut self) -> Duration {
+        let start = Instant::now();
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("--kubeconfig")
+            .arg(&self.admin_kubeconfig)
+            .arg("--state-dir")
+            .arg(self.dir.join("state"))
+            .arg("--etcd-servers")
+            .arg(&self.etcd_url)
+            .arg(format!("--port={}", self.port));
+        let (api, line) = spawn_until_line(
+            cmd,
+            "kube-apiserver",
+            "nestdock-testplane ready ",
+            &self.dir.join("testplane.log"),
+            Duration::from_secs(240),
+        );
+        eprintln!("e2e: {line}");
+        self.server = line
+            .split_whitespace()
+            .nth(2)
+            .expect("server in ready line")
+            .to_string();
+        self.api = Some(api);
+        start.elapsed()
+    }
+
+    fn stop_apiserver(&mut self) {
+        drop(self.api.take());
+    }
 }
 
 /// kubectl against the control plane with one kubeconfig.
@@ -786,7 +843,7 @@ fn e2e_against_the_real_api_server() {
 
     steps.step("start the control plane");
     let suite_start = Instant::now();
-    let (plane, plane_start) = start_plane(&plane_bin, &dir);
+    let (mut plane, plane_start) = start_plane(&plane_bin, &dir);
     eprintln!(
         "e2e: control plane ready in {:.1}s at {}",
         plane_start.as_secs_f64(),
@@ -803,7 +860,7 @@ fn e2e_against_the_real_api_server() {
     );
 
     let ctx = Ctx::install(&mut steps, &dir, admin, &plane);
-    ctx.run(&mut steps);
+    ctx.run(&mut steps, &mut plane);
     drop(ctx);
 
     steps.finish();
@@ -1029,7 +1086,7 @@ impl Ctx {
         self.nestdock.lock().unwrap().reviews()
     }
 
-    fn run(&self, steps: &mut Steps) {
+    fn run(&self, steps: &mut Steps, plane: &mut Plane) {
         steps.step("3. every example and real-world pod, every mode and sidecar placement");
         self.same_as_offline();
         steps.step("4. CEL matchConditions: only annotated pods reach nestdock");
@@ -1038,6 +1095,8 @@ impl Ctx {
         self.pod_security();
         steps.step("6. namespace policy through the real watch");
         self.namespace_watch();
+        steps.step("6b. kube-apiserver stopped and started again: nestdock recovers");
+        self.apiserver_restart(plane);
         steps.step("8. kubectl create --dry-run=server");
         self.dry_run();
         steps.step("11. nestdock inject output of every workload kind, apply --dry-run=server");
@@ -1078,6 +1137,7 @@ impl Ctx {
         let offline_ns = "offline";
         self.admin.namespace(offline_ns, &[]);
         let mut cases = 0;
+        let mut injected = 0;
         let mut denied_cases = 0;
         for mode in ["dind", "dind-rootless", "dood", "none"] {
             let placements: &[&str] = if mode == "none" {
@@ -1163,14 +1223,56 @@ impl Ctx {
                             assert!(daemon.is_some(), "{label}: no native sidecar in {live:#}");
                         }
                     }
+                    if is_injected(live) {
+                        injected += 1;
+                    }
                     cases += 1;
                 }
             }
         }
         eprintln!(
-            "e2e:    {cases} stored pods equal to offline inject, {denied_cases} denied by both"
+            "e2e:    {cases} stored pods equal to offline inject ({injected} injected), \
+             {denied_cases} denied by both"
         );
         assert!(cases >= 100, "only {cases} cases");
+        assert!(injected >= 90, "only {injected} injected pods");
+
+        // Ephemeral containers (kubectl debug) on an injected pod: an update
+        // of the ephemeralcontainers subresource, which nestdock's rules do not
+        // select; the API server validates it against the injected pod.
+        let before = self.reviews();
+        let ns = "m-dind-native";
+        let target = "job-never-abcde";
+        let patch = json!({"spec": {"ephemeralContainers": [{
+            "name": "debugger", "image": "busybox:1.37", "targetContainerName": "build",
+            "stdin": true, "tty": true}]}});
+        self.admin.ok(
+            &[
+                "patch",
+                "pod",
+                target,
+                "-n",
+                ns,
+                "--subresource=ephemeralcontainers",
+                "--type=strategic",
+                "-p",
+                &patch.to_string(),
+            ],
+            None,
+        );
+        let stored = self
+            .admin
+            .json(&["get", "pod", target, "-n", ns, "-o", "json"], None);
+        assert!(is_injected(&stored));
+        assert_eq!(
+            stored["spec"]["ephemeralContainers"][0]["name"],
+            json!("debugger")
+        );
+        assert_eq!(
+            self.reviews(),
+            before,
+            "an ephemeral container does not reach nestdock"
+        );
     }
 
     /// Scenario 4: The annotated webhook's CEL: a pod without a nestdock.io/ annotation
@@ -1955,5 +2057,109 @@ impl Ctx {
             |r| r.as_ref().is_ok_and(is_injected) && self.reviews() > main_before,
         );
         second.stop();
+    }
+}
+
+/// An HTTPS GET on loopback verifying `ca_pem`: status code and body.
+fn https_get(addr: SocketAddr, ca_pem: &[u8], path: &str) -> Result<(u16, String), String> {
+    use rustls_pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem) {
+        roots
+            .add(cert.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let sock =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    write!(
+        tls,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut text = Vec::new();
+    // A close_notify-less end is fine here: the body is read up to EOF.
+    let _ = tls.read_to_end(&mut text);
+    let text = String::from_utf8_lossy(&text).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("bad answer: {text}"))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+impl Ctx {
+    fn readyz(&self) -> Result<(u16, String), String> {
+        let ca = std::fs::read(harness::certs_dir().join("ca.crt")).unwrap();
+        https_get(
+            SocketAddr::from(([127, 0, 0, 1], self.port)),
+            &ca,
+            "/readyz",
+        )
+    }
+
+    /// Scenario 6b: kube-apiserver stopped and started again on the same etcd:
+    /// nestdock, not restarted, is ready again and sees labels changed after.
+    fn apiserver_restart(&self, plane: &mut Plane) {
+        let spec = json!({"containers": [{"name": "build", "image": "docker:28-cli"}]});
+        assert_eq!(self.readyz().map(|r| r.0), Ok(200), "ready before");
+        let ns = "across-restart";
+        self.admin.namespace(ns, &[]);
+        plane.stop_apiserver();
+        // Long enough for the watch to notice the connection is gone.
+        std::thread::sleep(Duration::from_secs(3));
+        let during = self.readyz();
+        eprintln!("e2e:    nestdock /readyz with the API server down: {during:?}");
+        let took = plane.start_apiserver();
+        eprintln!(
+            "e2e:    kube-apiserver ready again after {:.1}s",
+            took.as_secs_f64()
+        );
+        self.admin
+            .ok(&["label", "namespace", ns, "nestdock.io/mode=dind"], None);
+        let took = self.poll_until(
+            ns,
+            &pod("after", json!({}), spec.clone()),
+            Duration::from_secs(60),
+            |r| r.as_ref().is_ok_and(is_injected),
+        );
+        eprintln!(
+            "e2e:    a label set after the restart in effect after {:.2}s",
+            took.as_secs_f64()
+        );
+        // And a namespace created after the restart.
+        self.admin
+            .namespace("after-restart", &[("nestdock.io/mode", "dind")]);
+        let stored = self
+            .admin
+            .create("after-restart", &pod("first", json!({}), spec));
+        assert!(is_injected(&stored));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.readyz() {
+                Ok((200, _)) => break,
+                other => assert!(
+                    Instant::now() < deadline,
+                    "nestdock not ready again after the API server came back: {other:?}\n{}",
+                    self.nestdock.lock().unwrap().log_text()
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 }

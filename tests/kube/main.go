@@ -23,8 +23,10 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
@@ -45,8 +47,10 @@ func run() error {
 	port := flag.Int("port", 0, "secure port of kube-apiserver on 127.0.0.1 (default: a free port)")
 	verbosity := flag.Int("v", 0, "kube-apiserver log verbosity")
 	readyTimeout := flag.Duration("ready-timeout", 3*time.Minute, "how long to wait for /readyz")
+	etcdOnly := flag.Bool("etcd-only", false, "run etcd alone and print \"nestdock-testplane etcd ready URL\" (with --state-dir, so that kube-apiserver can be restarted on the same data)")
+	etcdServers := flag.String("etcd-servers", "", "use this etcd (from --etcd-only) instead of an embedded one")
 	flag.Parse()
-	if *kubeconfig == "" {
+	if *kubeconfig == "" && !*etcdOnly {
 		return errors.New("--kubeconfig is required")
 	}
 
@@ -69,16 +73,29 @@ func run() error {
 	defer cleanup()
 	go watchParent(parent, cleanup)
 
+	if *etcdOnly {
+		etcd, etcdURL, err := startEtcd(filepath.Join(dir, "etcd"))
+		if err != nil {
+			return fmt.Errorf("etcd: %w", err)
+		}
+		defer etcd.Close()
+		fmt.Printf("nestdock-testplane etcd ready %s\n", etcdURL)
+		return waitEtcd(etcd)
+	}
+
 	pki, err := writePKI(filepath.Join(dir, "pki"))
 	if err != nil {
 		return fmt.Errorf("certificates: %w", err)
 	}
 
-	etcd, etcdURL, err := startEtcd(filepath.Join(dir, "etcd"))
-	if err != nil {
-		return fmt.Errorf("etcd: %w", err)
+	var etcd *embed.Etcd
+	etcdURL := *etcdServers
+	if etcdURL == "" {
+		if etcd, etcdURL, err = startEtcd(filepath.Join(dir, "etcd")); err != nil {
+			return fmt.Errorf("etcd: %w", err)
+		}
+		defer etcd.Close()
 	}
-	defer etcd.Close()
 
 	apiPort := *port
 	if apiPort == 0 {
@@ -102,9 +119,26 @@ func run() error {
 	}
 	fmt.Printf("nestdock-testplane ready %s (state %s, %.1fs)\n", server, dir, time.Since(start).Seconds())
 
+	if etcd == nil {
+		return <-apiErr
+	}
 	select {
 	case err := <-apiErr:
 		return err
+	case <-etcd.Server.StopNotify():
+		return errors.New("etcd stopped")
+	case err := <-etcd.Err():
+		return fmt.Errorf("etcd: %w", err)
+	}
+}
+
+// waitEtcd runs until etcd stops or fails, or SIGTERM/SIGINT.
+func waitEtcd(etcd *embed.Etcd) error {
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	select {
+	case <-sig:
+		return nil
 	case <-etcd.Server.StopNotify():
 		return errors.New("etcd stopped")
 	case err := <-etcd.Err():

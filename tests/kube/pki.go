@@ -37,6 +37,11 @@ func writePKI(dir string) (pkiFiles, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return f, err
 	}
+	// A restarted kube-apiserver on the same state keeps its certificates and
+	// service-account keys: kubeconfigs and tokens issued before stay valid.
+	if _, err := os.Stat(f.saPublic); err == nil {
+		return f, nil
+	}
 	now := time.Now()
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
