@@ -1091,6 +1091,8 @@ impl Ctx {
         self.same_as_offline();
         steps.step("4. CEL matchConditions: only annotated pods reach nestdock");
         self.match_conditions();
+        steps.step("4b. namespace selectors: which namespaces' pods reach nestdock");
+        self.namespace_selectors();
         steps.step("5. Pod Security: baseline refused by nestdock's message, privileged admitted");
         self.pod_security();
         steps.step("6. namespace policy through the real watch");
@@ -1301,6 +1303,51 @@ impl Ctx {
             before, after,
             "pods without a nestdock.io/ annotation reached nestdock"
         );
+        // The cases of tests/manifests.rs (which evaluates the expression with
+        // the cel crate), judged by the real API server: dry runs, each
+        // counted by nestdock's metrics.
+        let asks = [
+            json!({"nestdock.io/mode": "dind"}),
+            json!({"nestdock.io/mode": "dood", "prometheus.io/scrape": "true"}),
+            json!({"nestdock.io/containers": "build"}),
+            json!({"nestdock.io/mod": "dind"}),
+            json!({"nestdock.io/tls": "true", "nestdock.io/mode": "dind"}),
+            json!({"nestdock.io/mode": "dind", "nestdock.io/injected": "dind"}),
+        ];
+        let others = [
+            json!(null),
+            json!({}),
+            json!({"prometheus.io/scrape": "true", "kubectl.kubernetes.io/default-container": "build"}),
+            json!({"example.com/nestdock.io-mode": "dind"}),
+            json!({"sub.nestdock.io/mode": "dind"}),
+            json!({"nestdock.io": "dind"}),
+            // Not a valid annotation key: the API server refuses the pod, but
+            // only after the webhooks, whose condition did not select it.
+            json!({"NESTDOCK.IO/mode": "dind"}),
+            json!({"nestdock.io/injected": "dind"}),
+        ];
+        for (reaches, cases) in [(true, &asks[..]), (false, &others[..])] {
+            for ann in cases {
+                let mut p = pod("cel", ann.clone(), spec.clone());
+                if ann.is_null() {
+                    p["metadata"].as_object_mut().unwrap().remove("annotations");
+                }
+                let before = self.reviews();
+                let _ = self.admin.output(
+                    &["create", "--dry-run=server", "-n", ns, "-f", "-"],
+                    Some(&p.to_string()),
+                );
+                let delta = self.reviews() - before;
+                assert_eq!(
+                    delta,
+                    u64::from(reaches),
+                    "annotations {ann}: reached nestdock {delta} times, expected {}",
+                    u64::from(reaches)
+                );
+            }
+        }
+
+        let after = self.reviews();
         let stored = self.admin.create(
             ns,
             &pod("asks", json!({"nestdock.io/mode": "dind"}), spec.clone()),
@@ -2161,5 +2208,100 @@ impl Ctx {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+}
+
+impl Ctx {
+    /// Scenario 4b: the three webhooks' namespace selectors, judged by the real
+    /// API server (tests/manifests.rs matches them with our own reading): a
+    /// pod reaches nestdock once or not at all, as the labels say.
+    fn namespace_selectors(&self) {
+        let spec = json!({"containers": [{"name": "app", "image": "busybox:1.37"}]});
+        let pods = [
+            ("plain", pod("sel", json!(null), spec.clone())),
+            (
+                "unrelated",
+                pod("sel", json!({"prometheus.io/scrape": "true"}), spec.clone()),
+            ),
+            (
+                "asking",
+                pod("sel", json!({"nestdock.io/mode": "dind"}), spec.clone()),
+            ),
+        ];
+        let modes = [None, Some("dind"), Some("none")];
+        let enforce = [None, Some("true"), Some("false")];
+        let excluded = ["kube-system", "kube-node-lease", "nestdock-system"];
+        let mut checked = 0;
+        for mode in modes {
+            for enf in enforce {
+                let mut labels = Vec::new();
+                if let Some(m) = mode {
+                    labels.push(("nestdock.io/mode", m));
+                }
+                if let Some(e) = enf {
+                    labels.push(("nestdock.io/enforce", e));
+                }
+                let fresh = format!("sel-{}-{}", mode.unwrap_or("unset"), enf.unwrap_or("unset"));
+                self.admin.namespace(&fresh, &labels);
+                for ns in excluded {
+                    // Relabel: drop both labels, then set this combination.
+                    self.admin.ok(
+                        &[
+                            "label",
+                            "namespace",
+                            ns,
+                            "nestdock.io/mode-",
+                            "nestdock.io/enforce-",
+                        ],
+                        None,
+                    );
+                    if !labels.is_empty() {
+                        let mut args = vec!["label".to_string(), "namespace".into(), ns.into()];
+                        args.extend(labels.iter().map(|(k, v)| format!("{k}={v}")));
+                        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                        self.admin.ok(&args, None);
+                    }
+                }
+                // The API server's namespace informer and nestdock's watch
+                // catch up within moments.
+                std::thread::sleep(Duration::from_millis(500));
+                for ns in std::iter::once(fresh.as_str()).chain(excluded) {
+                    for (what, p) in &pods {
+                        let expected = if excluded.contains(&ns) {
+                            0
+                        } else if enf == Some("true") || mode.is_some() || *what == "asking" {
+                            1
+                        } else {
+                            0
+                        };
+                        let before = self.reviews();
+                        let _ = self.admin.output(
+                            &["create", "--dry-run=server", "-n", ns, "-f", "-"],
+                            Some(&p.to_string()),
+                        );
+                        let delta = self.reviews() - before;
+                        assert_eq!(
+                            delta, expected,
+                            "namespace {ns} labelled {labels:?}, {what} pod: reached nestdock \
+                             {delta} times, expected {expected}"
+                        );
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        for ns in excluded {
+            self.admin.ok(
+                &[
+                    "label",
+                    "namespace",
+                    ns,
+                    "nestdock.io/mode-",
+                    "nestdock.io/enforce-",
+                ],
+                None,
+            );
+        }
+        eprintln!("e2e:    {checked} namespace/pod combinations as the selectors say");
     }
 }
