@@ -75,7 +75,19 @@ struct Proc {
 }
 
 impl Proc {
+    /// A child with a stdin pipe (the `sh` wrapper of [`spawn_nestdock`]) is
+    /// asked to stop by closing it, and given 10 s; then it is killed.
     fn stop(&mut self) {
+        if let Some(stdin) = self.child.stdin.take() {
+            drop(stdin);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -179,6 +191,30 @@ fn setup_script(script: &str, limit: Duration) -> PathBuf {
     let path = PathBuf::from(out.trim().lines().last().unwrap_or_default());
     assert!(path.exists(), "{shown} printed {out:?}, not a path");
     path
+}
+
+/// Removes state directories of earlier runs that did not clean up (killed),
+/// once they are a day old (a kept one may still be looked at).
+fn remove_stale_state() {
+    let Ok(entries) = std::fs::read_dir(env!("CARGO_TARGET_TMPDIR")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > Duration::from_secs(24 * 3600));
+        if stale
+            && entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with("nestdock-e2e-")
+        {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 fn free_port() -> u16 {
@@ -420,8 +456,14 @@ fn spawn_nestdock(
     kubeconfig: &Path,
     extra: &[&str],
 ) -> Nestdock {
-    let mut cmd = Command::new(common::bin());
-    cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+    // sh runs the server and stops it (SIGTERM, then waits) once its stdin,
+    // a pipe held by this process, reaches EOF: on Proc::stop, and also when
+    // this process dies without cleaning up.
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(r#""$0" "$@" & pid=$!; read _line; kill $pid 2>/dev/null; wait $pid"#)
+        .arg(common::bin())
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .arg("--metrics-listen")
         .arg(format!("127.0.0.1:{metrics_port}"))
         .arg("--tls-cert")
@@ -435,7 +477,7 @@ fn spawn_nestdock(
         .env_remove("KUBERNETES_SERVICE_PORT")
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn nestdock serve");
@@ -828,6 +870,7 @@ fn e2e_against_the_real_api_server() {
     let plane_bin = setup_script("build-kube.sh", Duration::from_secs(60 * 60));
     let kubectl_bin = setup_script("setup-kubectl.sh", Duration::from_secs(600));
 
+    remove_stale_state();
     let keep = std::env::var("NESTDOCK_E2E_KEEP").is_ok_and(|v| !v.is_empty() && v != "0");
     let tmp = tempfile::Builder::new()
         .prefix("nestdock-e2e-")
