@@ -1149,6 +1149,8 @@ impl Ctx {
         let ca = TestCa::new();
         steps.step("7. reinvocation: a second webhook after nestdock adds a container");
         self.reinvocation(&ca);
+        steps.step("7b. a MutatingAdmissionPolicy (before the webhooks) adds a container");
+        self.admission_policy();
         steps.step("10. certificate rotation during 200 pod creations");
         self.rotation(&ca);
         steps.step("9. failure policies with nestdock stopped");
@@ -1585,6 +1587,26 @@ impl Ctx {
                 created[1]
             );
         }
+        // The watch may deliver a brand-new namespace before its first pod's
+        // review, or nestdock fetches it directly: once at most.
+        let n = self.nestdock.lock().unwrap();
+        let mut direct = 0;
+        for i in 0..5 {
+            let lines = n
+                .logs
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| {
+                    l.contains("namespace fetched directly") && l.contains(&format!("fresh-{i}"))
+                })
+                .count();
+            assert!(lines <= 1, "fresh-{i} fetched directly {lines} times");
+            direct += lines;
+        }
+        eprintln!(
+            "e2e:    5 brand-new namespaces, {direct} fetched directly before the watch had them"
+        );
     }
 
     /// Scenario 8: `--dry-run=server` returns the injected pod and stores nothing.
@@ -2363,5 +2385,113 @@ impl Ctx {
             );
         }
         eprintln!("e2e:    {checked} namespace/pod combinations as the selectors say");
+    }
+}
+
+impl Ctx {
+    /// Scenario 7b: a MutatingAdmissionPolicy (GA since 1.36; the API server
+    /// runs policies before webhooks) adds a container. nestdock sees it and
+    /// treats it like any other container: the stored pod equals `nestdock
+    /// inject` of the pod with that container, and nestdock is called once.
+    fn admission_policy(&self) {
+        let ns = "policy";
+        self.admin.namespace(
+            ns,
+            &[("nestdock.io/mode", "dind"), ("e2e.test/policy", "true")],
+        );
+        let policy = list(vec![
+            json!({
+                "apiVersion": "admissionregistration.k8s.io/v1",
+                "kind": "MutatingAdmissionPolicy",
+                "metadata": {"name": "e2e-add-proxy"},
+                "spec": {
+                    "matchConstraints": {"resourceRules": [{
+                        "apiGroups": [""], "apiVersions": ["v1"],
+                        "operations": ["CREATE"], "resources": ["pods"]}]},
+                    "failurePolicy": "Fail",
+                    "reinvocationPolicy": "IfNeeded",
+                    "matchConditions": [{"name": "no-proxy-yet",
+                        "expression": "!object.spec.containers.exists(c, c.name == 'policy-proxy')"}],
+                    "mutations": [{"patchType": "ApplyConfiguration", "applyConfiguration": {
+                        "expression": "Object{spec: Object.spec{containers: [Object.spec.containers{name: \"policy-proxy\", image: \"envoyproxy/envoy:v1.33.0\"}]}}"
+                    }}]
+                }
+            }),
+            json!({
+                "apiVersion": "admissionregistration.k8s.io/v1",
+                "kind": "MutatingAdmissionPolicyBinding",
+                "metadata": {"name": "e2e-add-proxy"},
+                "spec": {"policyName": "e2e-add-proxy",
+                         "matchResources": {"namespaceSelector": {"matchLabels": {"e2e.test/policy": "true"}}}}
+            }),
+        ]);
+        self.admin.ok(
+            &[
+                "apply",
+                "--server-side",
+                "--validate=strict",
+                "--field-manager=e2e",
+                "-f",
+                "-",
+            ],
+            Some(&policy.to_string()),
+        );
+        let input = pod(
+            "with-policy",
+            json!({}),
+            json!({"restartPolicy": "Never", "containers": [{"name": "build", "image": "docker:28-cli"}]}),
+        );
+        let mut with_proxy = input.clone();
+        with_proxy["spec"]["containers"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "policy-proxy", "image": "envoyproxy/envoy:v1.33.0"}));
+        let offline = inject(&with_proxy, "dind").expect("inject");
+        let expected = self.admin.json(
+            &[
+                "create",
+                "--dry-run=server",
+                "-n",
+                "offline",
+                "-o",
+                "json",
+                "-f",
+                "-",
+            ],
+            Some(&offline.to_string()),
+        );
+        // The policy takes effect once the API server has loaded it.
+        let start = Instant::now();
+        let stored = loop {
+            let before = self.reviews();
+            let mut p = input.clone();
+            p["metadata"]["name"] = json!(self.unique("with-policy"));
+            let stored = self.admin.create(ns, &p);
+            if container_names(&stored, "containers")
+                .iter()
+                .any(|n| n == "policy-proxy")
+            {
+                assert_eq!(self.reviews() - before, 1, "nestdock called once");
+                break stored;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the MutatingAdmissionPolicy never applied: {stored:#}"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        };
+        assert_eq!(
+            relevant(&stored),
+            relevant(&expected),
+            "the stored pod is nestdock inject of the pod with the policy's container"
+        );
+        self.admin.ok(
+            &[
+                "delete",
+                "mutatingadmissionpolicybinding,mutatingadmissionpolicy",
+                "e2e-add-proxy",
+            ],
+            None,
+        );
     }
 }
