@@ -856,7 +856,10 @@ fn list_items(v: Value) -> Vec<Value> {
 #[test]
 fn e2e_against_the_real_api_server() {
     if std::env::var("NESTDOCK_E2E").is_ok_and(|v| v == "skip") {
-        eprintln!(
+        // Straight to stderr: the test harness would capture eprintln! of a
+        // passing test, and this must be seen.
+        let _ = writeln!(
+            std::io::stderr(),
             "\n\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
              !!! NESTDOCK_E2E=skip: the e2e suite against the real kube-apiserver\n\
              !!! was NOT run. Nothing here says that nestdock works in a cluster.\n\
@@ -907,7 +910,9 @@ fn e2e_against_the_real_api_server() {
     drop(ctx);
 
     steps.finish();
-    eprintln!(
+    // Straight to stderr, so that the figures show in a passing run's log too.
+    let _ = writeln!(
+        std::io::stderr(),
         "e2e: all scenarios passed; {:.1}s after the build (control plane start {:.1}s)",
         suite_start.elapsed().as_secs_f64(),
         plane_start.as_secs_f64()
