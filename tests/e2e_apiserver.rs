@@ -1110,6 +1110,12 @@ impl Ctx {
             );
         }
         let nestdock = spawn_nestdock(port, metrics_port, certs, &sa_kubeconfig, &[]);
+        // GET /version with the ServiceAccount (system:public-info-viewer).
+        let version = nestdock.wait_log(&["API server version read"], Duration::from_secs(10));
+        assert!(
+            version.contains("v1.37.") && version.contains("native_sidecars=true"),
+            "{version}"
+        );
         eprintln!(
             "e2e:    {}",
             nestdock.find_log(&["namespace cache synced"]).unwrap()
@@ -1192,10 +1198,13 @@ impl Ctx {
         let mut injected = 0;
         let mut denied_cases = 0;
         for mode in ["dind", "dind-rootless", "dood", "none"] {
+            // "auto": no sidecar annotation, as most pods; nestdock resolves it
+            // from the real API server's /version (native since 1.29), offline
+            // inject assumes native.
             let placements: &[&str] = if mode == "none" {
                 &["auto"]
             } else {
-                &["native", "container"]
+                &["native", "container", "auto"]
             };
             for placement in placements {
                 let ns = format!("m-{mode}-{placement}");
@@ -1263,7 +1272,7 @@ impl Ctx {
                             serde_json::to_string_pretty(&o).unwrap()
                         );
                     }
-                    if mode != "none" && *placement == "native" {
+                    if mode != "none" && *placement != "container" {
                         // Native sidecars: the daemon is an init container that runs always.
                         let injected = annotations(live)
                             .get("nestdock.io/injected")
