@@ -235,6 +235,8 @@ struct Plane {
     etcd_url: String,
     port: u16,
     api: Option<Proc>,
+    /// Extra flags of kube-testplane for the API server's next start.
+    api_flags: Vec<String>,
     _etcd: Proc,
     server: String,
     admin_kubeconfig: PathBuf,
@@ -308,6 +310,7 @@ fn start_plane(bin: &Path, dir: &Path) -> (Plane, Duration) {
         etcd_url,
         port: free_port(),
         api: None,
+        api_flags: Vec::new(),
         _etcd: etcd,
         server: String::new(),
         admin_kubeconfig: dir.join("admin.kubeconfig"),
@@ -337,7 +340,8 @@ impl Plane {
             .arg(self.dir.join("state"))
             .arg("--etcd-servers")
             .arg(&self.etcd_url)
-            .arg(format!("--port={}", self.port));
+            .arg(format!("--port={}", self.port))
+            .args(&self.api_flags);
         let (api, line) = spawn_until_line(
             cmd,
             "kube-apiserver",
@@ -1166,6 +1170,8 @@ impl Ctx {
         self.rotation(&ca);
         steps.step("9. failure policies with nestdock stopped");
         self.failure_policies();
+        steps.step("12. the ServiceAccount admission plugin on, as in every real cluster");
+        self.service_account_admission(plane);
     }
 }
 
@@ -2524,6 +2530,183 @@ impl Ctx {
                 "e2e-add-proxy",
             ],
             None,
+        );
+    }
+}
+
+/// The names of the projected token volume end in 5 random characters; both
+/// sides of a comparison get the same placeholder.
+fn normalize_token_volume(v: &Value) -> Value {
+    let text = v.to_string();
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    const PREFIX: &str = "kube-api-access-";
+    while let Some(i) = rest.find(PREFIX) {
+        out.push_str(&rest[..i + PREFIX.len()]);
+        rest = &rest[i + PREFIX.len()..];
+        let n = rest
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .unwrap_or(rest.len());
+        out.push_str("xxxxx");
+        rest = &rest[n..];
+    }
+    out.push_str(rest);
+    serde_json::from_str(&out).unwrap()
+}
+
+/// What a client would send again of a stored or answered pod.
+fn as_input(p: &Value) -> Value {
+    let mut meta = serde_json::Map::new();
+    for k in ["name", "generateName", "labels", "annotations"] {
+        if let Some(v) = p["metadata"].get(k) {
+            meta.insert(k.to_string(), v.clone());
+        }
+    }
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": p["spec"]})
+}
+
+impl Ctx {
+    /// Scenario 12: the API server restarted with the ServiceAccount admission
+    /// plugin, which runs before the webhooks in every real cluster: the pods
+    /// reach nestdock with the projected token volume mounted in their
+    /// containers. The stored pod equals `nestdock inject` of the pod as
+    /// nestdock saw it (taken from a dry run in kube-system, which nestdock's
+    /// webhooks leave out), both defaulted by the same API server.
+    fn service_account_admission(&self, plane: &mut Plane) {
+        plane.stop_apiserver();
+        plane.api_flags = vec!["--service-account-admission".into()];
+        plane.start_apiserver();
+        let modes = ["dind", "dind-rootless", "dood"];
+        let spec = json!({"containers": [{"name": "build", "image": "docker:28-cli"}]});
+        for mode in modes {
+            self.admin.namespace(
+                &format!("sa-{mode}"),
+                &[
+                    ("nestdock.io/mode", mode),
+                    ("nestdock.io/allow-dood", "true"),
+                ],
+            );
+        }
+        for n in ["sa-dind", "sa-dind-rootless", "sa-dood", "kube-system"] {
+            let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                            "metadata": {"name": "default", "namespace": n}});
+            self.admin.ok(&["apply", "-f", "-"], Some(&sa.to_string()));
+        }
+        // nestdock's watch reconnects to the restarted API server.
+        self.poll_until(
+            "sa-dind",
+            &pod("probe", json!({}), spec),
+            Duration::from_secs(60),
+            |r| r.as_ref().is_ok_and(is_injected),
+        );
+
+        let mut pods = example_pods();
+        pods.extend(real_world_pods());
+        let mut cases = 0;
+        let mut denied = 0;
+        let mut differences = Vec::new();
+        for mode in modes {
+            let ns = format!("sa-{mode}");
+            let mut inputs = Vec::new();
+            let mut expected = Vec::new();
+            for (label, p) in &pods {
+                // As nestdock sees it: after the ServiceAccount plugin.
+                let seen = self.admin.json(
+                    &[
+                        "create",
+                        "--dry-run=server",
+                        "-n",
+                        "kube-system",
+                        "-o",
+                        "json",
+                        "-f",
+                        "-",
+                    ],
+                    Some(&p.to_string()),
+                );
+                assert!(
+                    seen["spec"]["volumes"]
+                        .as_array()
+                        .is_some_and(|v| v.iter().any(|v| v["name"]
+                            .as_str()
+                            .is_some_and(|n| n.starts_with("kube-api-access-")))),
+                    "{label}: the ServiceAccount plugin added the token volume"
+                );
+                let offline = match inject(&as_input(&seen), mode) {
+                    Ok(o) => o,
+                    Err(message) => {
+                        let err = self.admin.create_err(&ns, p);
+                        assert!(
+                            err.contains("denied the request"),
+                            "{label} ({mode}): inject denied it ({message}), the API server said: {err}"
+                        );
+                        denied += 1;
+                        continue;
+                    }
+                };
+                let defaulted = self.admin.json(
+                    &[
+                        "create",
+                        "--dry-run=server",
+                        "-n",
+                        "kube-system",
+                        "-o",
+                        "json",
+                        "-f",
+                        "-",
+                    ],
+                    Some(&offline.to_string()),
+                );
+                inputs.push(p.clone());
+                expected.push((label.clone(), defaulted));
+            }
+            let stored = list_items(self.admin.json(
+                &["create", "-n", &ns, "-o", "json", "-f", "-"],
+                Some(&list(inputs).to_string()),
+            ));
+            assert_eq!(stored.len(), expected.len());
+            for (live, (label, want)) in stored.iter().zip(&expected) {
+                let (l, w) = (
+                    normalize_token_volume(&relevant(live)),
+                    normalize_token_volume(&relevant(want)),
+                );
+                if l != w {
+                    differences.push(format!(
+                        "{label} ({mode}):\nlive: {}\noffline: {}",
+                        serde_json::to_string_pretty(&l["spec"]).unwrap(),
+                        serde_json::to_string_pretty(&w["spec"]).unwrap()
+                    ));
+                }
+                if cases == 0 {
+                    let with_token: Vec<String> = ["initContainers", "containers"]
+                        .iter()
+                        .flat_map(|l| live["spec"][l].as_array().cloned().unwrap_or_default())
+                        .filter(|c| {
+                            c["volumeMounts"].as_array().is_some_and(|m| {
+                                m.iter().any(|m| {
+                                    m["mountPath"]
+                                        == "/var/run/secrets/kubernetes.io/serviceaccount"
+                                })
+                            })
+                        })
+                        .map(|c| c["name"].as_str().unwrap_or_default().to_string())
+                        .collect();
+                    eprintln!(
+                        "e2e:    {label} ({mode}): containers of {:?} with the token mounted: {with_token:?}",
+                        all_container_names(live)
+                    );
+                }
+                cases += 1;
+            }
+        }
+        eprintln!(
+            "e2e:    {cases} pods with the ServiceAccount plugin ({denied} denied by both), {} differ from offline inject",
+            differences.len()
+        );
+        assert!(
+            differences.is_empty(),
+            "{}",
+            differences[..differences.len().min(2)].join("\n\n")
         );
     }
 }

@@ -49,6 +49,7 @@ func run() error {
 	readyTimeout := flag.Duration("ready-timeout", 3*time.Minute, "how long to wait for /readyz")
 	etcdOnly := flag.Bool("etcd-only", false, "run etcd alone and print \"nestdock-testplane etcd ready URL\" (with --state-dir, so that kube-apiserver can be restarted on the same data)")
 	etcdServers := flag.String("etcd-servers", "", "use this etcd (from --etcd-only) instead of an embedded one")
+	saAdmission := flag.Bool("service-account-admission", false, "keep the ServiceAccount admission plugin on (pods then need their ServiceAccount, which no controller creates here)")
 	flag.Parse()
 	if *kubeconfig == "" && !*etcdOnly {
 		return errors.New("--kubeconfig is required")
@@ -109,7 +110,7 @@ func run() error {
 	}
 
 	cmd := app.NewAPIServerCommand()
-	cmd.SetArgs(apiserverArgs(apiPort, etcdURL, pki, *verbosity))
+	cmd.SetArgs(apiserverArgs(apiPort, etcdURL, pki, *verbosity, *saAdmission))
 	apiErr := make(chan error, 1)
 	go func() { apiErr <- cmd.Execute() }()
 
@@ -148,30 +149,36 @@ func waitEtcd(etcd *embed.Etcd) error {
 
 // apiserverArgs are kube-apiserver's flags: loopback only, RBAC, the default
 // admission plugins (MutatingAdmissionWebhook and PodSecurity among them) less
-// ServiceAccount, which would refuse every pod for want of the "default"
-// ServiceAccount that no controller-manager creates here (envtest does the same).
-func apiserverArgs(port int, etcdURL string, pki pkiFiles, verbosity int) []string {
-	return []string{
+// ServiceAccount unless saAdmission: it refuses every pod for want of the
+// "default" ServiceAccount that no controller-manager creates here (envtest
+// turns it off too).
+func apiserverArgs(port int, etcdURL string, pki pkiFiles, verbosity int, saAdmission bool) []string {
+	plugins := []string{
+		"--enable-admission-plugins=MutatingAdmissionWebhook,ValidatingAdmissionWebhook,PodSecurity",
+		"--disable-admission-plugins=ServiceAccount",
+	}
+	if saAdmission {
+		plugins = []string{"--enable-admission-plugins=ServiceAccount,MutatingAdmissionWebhook,ValidatingAdmissionWebhook,PodSecurity"}
+	}
+	return append(plugins,
 		"--bind-address=127.0.0.1",
 		"--advertise-address=127.0.0.1",
-		"--secure-port=" + strconv.Itoa(port),
-		"--etcd-servers=" + etcdURL,
-		"--tls-cert-file=" + pki.servingCert,
-		"--tls-private-key-file=" + pki.servingKey,
-		"--client-ca-file=" + pki.caCert,
+		"--secure-port="+strconv.Itoa(port),
+		"--etcd-servers="+etcdURL,
+		"--tls-cert-file="+pki.servingCert,
+		"--tls-private-key-file="+pki.servingKey,
+		"--client-ca-file="+pki.caCert,
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-		"--service-account-key-file=" + pki.saPublic,
-		"--service-account-signing-key-file=" + pki.saPrivate,
+		"--service-account-key-file="+pki.saPublic,
+		"--service-account-signing-key-file="+pki.saPrivate,
 		"--service-cluster-ip-range=10.96.0.0/16",
 		"--endpoint-reconciler-type=none",
 		"--authorization-mode=Node,RBAC",
-		"--enable-admission-plugins=MutatingAdmissionWebhook,ValidatingAdmissionWebhook,PodSecurity",
-		"--disable-admission-plugins=ServiceAccount",
 		"--allow-privileged=true",
 		"--enable-aggregator-routing=true",
 		"--profiling=false",
-		"--v=" + strconv.Itoa(verbosity),
-	}
+		"--v="+strconv.Itoa(verbosity),
+	)
 }
 
 func startEtcd(dir string) (*embed.Etcd, string, error) {
