@@ -2384,7 +2384,7 @@ impl Ctx {
                 }
                 // The API server's namespace informer and nestdock's watch
                 // catch up within moments.
-                std::thread::sleep(Duration::from_millis(500));
+                std::thread::sleep(Duration::from_millis(200));
                 for ns in std::iter::once(fresh.as_str()).chain(excluded) {
                     for (what, p) in &pods {
                         let expected = if excluded.contains(&ns) {
@@ -2394,17 +2394,27 @@ impl Ctx {
                         } else {
                             0
                         };
-                        let before = self.reviews();
-                        let _ = self.admin.output(
-                            &["create", "--dry-run=server", "-n", ns, "-f", "-"],
-                            Some(&p.to_string()),
-                        );
-                        let delta = self.reviews() - before;
-                        assert_eq!(
-                            delta, expected,
-                            "namespace {ns} labelled {labels:?}, {what} pod: reached nestdock \
-                             {delta} times, expected {expected}"
-                        );
+                        // A label change reaches the API server's namespace
+                        // informer within moments: a mismatch is retried for
+                        // up to 5 s before it counts.
+                        let deadline = Instant::now() + Duration::from_secs(5);
+                        loop {
+                            let before = self.reviews();
+                            let _ = self.admin.output(
+                                &["create", "--dry-run=server", "-n", ns, "-f", "-"],
+                                Some(&p.to_string()),
+                            );
+                            let delta = self.reviews() - before;
+                            if delta == expected {
+                                break;
+                            }
+                            assert!(
+                                Instant::now() < deadline,
+                                "namespace {ns} labelled {labels:?}, {what} pod: reached nestdock \
+                                 {delta} times, expected {expected}"
+                            );
+                            std::thread::sleep(Duration::from_millis(250));
+                        }
                         checked += 1;
                     }
                 }
