@@ -48,6 +48,7 @@ const SA_TOKEN_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 /// The daemon's start script (nestdock's, for the default configuration).
 const SCRIPT: &str = r#"mtu="${NESTDOCK_MTU:-auto}"
 if [ "$mtu" = auto ]; then mtu="$(cat /sys/class/net/eth0/mtu 2>/dev/null || echo 1500)"; fi
+export DOCKERD_ROOTLESS_ROOTLESSKIT_MTU="$mtu"
 exec dockerd-entrypoint.sh dockerd --mtu="$mtu" --default-network-opt="bridge=com.docker.network.driver.mtu=$mtu" "$@"
 "#;
 
@@ -208,7 +209,23 @@ fn mirrorable(m: &VolumeMount, volumes: &[Volume]) -> bool {
     let own = ["/var/run", "/run", STORAGE_DIR]
         .iter()
         .any(|o| under(path, o) || under(o, path));
-    !m.name.starts_with("nestdock-") && !token && !own && m.sub_path_expr.is_none()
+    // The daemon image's system paths, at, below or above.
+    let system = path == "/"
+        || path.trim_start_matches('/').starts_with("lib")
+        || [
+            "/bin",
+            "/sbin",
+            "/usr",
+            "/etc",
+            "/root",
+            "/proc",
+            "/sys",
+            "/dev",
+            "/home/rootless",
+        ]
+        .iter()
+        .any(|s| under(path, s) || under(s, path));
+    !m.name.starts_with("nestdock-") && !token && !own && !system && m.sub_path_expr.is_none()
 }
 
 fn daemon(mounts: Vec<VolumeMount>) -> Container {
@@ -238,6 +255,7 @@ fn daemon(mounts: Vec<VolumeMount>) -> Container {
         security_context: Some(SecurityContext {
             privileged: Some(true),
             run_as_user: Some(0),
+            run_as_group: Some(0),
             run_as_non_root: Some(false),
             ..Default::default()
         }),
