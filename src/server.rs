@@ -1641,8 +1641,9 @@ async fn decide(
         }
         Err(what) => return internal_error(&what, None, started),
     };
+    // Kept for the log line of an answer that is not an AdmissionReview;
+    // read back from `known` only on those (rare) paths, not copied twice.
     known.set(parsed.summary());
-    let summary = Some(parsed.summary().clone());
     // Namespace policy: labels from the watch-backed cache. When they cannot
     // be had, HTTP 503 lets the API server apply the webhook's failurePolicy
     // (closed for enforced namespaces) instead of nestdock guessing.
@@ -1669,7 +1670,7 @@ async fn decide(
                 return failed(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("namespace policy unavailable: {e}"),
-                    summary.as_ref(),
+                    known.get().as_ref(),
                     started,
                 )
             }
@@ -1724,9 +1725,9 @@ async fn decide(
         }
         Ok(Err(e)) => {
             let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
-            failed(status, e.message, summary.as_ref(), started)
+            failed(status, e.message, known.get().as_ref(), started)
         }
-        Err(what) => internal_error(&what, summary.as_ref(), started),
+        Err(what) => internal_error(&what, known.get().as_ref(), started),
     }
 }
 
