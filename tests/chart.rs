@@ -115,26 +115,7 @@ fn kustomize(dir: &str) -> Vec<Value> {
 
 /// Validates built-in objects strictly with scripts/validate-k8s.
 fn validate_strict(what: &str, docs: &[&Value]) {
-    assert!(!docs.is_empty(), "{what}: nothing to validate");
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let path = dir.path().join("objects.yaml");
-    let text: String = docs
-        .iter()
-        .map(|d| format!("---\n{}\n", serde_json::to_string(d).unwrap()))
-        .collect();
-    std::fs::write(&path, text).unwrap();
-    let out = Command::new("bash")
-        .arg(repo().join("scripts/validate-k8s"))
-        .arg(&path)
-        .output()
-        .expect("run scripts/validate-k8s");
-    assert!(
-        out.status.success(),
-        "{what}: not valid Kubernetes objects ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::docs::validate_strict(&[(what.to_string(), docs.to_vec())]);
 }
 
 fn all<'a>(docs: &'a [Value], kind_: &str) -> Vec<&'a Value> {

@@ -196,25 +196,11 @@ fn setup_script(script: &str, limit: Duration) -> PathBuf {
 /// Removes state directories of earlier runs that did not clean up (killed),
 /// once they are a day old (a kept one may still be looked at).
 fn remove_stale_state() {
-    let Ok(entries) = std::fs::read_dir(env!("CARGO_TARGET_TMPDIR")) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let stale = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age > Duration::from_secs(24 * 3600));
-        if stale
-            && entry
-                .file_name()
-                .to_string_lossy()
-                .starts_with("nestdock-e2e-")
-        {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
+    common::remove_stale(
+        Path::new(env!("CARGO_TARGET_TMPDIR")),
+        "nestdock-e2e-",
+        Duration::from_secs(24 * 3600),
+    );
 }
 
 fn free_port() -> u16 {

@@ -23,14 +23,16 @@
 
 mod common;
 
-use common::docs::{free_port, kind, kubectl, name, named, parse_documents, read, repo, set_up};
+use common::docs::{
+    free_port, kind, kubectl, name, named, parse_documents, read, repo, validate_strict,
+};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -127,40 +129,6 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), &target).unwrap();
         }
     }
-}
-
-/// Validates objects strictly with scripts/validate-k8s (kubernetes-validate).
-fn validate_strict(files: &[(String, Vec<&Value>)]) {
-    static CELL: OnceLock<Result<String, String>> = OnceLock::new();
-    set_up(
-        &CELL,
-        "scripts/setup-validator.sh",
-        "the Kubernetes schema validator",
-    );
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let mut paths = Vec::new();
-    for (name, docs) in files {
-        assert!(!docs.is_empty(), "{name}: nothing to validate");
-        let path = dir.path().join(format!("{}.yaml", name.replace('/', "_")));
-        let text: String = docs
-            .iter()
-            .map(|d| format!("---\n{}\n", serde_json::to_string(d).unwrap()))
-            .collect();
-        std::fs::write(&path, text).unwrap();
-        paths.push(path);
-    }
-    let out = Command::new("bash")
-        .arg(repo().join("scripts/validate-k8s"))
-        .args(&paths)
-        .output()
-        .expect("run scripts/validate-k8s");
-    assert!(
-        out.status.success(),
-        "the rendered manifests are not valid Kubernetes objects ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn namespace(doc: &Value) -> &str {

@@ -92,3 +92,37 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Validates objects strictly with scripts/validate-k8s (kubernetes-validate).
+pub fn validate_strict(files: &[(String, Vec<&Value>)]) {
+    static CELL: OnceLock<Result<String, String>> = OnceLock::new();
+    set_up(
+        &CELL,
+        "scripts/setup-validator.sh",
+        "the Kubernetes schema validator",
+    );
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut paths = Vec::new();
+    for (name, docs) in files {
+        assert!(!docs.is_empty(), "{name}: nothing to validate");
+        let path = dir.path().join(format!("{}.yaml", name.replace('/', "_")));
+        let text: String = docs
+            .iter()
+            .map(|d| format!("---\n{}\n", serde_json::to_string(d).unwrap()))
+            .collect();
+        std::fs::write(&path, text).unwrap();
+        paths.push(path);
+    }
+    let out = Command::new("bash")
+        .arg(repo().join("scripts/validate-k8s"))
+        .args(&paths)
+        .output()
+        .expect("run scripts/validate-k8s");
+    assert!(
+        out.status.success(),
+        "not valid Kubernetes objects ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -83,20 +83,8 @@ pub fn certs_dir() -> &'static Path {
 /// Removes the certificate directories of earlier runs (older than an hour,
 /// so that a run going on beside this one keeps its own).
 fn remove_stale_dirs(tmp: &Path) {
-    let Ok(entries) = std::fs::read_dir(tmp) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let stale = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age > Duration::from_secs(3600));
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if stale && (name.starts_with(DIR_PREFIX) || name.starts_with("server-tests-")) {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
+    for prefix in [DIR_PREFIX, "server-tests-"] {
+        super::remove_stale(tmp, prefix, Duration::from_secs(3600));
     }
 }
 

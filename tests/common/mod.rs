@@ -26,3 +26,23 @@ pub fn apply_patch(original: &Value, patch: &Value) -> Value {
     });
     doc
 }
+
+/// Removes the entries of `dir` named `prefix...` that were last modified
+/// more than `older_than` ago: what earlier (killed) test runs left behind,
+/// without touching a run going on beside this one.
+pub fn remove_stale(dir: &std::path::Path, prefix: &str, older_than: std::time::Duration) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > older_than);
+        if stale && entry.file_name().to_string_lossy().starts_with(prefix) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
