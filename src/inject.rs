@@ -27,7 +27,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::config::Config;
-use crate::engine::{self, Context, Decision, NamespacePolicy, Outcome};
+use crate::engine::{self, Context, Decision, Effect, NamespacePolicy};
 use crate::mode::Mode;
 
 /// What `nestdock inject` was asked to do besides the manifests themselves.
@@ -541,16 +541,16 @@ impl Run<'_> {
         name: &str,
         location: &Location,
     ) -> Option<json_patch::Patch> {
-        match decision.outcome {
-            Outcome::Unchanged => {
+        match decision.effect {
+            Effect::Unchanged => {
                 self.push_warnings(name, decision.warnings);
                 None
             }
-            Outcome::Patched(patch) => {
+            Effect::Patched(patch) => {
                 self.push_warnings(name, decision.warnings);
                 Some(patch.to_json_patch())
             }
-            Outcome::Denied(denial) => {
+            Effect::Denied(denial) => {
                 self.denials.push(DeniedObject {
                     object: name.to_string(),
                     location: location.clone(),
@@ -1093,7 +1093,7 @@ mod tests {
         let unchanged = Decision {
             mode: Mode::None,
             from: ModeFrom::AlreadyInjected,
-            outcome: Outcome::Unchanged,
+            effect: Effect::Unchanged,
             warnings: vec![],
         };
         assert_eq!(pod["apiVersion"], "v1");
@@ -1105,7 +1105,7 @@ mod tests {
             return Decision {
                 mode: Mode::Dind,
                 from: ModeFrom::Unreadable,
-                outcome: Outcome::Denied(Denial::one(
+                effect: Effect::Denied(Denial::one(
                     400,
                     "annotation nestdock.io/mtu: \"9\" is invalid".into(),
                 )),
@@ -1129,7 +1129,7 @@ mod tests {
         Decision {
             mode: Mode::Dind,
             from: ModeFrom::Chosen(crate::policy::Source::Annotation),
-            outcome: Outcome::Patched(patch),
+            effect: Effect::Patched(patch),
             warnings: vec![format!(
                 "namespace seen: {}",
                 pod["metadata"]["namespace"].as_str().unwrap_or("-")

@@ -1,4 +1,5 @@
-//! Namespace labels for policy (SPEC section 3), from a watch-backed cache.
+//! Namespace labels for policy (docs/behaviour.md, *Namespace policy*), from
+//! a watch-backed cache; the request path asks through [`NamespaceSource`].
 //!
 //! A kube reflector keeps every Namespace's labels in memory, so a review
 //! never waits on the API server: the request path reads the store. Only a
@@ -7,13 +8,15 @@
 //! its own after a disconnect; meanwhile the last known labels keep serving.
 //!
 //! The name comes from the review (`request.namespace`), which any client of
-//! the webhook's Service can write (SPEC 5, *Who can call*): it is checked as
+//! the webhook's Service can write (docs/behaviour.md, *Who can call*): it is checked as
 //! a DNS-1123 label ([`check_name`]) before any lookup, and the namespaces
 //! fetched directly are kept in a bounded cache ([`FETCHED_CAPACITY`]
 //! entries, oldest evicted first, each dropped after [`FETCHED_TTL`] so that
 //! a direct fetch never outlives what the watch says for long).
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -169,7 +172,8 @@ pub async fn connect(kube: bool) -> Option<NamespaceCache> {
         );
         return None;
     }
-    crate::tls::install_ring();
+    // The kube client's TLS uses the process-wide rustls provider, which
+    // `nestdock serve` installs (ring) before anything else.
     let config = match kube::Config::infer().await {
         Ok(c) => c,
         Err(e) => {
@@ -405,6 +409,107 @@ impl NamespaceCache {
             "namespace fetched directly (not yet in the watch cache)"
         );
         Ok(ns)
+    }
+}
+
+/// Where the request path gets a namespace's labels: the watch-backed
+/// [`NamespaceCache`] in the server, a [`StaticNamespaces`] map in tests
+/// (and wherever the router runs without a cluster).
+pub trait NamespaceSource: Send + Sync + std::fmt::Debug + 'static {
+    /// The namespace called `name`, which has passed [`check_name`].
+    fn get<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<Arc<Namespace>, LookupError>> + Send + 'a>>;
+
+    /// False until the source can answer (the server's `/readyz` follows it).
+    fn is_ready(&self) -> bool;
+
+    /// Whether the cluster runs native sidecars (resolves `sidecar: auto`).
+    fn native_sidecars(&self) -> bool;
+}
+
+impl NamespaceSource for NamespaceCache {
+    fn get<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<Arc<Namespace>, LookupError>> + Send + 'a>> {
+        Box::pin(NamespaceCache::get(self, name))
+    }
+
+    fn is_ready(&self) -> bool {
+        NamespaceCache::is_ready(self)
+    }
+
+    fn native_sidecars(&self) -> bool {
+        NamespaceCache::native_sidecars(self)
+    }
+}
+
+/// A fixed set of namespaces and their labels: always ready; a name not in
+/// the set is unavailable (HTTP 503), as a namespace the API server cannot
+/// deliver would be.
+#[derive(Debug, Clone, Default)]
+pub struct StaticNamespaces {
+    namespaces: HashMap<String, Arc<Namespace>>,
+    native_sidecars: bool,
+}
+
+impl StaticNamespaces {
+    /// `namespaces`: each name with its labels. Native sidecars are on, as on
+    /// every Kubernetes since 1.29.
+    pub fn new<'a>(
+        namespaces: impl IntoIterator<Item = (&'a str, &'a [(&'a str, &'a str)])>,
+    ) -> StaticNamespaces {
+        let namespaces = namespaces
+            .into_iter()
+            .map(|(name, labels)| {
+                let mut ns = Namespace::default();
+                ns.metadata.name = Some(name.to_string());
+                ns.metadata.labels = Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                );
+                (name.to_string(), Arc::new(ns))
+            })
+            .collect();
+        StaticNamespaces {
+            namespaces,
+            native_sidecars: true,
+        }
+    }
+
+    /// As a cluster older than 1.29 would answer `sidecar: auto`.
+    pub fn without_native_sidecars(mut self) -> StaticNamespaces {
+        self.native_sidecars = false;
+        self
+    }
+}
+
+impl NamespaceSource for StaticNamespaces {
+    fn get<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<Arc<Namespace>, LookupError>> + Send + 'a>> {
+        let found = self
+            .namespaces
+            .get(name)
+            .cloned()
+            .ok_or_else(|| LookupError::Unavailable {
+                name: name.to_string(),
+                reason: "not among the namespaces this source knows".to_string(),
+            });
+        Box::pin(std::future::ready(found))
+    }
+
+    fn is_ready(&self) -> bool {
+        true
+    }
+
+    fn native_sidecars(&self) -> bool {
+        self.native_sidecars
     }
 }
 

@@ -33,7 +33,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use nestdock::config::Config;
-use nestdock::engine::{mutate, Context, NamespacePolicy, Outcome};
+use nestdock::engine::{mutate, Context, Effect, NamespacePolicy};
 use serde_json::{json, Value};
 
 /// The daemon root filesystem, built once per machine by the script.
@@ -161,8 +161,8 @@ fn daemon_of(annotations: Value) -> Value {
             native_sidecars: true,
         },
     );
-    let Outcome::Patched(patch) = d.outcome else {
-        panic!("not injected: {:?}", d.outcome);
+    let Effect::Patched(patch) = d.effect else {
+        panic!("not injected: {:?}", d.effect);
     };
     let patched = common::apply_patch(&pod, &serde_json::to_value(&patch).unwrap());
     patched["spec"]["initContainers"][0].clone()

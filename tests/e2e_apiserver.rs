@@ -1,4 +1,4 @@
-//! End to end against the real kube-apiserver (SPEC section 10, issue 10).
+//! End to end against the real kube-apiserver (docs/architecture.md, *How it is tested*).
 //!
 //! One control plane (tests/kube: embedded etcd and kube-apiserver, built from
 //! the upstream Go modules by scripts/build-kube.sh) is shared by every scenario:

@@ -1,4 +1,4 @@
-//! Production hardening of `nestdock serve` (SPEC section 5), against the real
+//! Production hardening of `nestdock serve` (docs/behaviour.md, *The server*), against the real
 //! binary over real TLS: bad input of every kind (after each, a valid review
 //! is still answered correctly), slow and stalled clients, plain HTTP on the
 //! TLS port, certificate rotation by a Secret-volume symlink swap, SIGTERM
@@ -673,7 +673,7 @@ async fn logs_carry_the_review_but_never_env_values() {
     let line = served.wait_for_log(&[&uid]);
     for field in [
         "namespace=ci",
-        "name=secretive-job-",
+        "object=secretive-job-",
         "mode=dind",
         "outcome=injected",
         "micros=",
@@ -1575,9 +1575,14 @@ async fn json_logs_are_one_object_per_review() {
     let line = own.wait_for_log(&[&uid]);
     let entry: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
     assert_eq!(entry["message"], "review", "{entry}");
-    assert_eq!(entry["uid"], uid.as_str());
-    assert_eq!(entry["namespace"], "ci");
-    assert_eq!(entry["name"], "builder");
+    // The review's identity is on its span (so every line logged while the
+    // review is handled carries it); what became of it is on the line.
+    let review = &entry["span"];
+    assert_eq!(review["name"], "review", "{entry}");
+    assert_eq!(review["uid"], uid.as_str(), "{entry}");
+    assert_eq!(review["namespace"], "ci");
+    assert_eq!(review["object"], "builder");
+    assert_eq!(entry["spans"][0]["name"], "review", "{entry}");
     assert_eq!(entry["mode"], "dind");
     assert_eq!(entry["outcome"], "injected");
     assert!(entry["micros"].as_u64().is_some(), "{entry}");
