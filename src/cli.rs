@@ -308,8 +308,16 @@ fn read_input(file: &str) -> anyhow::Result<String> {
 fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(args.config.as_deref())?;
     let input = read_input(&args.file)?;
-    let pod: serde_json::Value = serde_norway::from_str(&input)
+    let mut objects = crate::inject::read_manifests(&input)
         .map_err(|e| anyhow::anyhow!("{} is not a YAML or JSON manifest: {e}", args.file))?;
+    if objects.len() != 1 {
+        anyhow::bail!(
+            "{} holds {} objects: explain takes one Pod manifest",
+            args.file,
+            objects.len()
+        );
+    }
+    let pod = objects.remove(0);
     if pod.get("kind").and_then(serde_json::Value::as_str) != Some("Pod") {
         anyhow::bail!(
             "{} is not a Pod (kind {}): explain takes one Pod manifest",

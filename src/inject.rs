@@ -18,9 +18,10 @@
 //! server and `kubectl` read YAML 1.1, where a plain `on`, `no` or `y` is a
 //! boolean; `serde_norway` (YAML 1.2) writes the string `"no"` unquoted, and an
 //! env value or annotation would come back as a bool that the API server refuses.
-//! Second, key order: documents keep the order they were written in (matched
-//! against the input, since `serde_json::Value` sorts keys), so a diff of the
-//! output against the input shows what nestdock added and little else. Comments
+//! Second, key order: documents keep the order they were written in
+//! (serde_json's `preserve_order` keeps maps in insertion order, and the
+//! patch adds its keys after the input's), so a diff of the output against
+//! the input shows what nestdock added and little else. Comments
 //! are not kept.
 
 use serde::Deserialize;
@@ -152,7 +153,7 @@ fn inject_with(
             items: Vec::new(),
         };
         run.object(&mut value, &location, None)?;
-        mutated.push((value, doc.hint));
+        mutated.push(value);
     }
     if !run.denials.is_empty() {
         return Err(InjectError::Denied(run.denials));
@@ -162,11 +163,11 @@ fn inject_with(
             .push("the input holds no Kubernetes object; nothing to inject".to_string());
     }
     let mut out = String::new();
-    for (i, (value, hint)) in mutated.iter().enumerate() {
+    for (i, value) in mutated.iter().enumerate() {
         if i > 0 {
             out.push_str("---\n");
         }
-        yaml::emit_document(&mut out, value, Some(hint));
+        yaml::emit_document(&mut out, value);
     }
     Ok(InjectOutput {
         yaml: out,
@@ -174,12 +175,20 @@ fn inject_with(
     })
 }
 
-/// One non-empty input document: the value the engine sees, and the same
-/// document as parsed (it keeps the key order, used when writing).
+/// One non-empty input document, as the engine sees it. Its maps keep the
+/// input's key order (serde_json's `preserve_order`), so the output does too.
 struct Document {
     index: usize,
     value: Value,
-    hint: serde_norway::Value,
+}
+
+/// The objects of a manifest: every non-empty document, in order, each a
+/// mapping. The one YAML reader of the command line (`inject` and `explain`).
+pub fn read_manifests(input: &str) -> Result<Vec<Value>, InjectError> {
+    Ok(read_documents(input)?
+        .into_iter()
+        .map(|d| d.value)
+        .collect())
 }
 
 /// Splits the input into documents and converts each to JSON values, skipping
@@ -190,18 +199,18 @@ fn read_documents(input: &str) -> Result<Vec<Document>, InjectError> {
         let index = i + 1;
         // After an error the iterator yields that same error forever: return
         // at the first one, never `continue`.
-        let mut hint = serde_norway::Value::deserialize(de).map_err(|e| InjectError::Read {
+        let mut yaml = serde_norway::Value::deserialize(de).map_err(|e| InjectError::Read {
             document: index,
             message: e.to_string(),
         })?;
-        if hint.is_null() {
+        if yaml.is_null() {
             continue;
         }
-        hint.apply_merge().map_err(|e| InjectError::Read {
+        yaml.apply_merge().map_err(|e| InjectError::Read {
             document: index,
             message: format!("merge key (<<): {e}"),
         })?;
-        let value = yaml_to_json(&hint).map_err(|message| InjectError::Read {
+        let value = yaml_to_json(&yaml).map_err(|message| InjectError::Read {
             document: index,
             message,
         })?;
@@ -211,7 +220,7 @@ fn read_documents(input: &str) -> Result<Vec<Document>, InjectError> {
                 found: type_name(&value),
             });
         }
-        documents.push(Document { index, value, hint });
+        documents.push(Document { index, value });
     }
     Ok(documents)
 }
@@ -598,13 +607,11 @@ fn apply(
 mod yaml {
     use serde_json::{Map, Value};
 
-    type Hint<'a> = Option<&'a serde_norway::Value>;
-
-    /// Appends one document (a mapping) ending in a newline. `hint` is the
-    /// document as read, for key order.
-    pub fn emit_document(out: &mut String, value: &Value, hint: Hint<'_>) {
+    /// Appends one document (a mapping) ending in a newline. Keys come in
+    /// the map's order: the input's, then what the patch added.
+    pub fn emit_document(out: &mut String, value: &Value) {
         match value {
-            Value::Object(m) if !m.is_empty() => emit_mapping(out, m, hint, 0, false),
+            Value::Object(m) if !m.is_empty() => emit_mapping(out, m, 0, false),
             other => {
                 emit_inline(out, other);
                 out.push('\n');
@@ -616,68 +623,14 @@ mod yaml {
         out.extend(std::iter::repeat_n(' ', n));
     }
 
-    /// Entries of `m` in the order of the hint (the input), then the new keys:
-    /// `name` first (as Kubernetes writes containers and volumes), then sorted.
-    fn ordered<'a>(
-        m: &'a Map<String, Value>,
-        hint: Hint<'a>,
-    ) -> Vec<(&'a String, &'a Value, Hint<'a>)> {
-        let mut out = Vec::with_capacity(m.len());
-        let mut seen = std::collections::HashSet::new();
-        if let Some(serde_norway::Value::Mapping(h)) = hint {
-            for (hk, hv) in h {
-                let Some(k) = super::yaml_key(hk) else {
-                    continue;
-                };
-                if let Some((key, v)) = m.get_key_value(&k) {
-                    if seen.insert(key.as_str()) {
-                        out.push((key, v, Some(hv)));
-                    }
-                }
-            }
-        }
-        if let Some((k, v)) = m.get_key_value("name") {
-            if seen.insert("name") {
-                out.push((k, v, None));
-            }
-        }
-        for (k, v) in m {
-            if seen.insert(k.as_str()) {
-                out.push((k, v, None));
-            }
-        }
-        out
-    }
-
-    /// The hint for item `i` of a sequence: the input item with the same
-    /// `name` when the item has one (nestdock inserts its containers first),
-    /// else the input item at the same index.
-    fn item_hint<'a>(item: &Value, i: usize, hint: Hint<'a>) -> Hint<'a> {
-        let Some(serde_norway::Value::Sequence(h)) = hint else {
-            return None;
-        };
-        if let Some(name) = item.get("name").and_then(Value::as_str) {
-            return h
-                .iter()
-                .find(|x| x.get("name").and_then(|n| n.as_str()) == Some(name));
-        }
-        h.get(i)
-    }
-
     /// Written keys longer than this use the explicit form (YAML's limit for an
     /// implicit key is 1024 characters; no Kubernetes key comes close).
     const EXPLICIT_KEY_OVER: usize = 1000;
 
     /// A non-empty mapping whose entries start at column `n`; with
     /// `first_inline` the first entry follows a `- ` already written.
-    fn emit_mapping(
-        out: &mut String,
-        m: &Map<String, Value>,
-        hint: Hint<'_>,
-        n: usize,
-        first_inline: bool,
-    ) {
-        for (i, (k, v, h)) in ordered(m, hint).into_iter().enumerate() {
+    fn emit_mapping(out: &mut String, m: &Map<String, Value>, n: usize, first_inline: bool) {
+        for (i, (k, v)) in m.iter().enumerate() {
             if i > 0 || !first_inline {
                 indent(out, n);
             }
@@ -693,44 +646,43 @@ mod yaml {
                 indent(out, n);
             }
             out.push(':');
-            emit_value(out, v, h, n);
+            emit_value(out, v, n);
         }
     }
 
     /// A non-empty sequence whose dashes sit at column `n` (Kubernetes style:
     /// under a key, not indented further).
-    fn emit_sequence(out: &mut String, s: &[Value], hint: Hint<'_>, n: usize, first_inline: bool) {
+    fn emit_sequence(out: &mut String, s: &[Value], n: usize, first_inline: bool) {
         for (i, item) in s.iter().enumerate() {
             if i > 0 || !first_inline {
                 indent(out, n);
             }
             out.push('-');
-            let h = item_hint(item, i, hint);
             match item {
                 Value::Object(m) if !m.is_empty() => {
                     out.push(' ');
-                    emit_mapping(out, m, h, n + 2, true);
+                    emit_mapping(out, m, n + 2, true);
                 }
                 Value::Array(a) if !a.is_empty() => {
                     out.push(' ');
-                    emit_sequence(out, a, h, n + 2, true);
+                    emit_sequence(out, a, n + 2, true);
                 }
-                _ => emit_value(out, item, h, n),
+                _ => emit_value(out, item, n),
             }
         }
     }
 
     /// The value after `key:` (column `n` of the key) or after `-`; writes the
     /// separating space or newline itself, and ends with a newline.
-    fn emit_value(out: &mut String, v: &Value, hint: Hint<'_>, n: usize) {
+    fn emit_value(out: &mut String, v: &Value, n: usize) {
         match v {
             Value::Object(m) if !m.is_empty() => {
                 out.push('\n');
-                emit_mapping(out, m, hint, n + 2, false);
+                emit_mapping(out, m, n + 2, false);
             }
             Value::Array(a) if !a.is_empty() => {
                 out.push('\n');
-                emit_sequence(out, a, hint, n, false);
+                emit_sequence(out, a, n, false);
             }
             Value::String(s) if literal_ok(s) => {
                 out.push(' ');
@@ -932,7 +884,7 @@ mod yaml {
 
         fn render(v: &Value) -> String {
             let mut s = String::new();
-            emit_document(&mut s, v, None);
+            emit_document(&mut s, v);
             s
         }
 

@@ -23,9 +23,17 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::core::{PartialObjectMeta, PartialObjectMetaExt as _};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
+
+/// A namespace as policy reads it: its metadata only. The watch and the
+/// direct fetches ask the API server for metadata (PartialObjectMetadata),
+/// so spec and status are never transferred, and the labels are all policy
+/// reads of it.
+pub type NamespaceMeta = PartialObjectMeta<Namespace>;
 
 /// How long a direct fetch of a missing namespace may take on the request path.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -58,14 +66,7 @@ pub enum LookupError {
 /// letter or digit). The error names the value (quoted, shortened past 100
 /// characters) and what is accepted.
 pub fn check_name(name: &str) -> Result<(), String> {
-    let bytes = name.as_bytes();
-    let alnum = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
-    let ok = !bytes.is_empty()
-        && bytes.len() <= MAX_NAME_LEN
-        && bytes.iter().all(|b| alnum(b) || *b == b'-')
-        && bytes.first().is_some_and(alnum)
-        && bytes.last().is_some_and(alnum);
-    if ok {
+    if crate::validate::is_dns_label(name) {
         return Ok(());
     }
     let shown: String = name.chars().take(100).collect();
@@ -85,12 +86,12 @@ pub fn check_name(name: &str) -> Result<(), String> {
 /// [`FETCHED_TTL`]. Times are passed in, so tests need no clock.
 #[derive(Debug, Default)]
 pub struct Fetched {
-    entries: HashMap<String, (Instant, Arc<Namespace>)>,
+    entries: HashMap<String, (Instant, Arc<NamespaceMeta>)>,
 }
 
 impl Fetched {
     /// The namespace when fetched less than [`FETCHED_TTL`] before `now`.
-    pub fn get(&self, name: &str, now: Instant) -> Option<Arc<Namespace>> {
+    pub fn get(&self, name: &str, now: Instant) -> Option<Arc<NamespaceMeta>> {
         self.entries
             .get(name)
             .filter(|(at, _)| now.saturating_duration_since(*at) < FETCHED_TTL)
@@ -102,7 +103,7 @@ impl Fetched {
     }
 
     /// Remembers `ns`; when full, drops expired entries, then the oldest.
-    pub fn insert(&mut self, name: &str, ns: Arc<Namespace>, now: Instant) {
+    pub fn insert(&mut self, name: &str, ns: Arc<NamespaceMeta>, now: Instant) {
         if !self.entries.contains_key(name) && self.entries.len() >= FETCHED_CAPACITY {
             self.entries
                 .retain(|_, (at, _)| now.saturating_duration_since(*at) < FETCHED_TTL);
@@ -141,14 +142,14 @@ pub struct NamespaceCache {
 }
 
 struct Inner {
-    store: Store<Namespace>,
+    store: Store<NamespaceMeta>,
     ready: AtomicBool,
     native_sidecars: AtomicBool,
     /// Whether the API server's version has been read; until then native
     /// sidecars are not assumed (on 1.28 a `restartPolicy: Always` init
     /// container would hold the pod in Init forever).
     version_known: AtomicBool,
-    api: Api<Namespace>,
+    api: Api<NamespaceMeta>,
     /// Namespaces fetched directly because the watch had not delivered them.
     fetched: RwLock<Fetched>,
 }
@@ -203,13 +204,11 @@ pub fn client_for(mut config: kube::Config) -> Result<Client, kube::Error> {
 }
 
 /// Keeps only what policy reads: the labels (10,000 namespaces stay small).
-fn strip(ns: &mut Namespace) {
+fn strip(ns: &mut NamespaceMeta) {
     ns.metadata.managed_fields = None;
     ns.metadata.annotations = None;
     ns.metadata.owner_references = None;
     ns.metadata.finalizers = None;
-    ns.spec = None;
-    ns.status = None;
 }
 
 /// Parses the API server's version and says whether it runs native sidecars
@@ -258,7 +257,9 @@ impl NamespaceCache {
     ///
     /// [`is_ready`]: NamespaceCache::is_ready
     pub fn start(client: Client) -> NamespaceCache {
-        let api: Api<Namespace> = Api::all(client.clone());
+        // `Api<PartialObjectMeta<_>>` asks for metadata only, in the list,
+        // the watch and the direct fetch alike.
+        let api: Api<NamespaceMeta> = Api::all(client.clone());
         let (store, writer) = reflector::store();
         let inner = Arc::new(Inner {
             store,
@@ -334,7 +335,7 @@ impl NamespaceCache {
     }
 
     /// The namespace as cached, without any I/O; `None` when it is not there.
-    pub fn cached(&self, name: &str) -> Option<Arc<Namespace>> {
+    pub fn cached(&self, name: &str) -> Option<Arc<NamespaceMeta>> {
         if let Some(ns) = self.inner.store.get(&ObjectRef::new(name)) {
             return Some(ns);
         }
@@ -353,7 +354,7 @@ impl NamespaceCache {
     /// The namespace for a review: from the cache, or fetched once directly
     /// when the watch has not delivered it yet. `name` must pass
     /// [`check_name`] (checked again here, before any lookup).
-    pub async fn get(&self, name: &str) -> Result<Arc<Namespace>, LookupError> {
+    pub async fn get(&self, name: &str) -> Result<Arc<NamespaceMeta>, LookupError> {
         check_name(name).map_err(LookupError::InvalidName)?;
         if !self.is_ready() {
             return Err(LookupError::NotReady);
@@ -383,17 +384,14 @@ impl NamespaceCache {
             reason,
         };
         // kube puts `name` into the URL path as it is (kube-core 5's
-        // `Request::get_metadata` formats it without escaping): safe only
+        // metadata `get` formats it without escaping): safe only
         // because `check_name` admitted nothing but [a-z0-9-]. Metadata only
         // (PartialObjectMetadata): the labels are all policy reads.
-        let meta = tokio::time::timeout(FETCH_TIMEOUT, self.inner.api.get_metadata(name))
+        let meta = tokio::time::timeout(FETCH_TIMEOUT, self.inner.api.get(name))
             .await
             .map_err(|_| unavailable(format!("no answer within {FETCH_TIMEOUT:?}")))?
             .map_err(|e| unavailable(e.to_string()))?;
-        let mut ns = Namespace {
-            metadata: meta.metadata,
-            ..Namespace::default()
-        };
+        let mut ns = meta;
         strip(&mut ns);
         let ns = Arc::new(ns);
         let cached = match self.inner.fetched.write() {
@@ -420,7 +418,7 @@ pub trait NamespaceSource: Send + Sync + std::fmt::Debug + 'static {
     fn get<'a>(
         &'a self,
         name: &'a str,
-    ) -> Pin<Box<dyn Future<Output = Result<Arc<Namespace>, LookupError>> + Send + 'a>>;
+    ) -> Pin<Box<dyn Future<Output = Result<Arc<NamespaceMeta>, LookupError>> + Send + 'a>>;
 
     /// False until the source can answer (the server's `/readyz` follows it).
     fn is_ready(&self) -> bool;
@@ -433,7 +431,7 @@ impl NamespaceSource for NamespaceCache {
     fn get<'a>(
         &'a self,
         name: &'a str,
-    ) -> Pin<Box<dyn Future<Output = Result<Arc<Namespace>, LookupError>> + Send + 'a>> {
+    ) -> Pin<Box<dyn Future<Output = Result<Arc<NamespaceMeta>, LookupError>> + Send + 'a>> {
         Box::pin(NamespaceCache::get(self, name))
     }
 
@@ -451,7 +449,7 @@ impl NamespaceSource for NamespaceCache {
 /// deliver would be.
 #[derive(Debug, Clone, Default)]
 pub struct StaticNamespaces {
-    namespaces: HashMap<String, Arc<Namespace>>,
+    namespaces: HashMap<String, Arc<NamespaceMeta>>,
     native_sidecars: bool,
 }
 
@@ -464,15 +462,17 @@ impl StaticNamespaces {
         let namespaces = namespaces
             .into_iter()
             .map(|(name, labels)| {
-                let mut ns = Namespace::default();
-                ns.metadata.name = Some(name.to_string());
-                ns.metadata.labels = Some(
-                    labels
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                );
-                (name.to_string(), Arc::new(ns))
+                let meta = ObjectMeta {
+                    name: Some(name.to_string()),
+                    labels: Some(
+                        labels
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .collect(),
+                    ),
+                    ..ObjectMeta::default()
+                };
+                (name.to_string(), Arc::new(meta.into_response_partial()))
             })
             .collect();
         StaticNamespaces {
@@ -492,7 +492,7 @@ impl NamespaceSource for StaticNamespaces {
     fn get<'a>(
         &'a self,
         name: &'a str,
-    ) -> Pin<Box<dyn Future<Output = Result<Arc<Namespace>, LookupError>> + Send + 'a>> {
+    ) -> Pin<Box<dyn Future<Output = Result<Arc<NamespaceMeta>, LookupError>> + Send + 'a>> {
         let found = self
             .namespaces
             .get(name)
@@ -514,7 +514,7 @@ impl NamespaceSource for StaticNamespaces {
 }
 
 /// The labels of a cached namespace (empty when it has none).
-pub fn labels(ns: &Namespace) -> &BTreeMap<String, String> {
+pub fn labels(ns: &NamespaceMeta) -> &BTreeMap<String, String> {
     static EMPTY: BTreeMap<String, String> = BTreeMap::new();
     ns.metadata.labels.as_ref().unwrap_or(&EMPTY)
 }
@@ -553,10 +553,12 @@ mod tests {
         assert!(err.contains("\"builds?n=1\""), "{err}");
     }
 
-    fn ns(name: &str) -> Arc<Namespace> {
-        let mut ns = Namespace::default();
-        ns.metadata.name = Some(name.to_string());
-        Arc::new(ns)
+    fn ns(name: &str) -> Arc<NamespaceMeta> {
+        let meta = ObjectMeta {
+            name: Some(name.to_string()),
+            ..ObjectMeta::default()
+        };
+        Arc::new(meta.into_response_partial())
     }
 
     #[test]
