@@ -28,3 +28,4 @@ pub mod render;
 pub mod server;
 pub mod tls;
 pub mod validate;
+pub mod yaml;
