@@ -46,6 +46,10 @@ fn app_with(config: Config, namespaces: Option<StaticNamespaces>) -> Arc<App> {
     })
 }
 
+fn dind_review() -> (String, Value) {
+    pod_create(&pod("builder", &[("nestdock.io/mode", "dind")]))
+}
+
 /// One request through the router.
 async fn call(app: &Arc<App>, method: Method, path: &str, body: impl Into<Body>) -> Reply {
     let request = Request::builder()
@@ -54,7 +58,10 @@ async fn call(app: &Arc<App>, method: Method, path: &str, body: impl Into<Body>)
         .header(header::CONTENT_TYPE, "application/json")
         .body(body.into())
         .unwrap();
-    let response = router(app.clone()).oneshot(request).await.unwrap();
+    reply_of(router(app.clone()).oneshot(request).await.unwrap()).await
+}
+
+async fn reply_of(response: axum::response::Response) -> Reply {
     let status = response.status();
     let headers = response.headers().clone();
     let body = response.into_body().collect().await.unwrap().to_bytes();
@@ -184,42 +191,189 @@ async fn dry_run_is_mutated_and_the_timeout_query_is_ignored_for_routing() {
     assert_eq!(response["patchType"], "JSONPatch", "{response}");
 }
 
+// ---------------------------------------------------------------- bodies that are not reviews
+
 #[tokio::test]
-async fn unreadable_reviews_are_http_errors_that_say_why() {
+async fn malformed_truncated_empty_and_nested_bodies_are_400() {
     let app = app();
-    let (_, mut old) = pod_create(&pod("old", &[]));
-    old["apiVersion"] = json!("admission.k8s.io/v1beta1");
-    let no_request = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"});
-    for (body, status, says) in [
+    let (_, review) = dind_review();
+    let whole = serde_json::to_vec(&review).unwrap();
+    let mut nested = "[".repeat(100_000).into_bytes();
+    nested.extend(std::iter::repeat_n(b']', 100_000));
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         (
-            "{\"apiVersion\": ".to_string(),
-            400,
-            &["malformed JSON"][..],
+            "truncated",
+            whole[..whole.len() / 2].to_vec(),
+            "malformed JSON",
         ),
         (
-            old.to_string(),
-            400,
-            &["admission.k8s.io/v1beta1", "\"admission.k8s.io/v1\""][..],
+            "one byte short",
+            whole[..whole.len() - 1].to_vec(),
+            "malformed JSON",
         ),
-        (no_request.to_string(), 400, &["no request"][..]),
-    ] {
+        ("empty", Vec::new(), "malformed JSON"),
+        ("whitespace", b" \n\t ".to_vec(), "malformed JSON"),
+        (
+            "not UTF-8",
+            b"{\"apiVersion\": \"\xff\xfe\"}".to_vec(),
+            "malformed JSON",
+        ),
+        (
+            "trailing garbage",
+            [&whole[..], b"}"].concat(),
+            "malformed JSON",
+        ),
+        ("deeply nested", nested, "malformed JSON"),
+        ("null", b"null".to_vec(), "JSON object"),
+        ("array", b"[1,2]".to_vec(), "JSON object"),
+        ("string", b"\"AdmissionReview\"".to_vec(), "JSON object"),
+    ];
+    for (what, body, reason) in cases {
         let reply = call(&app, Method::POST, "/mutate", body).await;
-        assert_eq!(reply.status.as_u16(), status, "{}", reply.text());
-        for s in says {
-            assert!(reply.text().contains(s), "{s}: {}", reply.text());
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{what}: {}",
+            reply.text()
+        );
+        assert!(reply.text().contains(reason), "{what}: {}", reply.text());
+    }
+    assert_eq!(app.metrics().reviews(MODE_UNKNOWN, Outcome::Error), 10);
+}
+
+#[tokio::test]
+async fn wrong_api_version_kind_and_shape_are_400_naming_the_problem() {
+    let app = app();
+    let (_, good) = dind_review();
+    let with = |f: &dyn Fn(&mut Value)| {
+        let mut v = good.clone();
+        f(&mut v);
+        v
+    };
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            with(&|v| v["apiVersion"] = json!("admission.k8s.io/v1beta1")),
+            "admission.k8s.io/v1beta1",
+        ),
+        (with(&|v| v["apiVersion"] = json!("v1")), "\"v1\""),
+        (
+            with(&|v| {
+                v.as_object_mut().unwrap().remove("apiVersion");
+            }),
+            "apiVersion is missing",
+        ),
+        (
+            with(&|v| v["apiVersion"] = json!(1)),
+            "apiVersion must be the string",
+        ),
+        (
+            with(&|v| v["kind"] = json!("Pod")),
+            "unsupported kind \"Pod\"",
+        ),
+        (
+            with(&|v| {
+                v.as_object_mut().unwrap().remove("kind");
+            }),
+            "kind is missing",
+        ),
+        (
+            with(&|v| {
+                v.as_object_mut().unwrap().remove("request");
+            }),
+            "no request",
+        ),
+        (with(&|v| v["request"] = Value::Null), "no request"),
+        (
+            with(&|v| v["request"] = json!([])),
+            "request must be a JSON object",
+        ),
+        (
+            with(&|v| {
+                v["request"].as_object_mut().unwrap().remove("uid");
+            }),
+            "uid",
+        ),
+        (
+            with(&|v| v["request"]["operation"] = json!("EXPLODE")),
+            "operation",
+        ),
+        (
+            with(&|v| v["request"]["kind"] = json!("Pod")),
+            "request.kind",
+        ),
+    ];
+    for (body, reason) in cases {
+        let reply = call(&app, Method::POST, "/mutate", body.to_string()).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{reason}: {}",
+            reply.text()
+        );
+        assert!(
+            reply.text().contains(reason),
+            "want {reason:?} in: {}",
+            reply.text()
+        );
+    }
+}
+
+#[tokio::test]
+async fn pod_create_with_a_null_object_is_allowed_unchanged() {
+    // The API server never sends this; if it did, there is nothing to mutate,
+    // and the answer is still an AdmissionReview that echoes the uid.
+    let app = app();
+    let (uid, mut review) = dind_review();
+    review["request"]["object"] = Value::Null;
+    let response = admit(&app, &uid, &review).await;
+    assert_unchanged(&response);
+    // An object that is not an object is a denial (400) naming it.
+    let (uid, mut review) = dind_review();
+    review["request"]["object"] = json!("a pod");
+    let response = admit(&app, &uid, &review).await;
+    let message = assert_denied(&response, 400);
+    assert!(message.contains("request.object"), "{message}");
+}
+
+#[tokio::test]
+async fn wrong_content_type_is_415_and_a_missing_one_is_read_as_json() {
+    let app = app();
+    let (uid, review) = dind_review();
+    let body = serde_json::to_vec(&review).unwrap();
+    for (content_type, status) in [
+        (Some("text/plain"), 415),
+        (Some("application/x-www-form-urlencoded"), 415),
+        (Some("application/yaml"), 415),
+        // With parameters and in any case it is JSON, and so is no header.
+        (Some("application/json; charset=utf-8"), 200),
+        (Some("Application/JSON"), 200),
+        (None, 200),
+    ] {
+        let mut request = Request::builder().method(Method::POST).uri("/mutate");
+        if let Some(content_type) = content_type {
+            request = request.header(header::CONTENT_TYPE, content_type);
+        }
+        let request = request.body(Body::from(body.clone())).unwrap();
+        let reply = reply_of(router(app.clone()).oneshot(request).await.unwrap()).await;
+        assert_eq!(
+            reply.status.as_u16(),
+            status,
+            "{content_type:?}: {}",
+            reply.text()
+        );
+        if status == 415 {
+            let text = reply.text();
+            assert!(
+                text.contains(content_type.unwrap()) && text.contains("application/json"),
+                "{text}"
+            );
+        } else {
+            assert_eq!(reply.json()["response"]["uid"], uid);
         }
     }
-    // The API server always sends JSON.
-    let request = Request::builder()
-        .method(Method::POST)
-        .uri("/mutate")
-        .header(header::CONTENT_TYPE, "text/yaml")
-        .body(Body::from("{}"))
-        .unwrap();
-    let response = router(app.clone()).oneshot(request).await.unwrap();
-    assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    assert_eq!(app.metrics().reviews(MODE_UNKNOWN, Outcome::Error), 4);
 }
+
+// ---------------------------------------------------------------- routes
 
 #[tokio::test]
 async fn paths_and_methods_outside_the_api_say_what_is_served() {
