@@ -5,6 +5,7 @@
 pub mod docs;
 pub mod harness;
 pub mod invariants;
+pub mod kube;
 pub mod schema;
 
 use serde_json::Value;
