@@ -509,14 +509,7 @@ impl Ctx {
             .trim()
             .to_string();
         let sa_kubeconfig = dir.join("nestdock.kubeconfig");
-        std::fs::write(
-            &sa_kubeconfig,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: testplane\n  cluster:\n    server: {}\n    certificate-authority-data: {}\nusers:\n- name: nestdock\n  user:\n    token: {token}\ncontexts:\n- name: nestdock\n  context:\n    cluster: testplane\n    user: nestdock\ncurrent-context: nestdock\n",
-                plane.server, plane.ca_data
-            ),
-        )
-        .unwrap();
+        plane.token_kubeconfig(&sa_kubeconfig, &token);
         let sa = Kubectl {
             bin: admin.bin.clone(),
             kubeconfig: sa_kubeconfig.clone(),

@@ -329,6 +329,19 @@ impl Plane {
         start.elapsed()
     }
 
+    /// Writes a kubeconfig to `path` that talks to this API server with a
+    /// bearer token (a ServiceAccount's, from `kubectl create token`).
+    pub fn token_kubeconfig(&self, path: &Path, token: &str) {
+        std::fs::write(
+            path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: testplane\n  cluster:\n    server: {}\n    certificate-authority-data: {}\nusers:\n- name: nestdock\n  user:\n    token: {token}\ncontexts:\n- name: nestdock\n  context:\n    cluster: testplane\n    user: nestdock\ncurrent-context: nestdock\n",
+                self.server, self.ca_data
+            ),
+        )
+        .unwrap();
+    }
+
     pub fn stop_apiserver(&mut self) {
         drop(self.api.take());
     }
