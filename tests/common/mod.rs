@@ -2,6 +2,7 @@
 //! invariants of docs/behaviour.md every patched pod must satisfy.
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod docs;
 pub mod harness;
 pub mod invariants;
