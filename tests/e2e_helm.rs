@@ -723,6 +723,79 @@ fn helm_install_upgrade_and_uninstall_against_the_real_api_server() {
         "the daemon carries the new MTU: {daemon:#}"
     );
 
+    steps.step(
+        "6c. helm upgrade turns the registry cache on: its objects, and the mirror in new pods",
+    );
+    let before_checksum = checksum(&suite.deployment());
+    suite.helm.ok(&[
+        "upgrade",
+        "nestdock",
+        "charts/nestdock",
+        "-n",
+        NS,
+        "--reuse-values",
+        "--set",
+        "registryCache.enabled=true",
+    ]);
+    assert_ne!(
+        checksum(&suite.deployment()),
+        before_checksum,
+        "the mirror is a config change: the pods roll"
+    );
+    for what in [
+        "deployment/nestdock-registry-cache",
+        "service/nestdock-registry-cache",
+        "persistentvolumeclaim/nestdock-registry-cache",
+    ] {
+        admin.ok(&["get", what, "-n", NS, "-o", "name"], None);
+    }
+    // The cache's pod, as its ReplicaSet would create it: admitted by the
+    // namespace's Pod Security level (restricted).
+    let cache = admin.json(
+        &[
+            "get",
+            "deployment",
+            "nestdock-registry-cache",
+            "-n",
+            NS,
+            "-o",
+            "json",
+        ],
+        None,
+    );
+    let cache_pod = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "registry-cache-as-replicaset-makes-it",
+                     "labels": cache["spec"]["template"]["metadata"]["labels"]},
+        "spec": cache["spec"]["template"]["spec"]});
+    admin.ok(
+        &["create", "--dry-run=server", "-n", NS, "-f", "-"],
+        Some(&cache_pod.to_string()),
+    );
+    assert_eq!(
+        webhooks(&admin)
+            .iter()
+            .map(|h| h["clientConfig"].clone())
+            .collect::<Vec<_>>(),
+        before_hooks
+            .iter()
+            .map(|h| h["clientConfig"].clone())
+            .collect::<Vec<_>>(),
+        "the caBundle is still the one made at install"
+    );
+    suite.stop_nestdock();
+    suite.start_nestdock();
+    let live = suite.injected_as_offline("helm-dind", &build_pod("with-cache", json!({})), "dind");
+    let daemon = live["spec"]["initContainers"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == "nestdock-dind"))
+        .unwrap_or_else(|| panic!("no nestdock-dind init container: {live:#}"));
+    assert!(
+        daemon
+            .to_string()
+            .contains("--registry-mirror=http://nestdock-registry-cache.nestdock-system.svc:5000"),
+        "the daemon's mirror is the cache (tests/registry_cache.rs pulls through it): {daemon:#}"
+    );
+
     steps.step("7. helm uninstall: the webhooks go, pods are created as they are");
     suite.helm.ok(&["uninstall", "nestdock", "-n", NS]);
     let gone = admin.output(&["get", "mutatingwebhookconfiguration", "nestdock"], None);

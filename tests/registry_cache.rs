@@ -267,6 +267,12 @@ fn a_second_pod_pulls_from_the_cache_not_from_docker_hub() {
     let packages = packages();
     let registry_bin = packages.join("usr/bin/docker-registry");
     containerd();
+    // Work directories of earlier runs that were killed before cleaning up.
+    common::remove_stale(
+        Path::new("/var/tmp"),
+        "nestdock-regcache-",
+        Duration::from_secs(24 * 3600),
+    );
     let ns = Netns::new();
     let work = tempfile::Builder::new()
         .prefix("nestdock-regcache-")
