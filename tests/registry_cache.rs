@@ -412,7 +412,17 @@ fn a_second_pod_pulls_from_the_cache_not_from_docker_hub() {
         let mut pod_daemon = Running::start_with(name, &daemon, &pod);
         let took = pod_daemon.wait_started();
         let started = Instant::now();
-        exec_ok(&pod_daemon, "pull", &["docker", "pull", "tiny:1"]);
+        let pull = exec(&pod_daemon, "pull", &["docker", "pull", "tiny:1"]);
+        assert!(
+            pull.status.success(),
+            "pod {}: docker pull tiny:1: {}{}\ndaemon log:\n{}\ncache log:\n{}\nupstream log:\n{}",
+            n + 1,
+            String::from_utf8_lossy(&pull.stdout),
+            String::from_utf8_lossy(&pull.stderr),
+            pod_daemon.log(),
+            cache.log_text(),
+            upstream.log_text()
+        );
         let pulled = started.elapsed();
         let id = exec_ok(
             &pod_daemon,
