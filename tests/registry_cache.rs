@@ -7,12 +7,15 @@
 //! touches its network:
 //! - a stand-in for Docker Hub: Debian's docker-registry (the distribution
 //!   registry 2.x, what registry:2 runs; scripts/setup-registry.sh unpacks
-//!   it) on 10.96.0.20:5001, with an image pushed to it as
+//!   it) on 10.96.0.20:5001 that, as Docker Hub, answers only with a token
+//!   from its token service (busybox httpd handing out a JWT the test
+//!   signed, to one account only), with an image pushed to it as
 //!   `library/tiny:1` (Debian's busybox-static, imported by a seed daemon);
 //! - the cache: the same registry with images/registry-cache/config.yml and
 //!   the environment of the shipped `nestdock-registry-cache` Deployment
 //!   (manifests/registry-cache), as its user (1000); only the upstream URL
-//!   and the volume's directory are replaced. It listens on 10.96.0.10,
+//!   and the volume's directory are replaced, and the account added as the
+//!   README says (REGISTRY_PROXY_USERNAME/PASSWORD). It listens on 10.96.0.10,
 //!   which the daemons' /etc/hosts gives the Service's name,
 //!   nestdock-registry-cache.nestdock-system.svc;
 //! - the daemons: nestdock's daemon container for a `mode: dind` pod with
@@ -27,7 +30,8 @@
 //! uses a mirror's scheme as written); the second pod's pull reaches the
 //! upstream only with a HEAD of the tag (which Docker Hub does not count as a
 //! pull): no manifest GET, no blob GET. The cache's log has one GET of each
-//! blob per pull.
+//! blob per pull. The cache fetched with the account's token (the upstream
+//! serves nothing without one).
 
 mod common;
 
@@ -35,6 +39,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use nestdock::config::Config;
 use serde_json::{json, Value};
 
@@ -45,6 +50,14 @@ const UPSTREAM_IP: &str = "10.96.0.20";
 /// Not 5000: the cache listens on every address of the namespace (":5000",
 /// as shipped).
 const UPSTREAM_PORT: u16 = 5001;
+/// The stand-in's token service, and the account it serves: the cache pulls
+/// with it the way the README tells users to configure the upstream's
+/// credentials.
+const TOKEN_PORT: u16 = 5002;
+const TOKEN_ISSUER: &str = "stand-in-auth";
+const TOKEN_SERVICE: &str = "stand-in-hub";
+const UPSTREAM_USER: &str = "ci-puller";
+const UPSTREAM_PASSWORD: &str = "pull-token";
 const CACHE_NAME: &str = "nestdock-registry-cache.nestdock-system.svc";
 
 fn repo() -> &'static Path {
@@ -128,15 +141,18 @@ impl Drop for Netns {
     }
 }
 
-/// A docker-registry process in the namespace; its stdout (the access log)
-/// and stderr in one file. Stopped on drop, and when this process dies (its
-/// `sh` keeper reads a pipe this process holds).
+/// A process in the namespace as user 1000 (the cache Deployment's
+/// runAsUser); its stdout (a registry's access log) and stderr in one file.
+/// Stopped on drop, and when this process dies (its `sh` keeper reads a
+/// pipe this process holds).
 struct Registry {
     child: Child,
     log: PathBuf,
 }
 
 impl Registry {
+    /// docker-registry with images/registry-cache/config.yml and `env`, its
+    /// layers in `storage`; once it listens.
     fn start(
         ns: &Netns,
         bin: &Path,
@@ -150,24 +166,9 @@ impl Registry {
             .arg("-R")
             .arg("1000:1000")
             .arg(storage));
-        let out = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &ns.name, "sh", "-c"])
-            .arg(r#""$0" "$@" & pid=$!; read _line; kill $pid; wait $pid"#)
-            .args(["setpriv", "--reuid=1000", "--regid=1000", "--clear-groups"])
-            .arg(bin)
-            .arg("serve")
-            .arg(repo().join("images/registry-cache/config.yml"))
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .stdin(Stdio::piped())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().expect("start docker-registry");
-        let r = Registry { child, log };
+        let config = repo().join("images/registry-cache/config.yml");
+        let argv = [bin.as_os_str(), "serve".as_ref(), config.as_os_str()];
+        let r = Registry::spawn(ns, &argv, env, log);
         let started = Instant::now();
         while !r.log_text().contains("listening on") {
             assert!(
@@ -179,6 +180,30 @@ impl Registry {
             std::thread::sleep(Duration::from_millis(100));
         }
         r
+    }
+
+    fn spawn(
+        ns: &Netns,
+        argv: &[&std::ffi::OsStr],
+        env: &[(String, String)],
+        log: PathBuf,
+    ) -> Registry {
+        let out = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &ns.name, "sh", "-c"])
+            .arg(r#""$0" "$@" & pid=$!; read _line; kill $pid; wait $pid"#)
+            .args(["setpriv", "--reuid=1000", "--regid=1000", "--clear-groups"])
+            .args(argv)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .stdin(Stdio::piped())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start a process in the namespace");
+        Registry { child, log }
     }
 
     fn log_text(&self) -> String {
@@ -208,6 +233,71 @@ impl Drop for Registry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The stand-in for Docker Hub's token service (auth.docker.io): Docker Hub
+/// answers registry requests with a Bearer challenge, and the token service
+/// hands a token to the account's basic credentials. Here: busybox httpd on
+/// UPSTREAM_IP:TOKEN_PORT serving one token (a JWT signed by a key whose
+/// self-signed certificate the upstream trusts, good for an hour, for
+/// library/tiny) only to UPSTREAM_USER. Returns the certificate (PEM) and
+/// the token service's files.
+fn token_service(dir: &Path) -> String {
+    let b64url = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let key = rcgen::KeyPair::generate().unwrap(); // ECDSA P-256: ES256
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "stand-in token issuer");
+    let cert = params.self_signed(&key).unwrap();
+    let header = json!({"typ": "JWT", "alg": "ES256",
+        "x5c": [base64::engine::general_purpose::STANDARD.encode(cert.der())]});
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = json!({"iss": TOKEN_ISSUER, "sub": UPSTREAM_USER, "aud": TOKEN_SERVICE,
+        "iat": now - 60, "nbf": now - 60, "exp": now + 3600, "jti": "stand-in-1",
+        "access": [{"type": "repository", "name": "library/tiny", "actions": ["pull", "push"]}]});
+    let input = format!(
+        "{}.{}",
+        b64url(header.to_string().as_bytes()),
+        b64url(claims.to_string().as_bytes())
+    );
+    let der = rcgen::SigningKey::sign(&key, input.as_bytes()).unwrap();
+    let jwt = format!("{input}.{}", b64url(&ecdsa_der_to_jws(&der)));
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("token"),
+        json!({"token": jwt, "access_token": jwt, "expires_in": 3600}).to_string(),
+    )
+    .unwrap();
+    // Every path needs the account (busybox httpd's basic authentication).
+    std::fs::write(
+        dir.join("httpd.conf"),
+        format!("/:{UPSTREAM_USER}:{UPSTREAM_PASSWORD}\n"),
+    )
+    .unwrap();
+    run(Command::new("chmod").arg("-R").arg("a+rX").arg(dir));
+    cert.pem()
+}
+
+/// An ECDSA signature as DER (SEQUENCE of two INTEGERs) to the JWS form:
+/// r and s, 32 bytes each.
+fn ecdsa_der_to_jws(der: &[u8]) -> Vec<u8> {
+    assert_eq!(der[0], 0x30, "a DER SEQUENCE");
+    let mut at = 2;
+    let mut out = Vec::new();
+    for _ in 0..2 {
+        assert_eq!(der[at], 0x02, "a DER INTEGER");
+        let len = der[at + 1] as usize;
+        let int = &der[at + 2..at + 2 + len];
+        let int = &int[int.len().saturating_sub(32)..];
+        out.extend(std::iter::repeat_n(0u8, 32 - int.len()));
+        out.extend_from_slice(int);
+        at += 2 + len;
+    }
+    out
 }
 
 /// A command in the running container (the kubelet's exec), 120 s at most.
@@ -279,7 +369,63 @@ fn a_second_pod_pulls_from_the_cache_not_from_docker_hub() {
         .tempdir_in("/var/tmp")
         .unwrap();
 
-    // The stand-in for Docker Hub: a plain registry.
+    // The stand-in for Docker Hub: a registry that wants a token from its
+    // token service, which wants the account.
+    let token_dir = work.path().join("token-service");
+    let issuer_pem = token_service(&token_dir);
+    let issuer = work.path().join("token-issuer.pem");
+    std::fs::write(&issuer, issuer_pem).unwrap();
+    let busybox = packages.join("bin/busybox");
+    let token_log = work.path().join("token-service.log");
+    let token_service = Registry::spawn(
+        &ns,
+        &[
+            busybox.as_os_str(),
+            "httpd".as_ref(),
+            "-f".as_ref(),
+            "-vv".as_ref(),
+            "-p".as_ref(),
+            format!("{UPSTREAM_IP}:{TOKEN_PORT}").as_ref(),
+            "-h".as_ref(),
+            token_dir.as_os_str(),
+            "-c".as_ref(),
+            token_dir.join("httpd.conf").as_os_str(),
+        ],
+        &[],
+        token_log,
+    );
+    let token_url = format!("http://{UPSTREAM_IP}:{TOKEN_PORT}/token");
+    let started = Instant::now();
+    loop {
+        let asked = Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .arg(&busybox)
+            .args(["wget", "-q", "-O", "/dev/null"])
+            .arg(format!(
+                "http://{UPSTREAM_USER}:{UPSTREAM_PASSWORD}@{UPSTREAM_IP}:{TOKEN_PORT}/token"
+            ))
+            .status()
+            .unwrap();
+        if asked.success() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the token service did not answer within 10 s:\n{}",
+            token_service.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let anonymous = Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .arg(&busybox)
+        .args(["wget", "-q", "-O", "/dev/null", &token_url])
+        .output()
+        .unwrap();
+    assert!(
+        !anonymous.status.success(),
+        "the token service gave a token without the account"
+    );
     let upstream = Registry::start(
         &ns,
         &registry_bin,
@@ -287,6 +433,13 @@ fn a_second_pod_pulls_from_the_cache_not_from_docker_hub() {
             (
                 "REGISTRY_HTTP_ADDR".into(),
                 format!("{UPSTREAM_IP}:{UPSTREAM_PORT}"),
+            ),
+            ("REGISTRY_AUTH_TOKEN_REALM".into(), token_url),
+            ("REGISTRY_AUTH_TOKEN_SERVICE".into(), TOKEN_SERVICE.into()),
+            ("REGISTRY_AUTH_TOKEN_ISSUER".into(), TOKEN_ISSUER.into()),
+            (
+                "REGISTRY_AUTH_TOKEN_ROOTCERTBUNDLE".into(),
+                issuer.display().to_string(),
             ),
             (
                 "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY".into(),
@@ -322,6 +475,13 @@ fn a_second_pod_pulls_from_the_cache_not_from_docker_hub() {
             }
             _ => (k, v),
         })
+        // The upstream's account, as the README says to add it (the chart
+        // sets the same two variables from registryCache.credentialsSecret;
+        // tests/chart.rs checks that).
+        .chain([
+            ("REGISTRY_PROXY_USERNAME".into(), UPSTREAM_USER.into()),
+            ("REGISTRY_PROXY_PASSWORD".into(), UPSTREAM_PASSWORD.into()),
+        ])
         .collect();
     let cache = Registry::start(
         &ns,
@@ -374,6 +534,19 @@ fn a_second_pod_pulls_from_the_cache_not_from_docker_hub() {
             &seed,
             "import",
             &["docker", "import", "/var/run/tiny.tar", &tag],
+        );
+        exec_ok(
+            &seed,
+            "login",
+            &[
+                "docker",
+                "login",
+                "--username",
+                UPSTREAM_USER,
+                "--password",
+                UPSTREAM_PASSWORD,
+                &format!("{UPSTREAM_IP}:{UPSTREAM_PORT}"),
+            ],
         );
         exec_ok(&seed, "push", &["docker", "push", &tag]);
         exec_ok(
@@ -476,6 +649,14 @@ fn a_second_pod_pulls_from_the_cache_not_from_docker_hub() {
         pod_daemon.terminate(Duration::from_secs(30));
     }
     eprintln!("registry cache: upstream GETs per blob, all during the first pull: {first_pull:?}");
+    // The upstream served nothing without a token, and the token service
+    // gives one to the account only: the cache pulled as the account.
+    assert!(
+        upstream
+            .log_text()
+            .contains("error authorizing context: authorization token required"),
+        "the upstream asks for a token"
+    );
     drop(cache);
     drop(upstream);
     drop(ns);
