@@ -147,7 +147,7 @@ fn inject_with(
             items: Vec::new(),
         };
         run.object(&mut value, &location, None)?;
-        mutated.push(value);
+        mutated.push((value, doc.hint));
     }
     if !run.denials.is_empty() {
         return Err(InjectError::Denied(run.denials));
@@ -157,11 +157,11 @@ fn inject_with(
             .push("the input holds no Kubernetes object; nothing to inject".to_string());
     }
     let mut out = String::new();
-    for (i, value) in mutated.iter().enumerate() {
+    for (i, (value, hint)) in mutated.iter().enumerate() {
         if i > 0 {
             out.push_str("---\n");
         }
-        crate::yaml::emit_document(&mut out, value);
+        crate::yaml::emit_document(&mut out, value, Some(hint));
     }
     Ok(InjectOutput {
         yaml: out,
@@ -169,11 +169,12 @@ fn inject_with(
     })
 }
 
-/// One non-empty input document, as the engine sees it. Its maps keep the
-/// input's key order (serde_json's `preserve_order`), so the output does too.
+/// One non-empty input document: the value the engine sees, and the same
+/// document as parsed (it keeps the key order, used when writing).
 struct Document {
     index: usize,
     value: Value,
+    hint: serde_norway::Value,
 }
 
 /// The objects of a manifest: every non-empty document, in order, each a
@@ -214,7 +215,11 @@ fn read_documents(input: &str) -> Result<Vec<Document>, InjectError> {
                 found: type_name(&value),
             });
         }
-        documents.push(Document { index, value });
+        documents.push(Document {
+            index,
+            value,
+            hint: yaml,
+        });
     }
     Ok(documents)
 }

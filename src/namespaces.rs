@@ -257,7 +257,7 @@ impl NamespaceCache {
     ///
     /// [`is_ready`]: NamespaceCache::is_ready
     pub fn start(client: Client) -> NamespaceCache {
-        // `Api<PartialObjectMeta<_>>` asks for metadata only, in the list,
+        // An Api of PartialObjectMeta asks for metadata only, in the list,
         // the watch and the direct fetch alike.
         let api: Api<NamespaceMeta> = Api::all(client.clone());
         let (store, writer) = reflector::store();

@@ -281,9 +281,13 @@ impl<'a> Mount<'a> {
 /// `p` with `//`, `.` and `..` segments and a trailing `/` removed (lexically,
 /// as `path.Clean` in Go does for absolute paths); borrowed when nothing changes.
 pub fn normalize_path(p: &str) -> Cow<'_, str> {
+    // One pass over the bytes: every segment non-empty and neither `.` nor
+    // `..` (this runs for every mount of every target; a split-based check
+    // cost 5 % of a review's instructions).
     let clean = |rest: &str| {
-        rest.split('/')
-            .all(|s| !s.is_empty() && s != "." && s != "..")
+        rest.as_bytes()
+            .split(|b| *b == b'/')
+            .all(|s| !matches!(s, b"" | b"." | b".."))
     };
     match p.strip_prefix('/') {
         Some("") => return Cow::Borrowed(p),
@@ -316,6 +320,9 @@ pub struct Volume<'a> {
     pub name: Cow<'a, str>,
     #[serde(default)]
     pub projected: Option<Projected>,
+    /// Set for an emptyDir volume (its settings are not read).
+    #[serde(default, rename = "emptyDir")]
+    pub empty_dir: Option<IgnoredAny>,
 }
 
 #[derive(Debug, Default, Deserialize)]

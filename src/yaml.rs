@@ -7,8 +7,15 @@
 //! `kubectl` read YAML 1.1, where a plain `on`, `no` or `y` is a boolean;
 //! `serde_norway` (YAML 1.2) writes the string `"no"` unquoted, and an env
 //! value or annotation would come back as a bool that the API server
-//! refuses. Keys are written in the map's order (serde_json's
-//! `preserve_order`): the input's, then what a patch added.
+//! refuses. Keys are written in the input's order (the parsed YAML is the
+//! hint: `serde_json::Value` sorts keys), then new keys `name` first.
+//!
+//! Why a hint rather than serde_json's `preserve_order`: that feature is
+//! crate-wide (features unify across the workspace and every dependency),
+//! turning every `serde_json::Map` of the process into an `IndexMap`. The
+//! benchmark floor, which parses reviews into a `Value`, took 20 % more
+//! instructions with it (474,725 -> 570,734 per review, bench/callgrind.sh),
+//! and the Docker API guard reads bodies as `Value`s on its hot path.
 
 use serde_json::{Map, Value};
 
@@ -67,11 +74,13 @@ fn yaml_key(k: &serde_norway::Value) -> Option<String> {
     }
 }
 
-/// Appends one document (a mapping) ending in a newline. Keys come in
-/// the map's order: the input's, then what the patch added.
-pub fn emit_document(out: &mut String, value: &Value) {
+type Hint<'a> = Option<&'a serde_norway::Value>;
+
+/// Appends one document (a mapping) ending in a newline. `hint` is the
+/// document as read, for key order.
+pub fn emit_document(out: &mut String, value: &Value, hint: Hint<'_>) {
     match value {
-        Value::Object(m) if !m.is_empty() => emit_mapping(out, m, 0, false),
+        Value::Object(m) if !m.is_empty() => emit_mapping(out, m, hint, 0, false),
         other => {
             emit_inline(out, other);
             out.push('\n');
@@ -83,14 +92,68 @@ fn indent(out: &mut String, n: usize) {
     out.extend(std::iter::repeat_n(' ', n));
 }
 
+/// Entries of `m` in the order of the hint (the input), then the new keys:
+/// `name` first (as Kubernetes writes containers and volumes), then sorted.
+fn ordered<'a>(
+    m: &'a Map<String, Value>,
+    hint: Hint<'a>,
+) -> Vec<(&'a String, &'a Value, Hint<'a>)> {
+    let mut out = Vec::with_capacity(m.len());
+    let mut seen = std::collections::HashSet::new();
+    if let Some(serde_norway::Value::Mapping(h)) = hint {
+        for (hk, hv) in h {
+            let Some(k) = yaml_key(hk) else {
+                continue;
+            };
+            if let Some((key, v)) = m.get_key_value(&k) {
+                if seen.insert(key.as_str()) {
+                    out.push((key, v, Some(hv)));
+                }
+            }
+        }
+    }
+    if let Some((k, v)) = m.get_key_value("name") {
+        if seen.insert("name") {
+            out.push((k, v, None));
+        }
+    }
+    for (k, v) in m {
+        if seen.insert(k.as_str()) {
+            out.push((k, v, None));
+        }
+    }
+    out
+}
+
+/// The hint for item `i` of a sequence: the input item with the same
+/// `name` when the item has one (nestdock inserts its containers first),
+/// else the input item at the same index.
+fn item_hint<'a>(item: &Value, i: usize, hint: Hint<'a>) -> Hint<'a> {
+    let Some(serde_norway::Value::Sequence(h)) = hint else {
+        return None;
+    };
+    if let Some(name) = item.get("name").and_then(Value::as_str) {
+        return h
+            .iter()
+            .find(|x| x.get("name").and_then(|n| n.as_str()) == Some(name));
+    }
+    h.get(i)
+}
+
 /// Written keys longer than this use the explicit form (YAML's limit for an
 /// implicit key is 1024 characters; no Kubernetes key comes close).
 const EXPLICIT_KEY_OVER: usize = 1000;
 
 /// A non-empty mapping whose entries start at column `n`; with
 /// `first_inline` the first entry follows a `- ` already written.
-fn emit_mapping(out: &mut String, m: &Map<String, Value>, n: usize, first_inline: bool) {
-    for (i, (k, v)) in m.iter().enumerate() {
+fn emit_mapping(
+    out: &mut String,
+    m: &Map<String, Value>,
+    hint: Hint<'_>,
+    n: usize,
+    first_inline: bool,
+) {
+    for (i, (k, v, h)) in ordered(m, hint).into_iter().enumerate() {
         if i > 0 || !first_inline {
             indent(out, n);
         }
@@ -106,43 +169,44 @@ fn emit_mapping(out: &mut String, m: &Map<String, Value>, n: usize, first_inline
             indent(out, n);
         }
         out.push(':');
-        emit_value(out, v, n);
+        emit_value(out, v, h, n);
     }
 }
 
 /// A non-empty sequence whose dashes sit at column `n` (Kubernetes style:
 /// under a key, not indented further).
-fn emit_sequence(out: &mut String, s: &[Value], n: usize, first_inline: bool) {
+fn emit_sequence(out: &mut String, s: &[Value], hint: Hint<'_>, n: usize, first_inline: bool) {
     for (i, item) in s.iter().enumerate() {
         if i > 0 || !first_inline {
             indent(out, n);
         }
         out.push('-');
+        let h = item_hint(item, i, hint);
         match item {
             Value::Object(m) if !m.is_empty() => {
                 out.push(' ');
-                emit_mapping(out, m, n + 2, true);
+                emit_mapping(out, m, h, n + 2, true);
             }
             Value::Array(a) if !a.is_empty() => {
                 out.push(' ');
-                emit_sequence(out, a, n + 2, true);
+                emit_sequence(out, a, h, n + 2, true);
             }
-            _ => emit_value(out, item, n),
+            _ => emit_value(out, item, h, n),
         }
     }
 }
 
 /// The value after `key:` (column `n` of the key) or after `-`; writes the
 /// separating space or newline itself, and ends with a newline.
-fn emit_value(out: &mut String, v: &Value, n: usize) {
+fn emit_value(out: &mut String, v: &Value, hint: Hint<'_>, n: usize) {
     match v {
         Value::Object(m) if !m.is_empty() => {
             out.push('\n');
-            emit_mapping(out, m, n + 2, false);
+            emit_mapping(out, m, hint, n + 2, false);
         }
         Value::Array(a) if !a.is_empty() => {
             out.push('\n');
-            emit_sequence(out, a, n, false);
+            emit_sequence(out, a, hint, n, false);
         }
         Value::String(s) if literal_ok(s) => {
             out.push(' ');
@@ -344,7 +408,7 @@ mod tests {
 
     fn render(v: &Value) -> String {
         let mut s = String::new();
-        emit_document(&mut s, v);
+        emit_document(&mut s, v, None);
         s
     }
 
