@@ -46,6 +46,19 @@ enum Command {
     Explain(ExplainArgs),
     /// Write a CA and a serving certificate for the webhook's Service.
     Certs(CertsArgs),
+    /// Exit 0 once a Docker API answers on a unix socket (the guard's
+    /// startup probe).
+    Probe(ProbeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ProbeArgs {
+    /// The unix socket to ask (`GET /_ping`).
+    #[arg(long, value_name = "PATH")]
+    socket: PathBuf,
+    /// How long to wait for the answer.
+    #[arg(long, default_value = "4s", value_parser = parse_positive_duration, value_name = "DURATION")]
+    timeout: Duration,
 }
 
 #[derive(Debug, clap::Args)]
@@ -219,6 +232,13 @@ pub fn main() -> ExitCode {
         Command::Inject(args) => inject(args),
         Command::Explain(args) => explain(args),
         Command::Certs(args) => certs(args),
+        Command::Probe(args) => match crate::probe::ping(&args.socket, args.timeout) {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(e) => {
+                eprintln!("not ready: {e}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
     };
     match result {
         Ok(code) => code,
@@ -244,10 +264,18 @@ fn init_logging(format: LogFormat) {
 }
 
 fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
-    let config = match path {
+    let mut config = match path {
         Some(p) => Config::load(p)?,
         None => Config::default(),
     };
+    // The guard runs nestdock's own image: the one this process runs, which
+    // the Deployment passes as NESTDOCK_IMAGE, unless the config names one.
+    if config.dood.guard.image.is_none() {
+        if let Ok(image) = std::env::var("NESTDOCK_IMAGE") {
+            crate::validate::image(&image).map_err(|e| anyhow::anyhow!("NESTDOCK_IMAGE: {e}"))?;
+            config.dood.guard.image = Some(image);
+        }
+    }
     for warning in config.warnings() {
         tracing::warn!("config: {warning}");
     }

@@ -270,6 +270,11 @@ pub struct DoodConfig {
     pub socket_group: Option<i64>,
     /// Without namespace policy (`--kube=false`) dood is denied unless this is true.
     pub allow_without_namespace_policy: bool,
+    /// The guard in front of the node's socket (`guard: false` turns it off).
+    pub guard: GuardConfig,
+    /// The kubelet's root directory on the nodes: where the guard finds the
+    /// pod's emptyDir volumes as the node's daemon sees them.
+    pub kubelet_root: String,
 }
 
 impl Default for DoodConfig {
@@ -279,7 +284,106 @@ impl Default for DoodConfig {
             node_selector: BTreeMap::new(),
             socket_group: None,
             allow_without_namespace_policy: false,
+            guard: GuardConfig::default(),
+            kubelet_root: "/var/lib/kubelet".into(),
         }
+    }
+}
+
+/// The image the guard runs when the config names none: nestdock's own, as
+/// the chart tags it. The server uses the image it runs itself instead
+/// (`NESTDOCK_IMAGE`, set by the Deployment).
+pub const DEFAULT_GUARD_IMAGE: &str = concat!("nestdock:", env!("CARGO_PKG_VERSION"));
+
+/// `dood.guard`: `true`/`false`, or its settings (which mean on unless
+/// `enabled: false`). With the guard on, dood pods never see the node's
+/// socket: the `nestdock-guard` sidecar alone mounts it and serves a
+/// filtered Docker API on the pod's socket volume.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GuardConfig {
+    pub enabled: bool,
+    /// The guard's image; `None`: the image the webhook runs (see
+    /// [`DEFAULT_GUARD_IMAGE`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The guard container's resources (Kubernetes shape).
+    pub resources: Resources,
+}
+
+impl Default for GuardConfig {
+    fn default() -> Self {
+        GuardConfig {
+            enabled: true,
+            image: None,
+            resources: Resources {
+                requests: ResourceList {
+                    cpu: Some(Quantity::parse("10m").expect("valid default")),
+                    memory: Some(Quantity::parse("32Mi").expect("valid default")),
+                },
+                limits: ResourceList {
+                    cpu: None,
+                    memory: Some(Quantity::parse("128Mi").expect("valid default")),
+                },
+            },
+        }
+    }
+}
+
+/// The file's map form of [`GuardConfig`].
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+struct GuardSettings {
+    enabled: bool,
+    image: Option<String>,
+    resources: Resources,
+}
+
+impl Default for GuardSettings {
+    fn default() -> Self {
+        let GuardConfig {
+            enabled,
+            image,
+            resources,
+        } = GuardConfig::default();
+        GuardSettings {
+            enabled,
+            image,
+            resources,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for GuardConfig {
+    /// A bool or a map, read without an untagged enum so that an error
+    /// inside the map keeps its message and its path (`dood.guard.image`).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = GuardConfig;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("true, false, or a map with enabled, image, resources")
+            }
+            fn visit_bool<E: serde::de::Error>(self, enabled: bool) -> Result<GuardConfig, E> {
+                Ok(GuardConfig {
+                    enabled,
+                    ..GuardConfig::default()
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<GuardConfig, A::Error> {
+                let s =
+                    GuardSettings::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(GuardConfig {
+                    enabled: s.enabled,
+                    image: s.image,
+                    resources: s.resources,
+                })
+            }
+        }
+        d.deserialize_any(Visit)
     }
 }
 
@@ -398,30 +502,7 @@ impl Config {
                 return Err(field_err(&f, format!("{img:?} contains white space")));
             }
         }
-        let r = &self.dind.resources;
-        for (name, req, lim) in [
-            ("cpu", &r.requests.cpu, &r.limits.cpu),
-            ("memory", &r.requests.memory, &r.limits.memory),
-        ] {
-            for (kind, q) in [("requests", req), ("limits", lim)] {
-                if let Some(q) = q {
-                    if !q.is_positive() {
-                        return Err(field_err(
-                            &format!("dind.resources.{kind}.{name}"),
-                            format!("{q} must be greater than zero"),
-                        ));
-                    }
-                }
-            }
-            if let (Some(req), Some(lim)) = (req, lim) {
-                if req.value() > lim.value() {
-                    return Err(field_err(
-                        &format!("dind.resources.requests.{name}"),
-                        format!("request {req} is above the limit {lim}"),
-                    ));
-                }
-            }
-        }
+        check_resources("dind.resources", &self.dind.resources)?;
         match &self.dind.storage {
             Storage::EmptyDir {
                 size_limit: Some(q),
@@ -482,6 +563,11 @@ impl Config {
                 .map_err(|m| field_err(&format!("dind.env[{i}].name"), m))?;
         }
         check_abs_path("dood.hostSocket", &self.dood.host_socket)?;
+        check_abs_path("dood.kubeletRoot", &self.dood.kubelet_root)?;
+        if let Some(image) = &self.dood.guard.image {
+            check_image("dood.guard.image", image)?;
+        }
+        check_resources("dood.guard.resources", &self.dood.guard.resources)?;
         if let Some(g) = self.dood.socket_group {
             check_gid("dood.socketGroup", g)?;
         }
@@ -523,6 +609,34 @@ fn check_gid(field: &str, gid: i64) -> Result<(), ConfigError> {
             field,
             format!("{gid} is not a group id from 0 to 2147483647"),
         ));
+    }
+    Ok(())
+}
+
+/// Quantities above zero, and no request above its limit.
+fn check_resources(field: &str, r: &Resources) -> Result<(), ConfigError> {
+    for (name, req, lim) in [
+        ("cpu", &r.requests.cpu, &r.limits.cpu),
+        ("memory", &r.requests.memory, &r.limits.memory),
+    ] {
+        for (kind, q) in [("requests", req), ("limits", lim)] {
+            if let Some(q) = q {
+                if !q.is_positive() {
+                    return Err(field_err(
+                        &format!("{field}.{kind}.{name}"),
+                        format!("{q} must be greater than zero"),
+                    ));
+                }
+            }
+        }
+        if let (Some(req), Some(lim)) = (req, lim) {
+            if req.value() > lim.value() {
+                return Err(field_err(
+                    &format!("{field}.requests.{name}"),
+                    format!("request {req} is above the limit {lim}"),
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -605,6 +719,47 @@ dood:
         assert_eq!(cfg.dind.mtu, Mtu::Fixed(1400));
         assert_eq!(cfg.socket_path(), "/run/docker/docker.sock");
         assert!(matches!(cfg.dind.storage, Storage::Ephemeral { .. }));
+    }
+
+    #[test]
+    fn the_guard_is_on_by_default_and_reads_as_a_switch_or_settings() {
+        assert!(Config::default().dood.guard.enabled);
+        let off = Config::from_yaml("dood:\n  guard: false\n").unwrap();
+        assert!(!off.dood.guard.enabled);
+        let set = Config::from_yaml(
+            "dood:\n  guard:\n    image: registry.example/nestdock:1.2\n    resources:\n      limits:\n        memory: 64Mi\n",
+        )
+        .unwrap();
+        assert!(set.dood.guard.enabled);
+        assert_eq!(
+            set.dood.guard.image.as_deref(),
+            Some("registry.example/nestdock:1.2")
+        );
+        assert_eq!(
+            set.dood
+                .guard
+                .resources
+                .limits
+                .memory
+                .as_ref()
+                .map(|q| q.as_str()),
+            Some("64Mi")
+        );
+        for (yaml, field, says) in [
+            ("dood:\n  guard:\n    imgae: x\n", "dood.guard.imgae", "unknown field"),
+            ("dood:\n  guard: 3\n", "dood.guard", "true, false, or a map"),
+            ("dood:\n  guard:\n    image: \"bad image\"\n", "dood.guard.image", "bad image"),
+            (
+                "dood:\n  guard:\n    resources:\n      requests:\n        memory: 1Gi\n      limits:\n        memory: 1Mi\n",
+                "dood.guard.resources.requests.memory",
+                "above the limit",
+            ),
+            ("dood:\n  kubeletRoot: var/lib/kubelet\n", "dood.kubeletRoot", "absolute"),
+        ] {
+            let e = Config::from_yaml(yaml).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some(field), "{yaml}: {e}");
+            assert!(e.to_string().contains(says), "{yaml}: {e}");
+        }
     }
 
     #[test]

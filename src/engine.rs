@@ -15,8 +15,8 @@ use crate::plan::{Action, Plan};
 
 pub use crate::denial::{Denial, MAX_REASONS, MAX_REASON_BYTES};
 pub use crate::plan::{
-    Context, ModeFrom, DAEMON_CONTAINER, MAX_WARNINGS, VOL_CERTS, VOL_HOST_SOCKET, VOL_SOCKET,
-    VOL_STORAGE,
+    Context, ModeFrom, DAEMON_CONTAINER, GUARD_CONTAINER, MAX_WARNINGS, VOL_CERTS, VOL_HOST_SOCKET,
+    VOL_SOCKET, VOL_STORAGE,
 };
 pub use crate::policy::NamespacePolicy;
 pub use crate::render::MAX_PATCH_BYTES;

@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::config::Sidecar;
 use crate::engine::{Context, ModeFrom, NamespacePolicy, VOL_CERTS, VOL_SOCKET, VOL_STORAGE};
 use crate::mode::Mode;
-use crate::plan::{Action, Injection};
+use crate::plan::{Action, Injection, GUARD_CONTAINER};
 use crate::policy::{self, Source};
 
 /// Explains the decision for one pod. `ctx` is what the webhook would use;
@@ -142,11 +142,16 @@ pub fn explain(pod: &Value, ctx: &Context<'_>) -> String {
 
 /// What an injection adds, read off the plan.
 fn describe(out: &mut String, injection: &Injection<'_>, ctx: &Context<'_>) {
+    let guard = injection
+        .daemon
+        .as_ref()
+        .is_some_and(|d| d.container.name == GUARD_CONTAINER);
+    let what = if guard { "guard" } else { "daemon" };
     match &injection.daemon {
         Some(daemon) if daemon.placement == Sidecar::Native => {
             let _ = writeln!(
                 out,
-                "  daemon: container {} ({}), a native sidecar: the first init container, running and \
+                "  {what}: container {} ({}), a native sidecar: the first init container, running and \
                  answering before any later container starts",
                 daemon.container.name, daemon.container.image
             );
@@ -154,24 +159,33 @@ fn describe(out: &mut String, injection: &Injection<'_>, ctx: &Context<'_>) {
                 let _ = writeln!(
                     out,
                     "  (with sidecar: auto this assumes Kubernetes 1.29 or newer; the webhook asks the API \
-                     server, and before 1.29 the daemon is a plain container)"
+                     server, and before 1.29 the {what} is a plain container)"
                 );
             }
         }
         Some(daemon) => {
             let _ = writeln!(
                 out,
-                "  daemon: container {} ({}), a plain container next to yours: no start-order guarantee",
+                "  {what}: container {} ({}), a plain container next to yours: no start-order guarantee",
                 daemon.container.name, daemon.container.image
             );
         }
         None => {
             let _ = writeln!(
                 out,
-                "  daemon: the node's docker socket (hostPath {})",
+                "  daemon: the node's docker socket (hostPath {}), mounted into the containers: \
+                 root on the node (dood.guard is off)",
                 ctx.config.dood.host_socket
             );
         }
+    }
+    if guard {
+        let _ = writeln!(
+            out,
+            "  the node's docker daemon (hostPath {}) is reached through the guard only: the \
+             containers see the pod's own objects, and creates that would reach the node are refused",
+            ctx.config.dood.host_socket
+        );
     }
     let targets: Vec<&str> = injection.targets.iter().map(|t| t.name).collect();
     let _ = writeln!(out, "  docker for containers: {}", targets.join(", "));
@@ -189,7 +203,7 @@ fn describe(out: &mut String, injection: &Injection<'_>, ctx: &Context<'_>) {
             t.kept_env.join(", ")
         );
     }
-    if let Some(daemon) = &injection.daemon {
+    if let Some(daemon) = injection.daemon.as_ref().filter(|_| !guard) {
         let own = [VOL_SOCKET, VOL_STORAGE, VOL_CERTS];
         let mirrored: Vec<String> = daemon
             .container

@@ -23,6 +23,7 @@ pub mod patch;
 pub mod plan;
 pub mod pod;
 pub mod policy;
+pub mod probe;
 pub mod quantity;
 pub mod render;
 pub mod server;

@@ -186,7 +186,7 @@ pub fn decide<'a>(pod: &'a crate::pod::Pod<'a>, ctx: &Context<'a>) -> Plan<'a> {
     // IfNeeded) and `inject` may run twice. The marker is whatever the pod's
     // author wrote, so it counts only when the pod carries that injection.
     if let Some(marker) = ann.injected.as_deref() {
-        if marker == mode.as_str() && view.carries_injection(mode) {
+        if marker == mode.as_str() && view.carries_injection(mode, ctx.config.dood.guard.enabled) {
             return Plan {
                 mode,
                 from: ModeFrom::AlreadyInjected,
@@ -237,6 +237,15 @@ pub const VOL_STORAGE: &str = "nestdock-docker-storage";
 pub const VOL_CERTS: &str = "nestdock-docker-certs";
 /// dood: the node's docker socket.
 pub const VOL_HOST_SOCKET: &str = "nestdock-host-docker";
+/// Name of the guard container (dood with `dood.guard` on).
+pub const GUARD_CONTAINER: &str = "nestdock-guard";
+/// Where the guard mounts the pod's socket volume and listens.
+const GUARD_SOCKET_DIR: &str = "/run/nestdock/sock";
+const GUARD_SOCKET: &str = "/run/nestdock/sock/docker.sock";
+/// Where the guard mounts the node's docker socket (and nothing else does).
+const GUARD_NODE_SOCKET: &str = "/run/nestdock/node/docker.sock";
+/// Where the guard sees the targets' emptyDir volumes, one directory each.
+const GUARD_VOLUMES_DIR: &str = "/run/nestdock/volumes";
 
 const SA_TOKEN_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 const DIND_STORAGE: &str = "/var/lib/docker";
@@ -431,8 +440,9 @@ impl<'a> PodView<'a> {
 
     /// Whether the pod carries nestdock's injection of `mode`: the daemon
     /// container with its storage and socket (or certificates) volumes for
-    /// dind, the host-socket volume for dood. What makes a marker credible.
-    fn carries_injection(&self, mode: Mode) -> bool {
+    /// dind, the host-socket volume for dood (with the guard and the socket
+    /// volume when the guard is on). What makes a marker credible.
+    fn carries_injection(&self, mode: Mode, guarded: bool) -> bool {
         match mode {
             Mode::Dind | Mode::DindRootless => {
                 self.init
@@ -442,7 +452,16 @@ impl<'a> PodView<'a> {
                     && self.volume(VOL_STORAGE).is_some()
                     && (self.volume(VOL_SOCKET).is_some() || self.volume(VOL_CERTS).is_some())
             }
-            Mode::Dood => self.volume(VOL_HOST_SOCKET).is_some(),
+            Mode::Dood => {
+                self.volume(VOL_HOST_SOCKET).is_some()
+                    && (!guarded
+                        || (self.volume(VOL_SOCKET).is_some()
+                            && self
+                                .init
+                                .iter()
+                                .chain(self.app.iter())
+                                .any(|s| s.name == GUARD_CONTAINER)))
+            }
             Mode::None => false,
         }
     }
@@ -491,12 +510,21 @@ impl<'v, 'a> Planner<'v, 'a> {
         match self.mode {
             Mode::None => Ok(None),
             Mode::Dood => {
+                let guarded = self.cfg().dood.guard.enabled;
                 for k in self.ann.daemon_only_keys() {
+                    // The guard is a sidecar: where it goes matters.
+                    if guarded && k == "sidecar" {
+                        continue;
+                    }
                     self.warn(format!(
                         "annotation nestdock.io/{k} has no effect in mode dood"
                     ));
                 }
-                self.plan_dood(&targets).map(Some)
+                if guarded {
+                    self.plan_guarded_dood(&targets, sidecar).map(Some)
+                } else {
+                    self.plan_dood(&targets).map(Some)
+                }
             }
             Mode::Dind | Mode::DindRootless => {
                 self.plan_dind(&targets, sidecar, resources).map(Some)
@@ -595,7 +623,9 @@ impl<'v, 'a> Planner<'v, 'a> {
     /// container the mode can serve (docs/behaviour.md, *Targets*), in pod order.
     fn targets(&self, sidecar: Sidecar) -> Result<Vec<&'v Slot<'a>>, Denial> {
         let view = self.view;
-        let init_ok = !(self.mode.has_daemon() && sidecar == Sidecar::Container);
+        let has_sidecar =
+            self.mode.has_daemon() || (self.mode == Mode::Dood && self.cfg().dood.guard.enabled);
+        let init_ok = !(has_sidecar && sidecar == Sidecar::Container);
         let Some(names) = &self.ann.containers else {
             return Ok(if init_ok {
                 view.init.iter().chain(view.app.iter()).collect()
@@ -616,7 +646,7 @@ impl<'v, 'a> Planner<'v, 'a> {
                 Some(s) if s.list == "initContainers" && !init_ok => {
                     return Err(Denial::bad(format!(
                         "annotation nestdock.io/containers names init container {}, but with \
-                         nestdock.io/sidecar: container the daemon starts after the init containers; \
+                         nestdock.io/sidecar: container the daemon (or guard) starts after the init containers; \
                          name app containers only, or use the native sidecar",
                         crate::validate::shown(n)
                     )));
@@ -674,8 +704,8 @@ impl<'v, 'a> Planner<'v, 'a> {
         for (list, names) in lists {
             if names.contains(&name) {
                 return Err(Denial::bad(format!(
-                    "the pod already has a container named {name} (in spec.{list}), the name of the \
-                     daemon container nestdock adds; rename that container"
+                    "the pod already has a container named {name} (in spec.{list}), the name of a \
+                     container nestdock adds; rename that container"
                 )));
             }
         }
@@ -702,14 +732,15 @@ impl<'v, 'a> Planner<'v, 'a> {
         targets: &[&'v Slot<'a>],
         wiring: &Wiring<'a>,
     ) -> Result<Vec<Target<'a>>, Denial> {
+        let reserved: Vec<Cow<'_, str>> = wiring
+            .reserved_target_paths
+            .iter()
+            .map(|r| crate::pod::normalize_path(r))
+            .collect();
         for t in targets {
             for m in t.obj.volume_mounts.items() {
                 let path = m.path();
-                if wiring
-                    .reserved_target_paths
-                    .iter()
-                    .any(|r| crate::pod::normalize_path(r) == path)
-                {
+                if reserved.contains(&path) {
                     let vol = &m.name;
                     return Err(Denial::bad(format!(
                         "container {} already mounts volume {vol} at {path}, where nestdock puts the docker \
@@ -789,6 +820,7 @@ impl<'v, 'a> Planner<'v, 'a> {
                 .map(|(name, value, _)| EnvOut {
                     name,
                     value: Cow::Owned(value),
+                    field_path: None,
                 })
                 .collect(),
             target_mount: wiring.target_mount,
@@ -833,6 +865,153 @@ impl<'v, 'a> Planner<'v, 'a> {
         let mut injection = self.injection(targets, wiring, volumes);
         injection.node_selector = self.node_selector(&cfg.dood.node_selector);
         Ok(injection)
+    }
+
+    /// Guarded dood: the node's socket is mounted in the `nestdock-guard`
+    /// sidecar alone, which serves a filtered Docker API on the pod's socket
+    /// volume; the targets are wired to that volume exactly as in dind.
+    fn plan_guarded_dood(
+        &mut self,
+        targets: &[&'v Slot<'a>],
+        sidecar: Sidecar,
+    ) -> Result<Injection<'a>, Denial> {
+        let cfg = self.cfg();
+        self.check_container_name_free(GUARD_CONTAINER)?;
+        self.check_volume_names_free(&[VOL_SOCKET, VOL_HOST_SOCKET])?;
+        let socket_dir = cfg.socket_dir.as_str();
+        let socket = cfg.socket_path();
+        // No Testcontainers override: a bind of the docker socket reaches
+        // the guard, which points it at its own socket.
+        let wiring = Wiring {
+            env: vec![("DOCKER_HOST", format!("unix://{socket}"), true)],
+            target_mount: MountOut::new(VOL_SOCKET, socket_dir),
+            reserved_target_paths: vec![socket_dir.to_string(), socket.clone()],
+            group: Some(cfg.socket_group),
+        };
+        let wired = self.wire_targets(targets, &wiring)?;
+        let mut mounts = vec![
+            MountOut::new(VOL_SOCKET, GUARD_SOCKET_DIR),
+            MountOut::new(VOL_HOST_SOCKET, GUARD_NODE_SOCKET),
+        ];
+        // The targets' emptyDir volumes, read-only, one directory each: the
+        // guard checks a bind below one for symbolic links before the node's
+        // daemon follows it.
+        let mut seen = HashSet::new();
+        for t in targets {
+            for m in t.obj.volume_mounts.items() {
+                let name = m.name.as_ref();
+                let empty_dir = self
+                    .view
+                    .volume(name)
+                    .is_some_and(|v| v.empty_dir.is_some());
+                if empty_dir && seen.insert(name) {
+                    mounts.push(MountOut {
+                        name,
+                        mount_path: Cow::Owned(format!("{GUARD_VOLUMES_DIR}/{name}")),
+                        sub_path: None,
+                        read_only: Some(true),
+                    });
+                }
+            }
+        }
+        let guard = self.guard_container(sidecar, mounts);
+        let volumes = vec![
+            json!({ "name": VOL_SOCKET, "emptyDir": {} }),
+            json!({
+                "name": VOL_HOST_SOCKET,
+                "hostPath": { "path": cfg.dood.host_socket, "type": "Socket" },
+            }),
+        ];
+        let list_exists = self.sidecar_list_exists(sidecar, "the guard");
+        let mut injection = self.injection(wired, wiring, volumes);
+        injection.node_selector = self.node_selector(&cfg.dood.node_selector);
+        injection.daemon = Some(Daemon {
+            container: guard,
+            placement: sidecar,
+            list_exists,
+        });
+        Ok(injection)
+    }
+
+    /// Whether the list a sidecar goes into exists; a plain container (not
+    /// native) is warned about.
+    fn sidecar_list_exists(&mut self, sidecar: Sidecar, what: &str) -> bool {
+        let spec = self.view.spec;
+        match sidecar {
+            Sidecar::Native => spec.init_containers.is_some(),
+            Sidecar::Container => {
+                self.warn(format!(
+                    "sidecar: container: {what} may start after your containers, and Jobs will not \
+                     complete while it runs"
+                ));
+                spec.containers.is_some()
+            }
+        }
+    }
+
+    /// The `nestdock-guard` container: nestdock's own image, no privileges,
+    /// root (uid 0) only to open the node's socket, with the socket group as
+    /// its group so that its socket is the targets'.
+    fn guard_container(&self, sidecar: Sidecar, mounts: Vec<MountOut<'a>>) -> DaemonOut<'a> {
+        let cfg = self.cfg();
+        let guard = &cfg.dood.guard;
+        let image = match &guard.image {
+            Some(image) => Cow::Borrowed(image.as_str()),
+            None => Cow::Borrowed(crate::config::DEFAULT_GUARD_IMAGE),
+        };
+        let r = &guard.resources;
+        let quantity = |q: &'a Option<crate::quantity::Quantity>| {
+            q.as_ref().map(|q| Cow::Borrowed(q.as_str()))
+        };
+        let list = |cpu: Option<Cow<'a, str>>, memory: Option<Cow<'a, str>>| {
+            (cpu.is_some() || memory.is_some()).then_some(CpuMemory { cpu, memory })
+        };
+        let resources = ResourcesOut {
+            requests: list(quantity(&r.requests.cpu), quantity(&r.requests.memory)),
+            limits: list(quantity(&r.limits.cpu), quantity(&r.limits.memory)),
+        };
+        DaemonOut {
+            name: GUARD_CONTAINER,
+            image,
+            command: None,
+            args: vec![
+                "guard".to_string(),
+                format!("--listen={GUARD_SOCKET}"),
+                format!("--upstream={GUARD_NODE_SOCKET}"),
+                format!("--socket-group={}", cfg.socket_group),
+                format!("--kubelet-root={}", cfg.dood.kubelet_root),
+                format!("--pod-volumes-dir={GUARD_VOLUMES_DIR}"),
+            ],
+            env: vec![EnvOut {
+                name: "NESTDOCK_POD_UID",
+                value: Cow::Borrowed(""),
+                field_path: Some("metadata.uid"),
+            }],
+            security_context: SecurityOut::Guard {
+                run_as_user: 0,
+                run_as_group: cfg.socket_group,
+                run_as_non_root: false,
+                allow_privilege_escalation: false,
+                read_only_root_filesystem: true,
+                capabilities: Capabilities { drop: ["ALL"] },
+            },
+            startup_probe: ProbeOut {
+                exec: ExecOut {
+                    command: ProbeCommand::Args(vec![
+                        "nestdock".to_string(),
+                        "probe".to_string(),
+                        format!("--socket={GUARD_SOCKET}"),
+                    ]),
+                },
+                period_seconds: 1,
+                timeout_seconds: 5,
+                failure_threshold: 60,
+            },
+            resources: (resources.requests.is_some() || resources.limits.is_some())
+                .then_some(resources),
+            volume_mounts: mounts,
+            restart_policy: (sidecar == Sidecar::Native).then_some("Always"),
+        }
     }
 
     /// The config's dood `nodeSelector` entries the pod lacks; a key the pod
@@ -994,18 +1173,7 @@ impl<'v, 'a> Planner<'v, 'a> {
             json!({ "name": shared, "emptyDir": {} }),
             self.storage_volume(),
         ];
-        let spec = self.view.spec;
-        let list_exists = match sidecar {
-            Sidecar::Native => spec.init_containers.is_some(),
-            Sidecar::Container => {
-                self.warn(
-                    "sidecar: container: the daemon may start after your containers, and Jobs will not \
-                     complete while it runs"
-                        .to_string(),
-                );
-                spec.containers.is_some()
-            }
-        };
+        let list_exists = self.sidecar_list_exists(sidecar, "the daemon");
         let mut injection = self.injection(wired, wiring, volumes);
         injection.skipped_mounts = skipped;
         injection.daemon = Some(Daemon {
@@ -1183,6 +1351,7 @@ impl<'v, 'a> Planner<'v, 'a> {
         env.push(EnvOut {
             name: "NESTDOCK_MTU",
             value: mtu,
+            field_path: None,
         });
         if rootless {
             env.push(EnvOut::new("XDG_RUNTIME_DIR", ROOTLESS_RUNTIME_DIR));
@@ -1192,7 +1361,7 @@ impl<'v, 'a> Planner<'v, 'a> {
         let probe = if tls {
             ProbeCommand::Static(&PROBE_TLS)
         } else {
-            ProbeCommand::Socket([
+            ProbeCommand::Args(vec![
                 "docker".to_string(),
                 format!("--host={host}"),
                 "version".to_string(),
@@ -1204,10 +1373,10 @@ impl<'v, 'a> Planner<'v, 'a> {
             // Through the image's entrypoint (cgroup v2 nesting, tini);
             // `dockerd` first skips its default TCP listener, which TLS mode
             // wants instead.
-            command: if tls { &COMMAND_TLS } else { &COMMAND_SOCKET },
+            command: Some(if tls { &COMMAND_TLS } else { &COMMAND_SOCKET }),
             args,
             env,
-            security_context: SecurityOut {
+            security_context: SecurityOut::Daemon {
                 privileged: true,
                 run_as_user: if rootless { ROOTLESS_ID } else { 0 },
                 run_as_group: if rootless { ROOTLESS_ID } else { 0 },
@@ -1233,7 +1402,8 @@ impl<'v, 'a> Planner<'v, 'a> {
 pub struct DaemonOut<'a> {
     pub name: &'static str,
     pub image: Cow<'a, str>,
-    command: &'static RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    command: Option<&'static RawValue>,
     pub args: Vec<String>,
     pub env: Vec<EnvOut<'a>>,
     security_context: SecurityOut,
@@ -1269,11 +1439,14 @@ impl std::fmt::Display for SkipReason<'_> {
     }
 }
 
-/// An environment variable as it goes into the patch.
-#[derive(Debug, Serialize)]
+/// An environment variable as it goes into the patch: a value, or a field
+/// of the pod from the Downward API.
+#[derive(Debug)]
 pub struct EnvOut<'a> {
     pub name: &'a str,
     pub value: Cow<'a, str>,
+    /// `valueFrom.fieldRef.fieldPath` instead of the value.
+    pub field_path: Option<&'static str>,
 }
 
 impl<'a> EnvOut<'a> {
@@ -1281,17 +1454,51 @@ impl<'a> EnvOut<'a> {
         EnvOut {
             name,
             value: Cow::Borrowed(value),
+            field_path: None,
         }
     }
 }
 
+impl Serialize for EnvOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut map = s.serialize_map(Some(2))?;
+        map.serialize_entry("name", self.name)?;
+        match self.field_path {
+            Some(path) => map.serialize_entry(
+                "valueFrom",
+                &serde_json::json!({ "fieldRef": { "fieldPath": path } }),
+            )?,
+            None => map.serialize_entry("value", &self.value)?,
+        }
+        map.end()
+    }
+}
+
 #[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct SecurityOut {
-    privileged: bool,
-    run_as_user: i64,
-    run_as_group: i64,
-    run_as_non_root: bool,
+#[serde(untagged)]
+enum SecurityOut {
+    #[serde(rename_all = "camelCase")]
+    Daemon {
+        privileged: bool,
+        run_as_user: i64,
+        run_as_group: i64,
+        run_as_non_root: bool,
+    },
+    #[serde(rename_all = "camelCase")]
+    Guard {
+        run_as_user: i64,
+        run_as_group: i64,
+        run_as_non_root: bool,
+        allow_privilege_escalation: bool,
+        read_only_root_filesystem: bool,
+        capabilities: Capabilities,
+    },
+}
+
+#[derive(Debug, Serialize)]
+struct Capabilities {
+    drop: [&'static str; 1],
 }
 
 #[derive(Debug, Serialize)]
@@ -1312,7 +1519,7 @@ struct ExecOut {
 #[serde(untagged)]
 enum ProbeCommand {
     Static(&'static RawValue),
-    Socket([String; 3]),
+    Args(Vec<String>),
 }
 
 /// `requests`/`limits` of the daemon.

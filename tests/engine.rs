@@ -279,20 +279,86 @@ fn rootless_uses_its_own_image_paths_and_group() {
 }
 
 #[test]
-fn dood_mounts_the_node_socket_into_init_and_app_containers() {
+fn guarded_dood_gives_the_node_socket_to_the_guard_alone() {
     let mut cfg = Config::default();
     cfg.dood.allow_without_namespace_policy = true;
-    cfg.dood.socket_group = Some(998);
     cfg.dood
         .node_selector
         .insert("nestdock.io/docker".into(), "true".into());
+    let mut build = app("build");
+    build["volumeMounts"] = json!([{"name": "src", "mountPath": "/src"}]);
+    let p = pod(
+        json!({"nestdock.io/mode": "dood"}),
+        json!({
+            "initContainers": [app("warm")],
+            "containers": [build],
+            "volumes": [{"name": "src", "emptyDir": {}}],
+        }),
+    );
+    let (out, _) = injected(&p, &cfg);
+    // The guard is the first init container, so every later one is served.
+    let guard = &out["spec"]["initContainers"][0];
+    assert_eq!(guard["name"], "nestdock-guard", "{out:#}");
+    assert_eq!(guard["image"], nestdock::config::DEFAULT_GUARD_IMAGE);
+    assert!(mount(guard, "nestdock-host-docker").is_some());
+    // It sees the targets' emptyDirs (read-only) to check what is bound.
+    let src = mount(guard, "src").expect("the guard sees the src emptyDir");
+    assert_eq!(src["readOnly"], true);
+    for name in ["warm", "build"] {
+        let c = container(&out, name).unwrap();
+        assert!(mount(c, "nestdock-host-docker").is_none(), "{name}");
+        assert!(mount(c, "nestdock-docker-sock").is_some(), "{name}");
+    }
+    assert_eq!(out["spec"]["nodeSelector"]["nestdock.io/docker"], "true");
+    assert!(!out.to_string().contains("privileged"));
+    // A guard image of the platform's choosing.
+    cfg.dood.guard.image = Some("registry.example/nestdock:1.2".into());
+    let (out, _) = injected(&p, &cfg);
+    assert_eq!(
+        out["spec"]["initContainers"][0]["image"],
+        "registry.example/nestdock:1.2"
+    );
+}
+
+#[test]
+fn guarded_dood_as_a_plain_container_serves_app_containers_only() {
+    let mut cfg = Config::default();
+    cfg.dood.allow_without_namespace_policy = true;
+    let p = pod(
+        json!({"nestdock.io/mode": "dood", "nestdock.io/sidecar": "container"}),
+        json!({"initContainers": [app("warm")], "containers": [app("build")]}),
+    );
+    let (out, warnings) = injected(&p, &cfg);
+    assert!(container(&out, "nestdock-guard")
+        .unwrap()
+        .get("restartPolicy")
+        .is_none());
+    assert!(mount(container(&out, "warm").unwrap(), "nestdock-docker-sock").is_none());
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("the guard may start after")),
+        "{warnings:?}"
+    );
+    assert!(
+        !warnings.iter().any(|w| w.contains("no effect")),
+        "{warnings:?}"
+    );
+}
+
+#[test]
+fn unguarded_dood_mounts_the_node_socket_into_init_and_app_containers() {
+    let mut cfg = Config::default();
+    cfg.dood.allow_without_namespace_policy = true;
+    cfg.dood.guard.enabled = false;
+    cfg.dood.socket_group = Some(998);
     let p = pod(
         json!({"nestdock.io/mode": "dood"}),
         json!({"initContainers": [app("warm")], "containers": [app("build")]}),
     );
     let (out, _) = injected(&p, &cfg);
     assert!(mount(container(&out, "warm").unwrap(), "nestdock-host-docker").is_some());
-    assert_eq!(out["spec"]["nodeSelector"]["nestdock.io/docker"], "true");
+    assert!(container(&out, "nestdock-guard").is_none());
     assert!(!out.to_string().contains("privileged"));
 }
 
@@ -748,6 +814,22 @@ fn rootful_daemon_runs_as_group_0_and_needs_no_socket_override() {
 fn dood_with_a_custom_host_socket_tells_testcontainers_the_node_path() {
     let mut cfg = Config::default();
     cfg.dood.allow_without_namespace_policy = true;
+    // Guarded, the guard rewrites a bind of the docker socket: no override.
+    cfg.dood.host_socket = "/run/containerd-docker/docker.sock".into();
+    let p = pod(
+        json!({"nestdock.io/mode": "dood"}),
+        json!({"containers": [app("build")]}),
+    );
+    let (out, _) = injected(&p, &cfg);
+    assert_eq!(
+        env(
+            container(&out, "build").unwrap(),
+            "TESTCONTAINERS_DOCKER_SOCKET_OVERRIDE"
+        ),
+        None
+    );
+    cfg.dood.host_socket = "/var/run/docker.sock".into();
+    cfg.dood.guard.enabled = false;
     let p = pod(
         json!({"nestdock.io/mode": "dood"}),
         json!({"containers": [app("build")]}),

@@ -260,11 +260,13 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 768, .. ProptestConfig::default() })]
 
     #[test]
-    fn any_pod_patch_applies_is_valid_and_idempotent(shape in pod_shape()) {
+    fn any_pod_patch_applies_is_valid_and_idempotent(shape in pod_shape(), guard in any::<bool>()) {
         let mut pod = build(&shape);
         let wanted = pod.as_object_mut().unwrap().remove("_annotations").unwrap();
         let mut config = Config::default();
         config.dood.allow_without_namespace_policy = true;
+        // dood with and without its guard.
+        config.dood.guard.enabled = guard;
         // Pods without annotations get their mode as `inject --mode` gives it.
         let flag = if pod.pointer("/metadata/annotations").is_some_and(Value::is_object) {
             None

@@ -256,3 +256,28 @@ fn a_manifest_that_is_not_a_pod_is_refused_naming_its_kind() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_says(&stderr, &["Deployment", "Pod"]);
 }
+
+#[test]
+fn dood_is_explained_as_the_guard_in_front_of_the_node_socket() {
+    let text = explain(
+        &[("nestdock.io/mode", "dood")],
+        "nestdock.io/allow-dood=true",
+    );
+    assert_says(
+        &text,
+        &[
+            "result: injected",
+            "guard: container nestdock-guard",
+            "a native sidecar",
+            "hostPath /var/run/docker.sock) is reached through the guard only",
+        ],
+    );
+    // Turned off by the platform, the targets mount the node's socket.
+    let text = explain_with(
+        &pod_yaml(&[("nestdock.io/mode", "dood")]),
+        "nestdock.io/allow-dood=true",
+        Some("dood:\n  guard: false\n"),
+    );
+    assert_says(&text, &["root on the node (dood.guard is off)"]);
+    assert!(!text.contains("nestdock-guard"), "{text}");
+}

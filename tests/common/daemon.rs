@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use nestdock::config::Config;
-use nestdock::engine::{mutate, Context, NamespacePolicy, Effect};
+use nestdock::engine::{mutate, Context, Effect, NamespacePolicy};
 use serde_json::{json, Value};
 
 /// The daemon root filesystem, built once per machine by the script.

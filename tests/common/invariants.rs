@@ -12,6 +12,7 @@ pub const VOL_SOCKET: &str = "nestdock-docker-sock";
 pub const VOL_STORAGE: &str = "nestdock-docker-storage";
 pub const VOL_CERTS: &str = "nestdock-docker-certs";
 pub const VOL_HOST: &str = "nestdock-host-docker";
+pub const GUARD: &str = "nestdock-guard";
 
 fn arr<'a>(v: &'a Value, key: &str) -> Vec<&'a Value> {
     v.get(key)
@@ -55,6 +56,63 @@ pub fn volume<'a>(pod: &'a Value, name: &str) -> Option<&'a Value> {
     arr(&pod["spec"], "volumes")
         .into_iter()
         .find(|v| s(v, "name") == name)
+}
+
+/// The guard of guarded dood: the only container with the node's socket,
+/// unprivileged, its pod's uid from the Downward API, started before the
+/// containers it serves (or, as a plain container, next to them).
+fn check_guard(pod: &Value, config: &Config, groups: &[i64]) {
+    let spec = &pod["spec"];
+    let guard = container(pod, GUARD).unwrap_or_else(|| panic!("no {GUARD} container: {pod:#}"));
+    let native = arr(spec, "initContainers")
+        .first()
+        .is_some_and(|c| s(c, "name") == GUARD);
+    if native {
+        assert_eq!(
+            guard["restartPolicy"], "Always",
+            "native sidecar restarts Always"
+        );
+    } else {
+        assert!(guard.get("restartPolicy").is_none());
+    }
+    assert!(
+        mount(guard, VOL_HOST).is_some(),
+        "the guard mounts the node's socket"
+    );
+    assert!(
+        mount(guard, VOL_SOCKET).is_some(),
+        "the guard serves the pod's socket volume"
+    );
+    for c in arr(spec, "initContainers")
+        .into_iter()
+        .chain(arr(spec, "containers"))
+    {
+        if s(c, "name") != GUARD {
+            assert!(
+                mount(c, VOL_HOST).is_none(),
+                "{} mounts the node's socket",
+                s(c, "name")
+            );
+        }
+    }
+    let sc = &guard["securityContext"];
+    assert!(
+        sc.get("privileged").is_none_or(|p| p == false),
+        "the guard is not privileged"
+    );
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["capabilities"]["drop"][0], "ALL");
+    let uid = arr(guard, "env")
+        .into_iter()
+        .find(|e| s(e, "name") == "NESTDOCK_POD_UID")
+        .expect("the guard's pod uid");
+    assert_eq!(uid["valueFrom"]["fieldRef"]["fieldPath"], "metadata.uid");
+    assert!(guard["startupProbe"]["exec"]["command"].is_array());
+    assert!(
+        groups.contains(&config.socket_group),
+        "supplementalGroups lacks {}",
+        config.socket_group
+    );
 }
 
 /// What the API server's validation checks that a patch could break.
@@ -110,16 +168,16 @@ pub fn check_valid(pod: &Value) {
 
 /// The containers that got the daemon: what the `containers` annotation
 /// names, else every container the mode serves.
-fn targets<'a>(pod: &'a Value, mode: &str, native: bool) -> Vec<&'a Value> {
+fn targets(pod: &Value, native: bool) -> Vec<&Value> {
     let spec = &pod["spec"];
     let subset: Option<Vec<&str>> =
         annotation(pod, "nestdock.io/containers").map(|v| v.split(',').map(str::trim).collect());
-    let init_ok = mode == "dood" || native;
+    let init_ok = native;
     arr(spec, "initContainers")
         .into_iter()
         .filter(|_| init_ok)
         .chain(arr(spec, "containers"))
-        .filter(|c| s(c, "name") != DAEMON)
+        .filter(|c| s(c, "name") != DAEMON && s(c, "name") != GUARD)
         .filter(|c| {
             subset
                 .as_ref()
@@ -197,24 +255,49 @@ pub fn check_against(original: Option<&Value>, pod: &Value, config: &Config) {
             assert_eq!(v["hostPath"]["type"], "Socket");
             assert_eq!(v["hostPath"]["path"], config.dood.host_socket.as_str());
             assert!(container(pod, DAEMON).is_none(), "dood adds no daemon");
-            let ts = targets(pod, mode, true);
+            // Init containers are targets unless the guard is a plain
+            // container (it does not exist yet when they run).
+            let native = !config.dood.guard.enabled
+                || arr(spec, "initContainers")
+                    .first()
+                    .is_some_and(|c| s(c, "name") == GUARD);
+            let ts = targets(pod, native);
             assert!(!ts.is_empty(), "no target container");
+            if config.dood.guard.enabled {
+                check_guard(pod, config, &groups);
+            }
             for t in ts {
-                let m = mount(t, VOL_HOST)
-                    .unwrap_or_else(|| panic!("{} lacks the socket", s(t, "name")));
-                assert_eq!(s(m, "mountPath"), socket);
                 let want = user_env(t, "DOCKER_HOST").unwrap_or(format!("unix://{socket}"));
                 assert_eq!(env(t, "DOCKER_HOST"), Some(want.as_str()));
+                if config.dood.guard.enabled {
+                    // The targets reach the guard's socket on the pod's
+                    // socket volume and never see the node's.
+                    assert!(
+                        mount(t, VOL_HOST).is_none(),
+                        "{} mounts the node's socket",
+                        s(t, "name")
+                    );
+                    let m = mount(t, VOL_SOCKET)
+                        .unwrap_or_else(|| panic!("{} lacks the socket volume", s(t, "name")));
+                    assert_eq!(s(m, "mountPath"), socket_dir);
+                    assert_eq!(env(t, TC_OVERRIDE), user_env(t, TC_OVERRIDE).as_deref());
+                } else {
+                    let m = mount(t, VOL_HOST)
+                        .unwrap_or_else(|| panic!("{} lacks the socket", s(t, "name")));
+                    assert_eq!(s(m, "mountPath"), socket);
+                    // Helpers that bind-mount the socket (Ryuk) need the path
+                    // the node's daemon sees, when it differs from the targets'.
+                    let override_wanted = (config.dood.host_socket != socket)
+                        .then(|| config.dood.host_socket.clone());
+                    let want = user_env(t, TC_OVERRIDE).or(override_wanted);
+                    assert_eq!(env(t, TC_OVERRIDE), want.as_deref(), "{}", s(t, "name"));
+                }
             }
-            // Helpers that bind-mount the socket (Ryuk) need the path the
-            // node's daemon sees, when it differs from the targets' path.
-            let override_wanted =
-                (config.dood.host_socket != socket).then(|| config.dood.host_socket.clone());
-            for t in targets(pod, mode, true) {
-                let want = user_env(t, TC_OVERRIDE).or(override_wanted.clone());
-                assert_eq!(env(t, TC_OVERRIDE), want.as_deref(), "{}", s(t, "name"));
-            }
-            if let Some(g) = config.dood.socket_group {
+            if let Some(g) = config
+                .dood
+                .socket_group
+                .filter(|_| !config.dood.guard.enabled)
+            {
                 assert!(groups.contains(&g), "supplementalGroups lacks {g}");
             }
             for (k, v) in &config.dood.node_selector {
@@ -313,7 +396,7 @@ pub fn check_against(original: Option<&Value>, pod: &Value, config: &Config) {
             let sv = volume(pod, VOL_STORAGE).expect("storage volume");
             assert!(sv.get("emptyDir").is_some() || sv.get("ephemeral").is_some());
 
-            let ts = targets(pod, mode, native);
+            let ts = targets(pod, native);
             assert!(!ts.is_empty(), "no target container");
             if tls {
                 assert_eq!(env(daemon, "DOCKER_TLS_CERTDIR"), Some("/certs"));
