@@ -1,0 +1,863 @@
+//! What a pod may ask dockerd to create: the rules on container, exec,
+//! network and volume bodies and on image builds. Pure: a rule either
+//! refuses (403 and a message naming the field) or says which objects the
+//! request refers to, for the proxy to check that the pod owns them.
+//!
+//! Where a field has a small set of harmless values, those are allowed and
+//! everything else refused (an allow list), so that a spelling dockerd
+//! accepts and the guard did not foresee is refused rather than let through.
+
+use super::body::Json;
+use super::owner;
+use super::query::Query;
+
+/// A refusal: the HTTP status and dockerd-style message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denied {
+    pub status: u16,
+    pub message: String,
+}
+
+/// An object a request names, which must belong to the pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Need {
+    /// A container (`container:<id>` modes, `VolumesFrom`, `Links`,
+    /// `network connect`): must exist and be the pod's.
+    Container { field: String, id: String },
+    /// A user-defined network: must exist and be the pod's.
+    Network { field: String, name: String },
+    /// A named volume: the pod's, or created for the pod when missing
+    /// (dockerd would create it unlabelled).
+    Volume { field: String, name: String },
+    /// A path inside one of the pod's emptyDir volumes (`volume` is its name,
+    /// `rest` the components below it): must not pass through a symbolic
+    /// link, which dockerd would follow on the node.
+    HostPath {
+        field: String,
+        volume: String,
+        rest: Vec<String>,
+    },
+}
+
+/// What the rules know of the pod.
+#[derive(Debug, Clone)]
+pub struct Scope<'a> {
+    pub uid: &'a str,
+    /// The kubelet's root directory on the node (`/var/lib/kubelet`).
+    pub kubelet_root: &'a str,
+    /// Whether paths below an emptyDir's root may be bound: only when the
+    /// guard can see the pod's volumes to check them for symbolic links.
+    pub subpaths: bool,
+}
+
+impl Scope<'_> {
+    /// Where the kubelet keeps this pod's emptyDir volumes on the node.
+    pub fn empty_dir_root(&self) -> String {
+        format!(
+            "{}/pods/{}/volumes/kubernetes.io~empty-dir",
+            self.kubelet_root.trim_end_matches('/'),
+            self.uid
+        )
+    }
+}
+
+fn deny(field: &str, value: &Json, why: &str) -> Denied {
+    Denied {
+        status: 403,
+        message: format!(
+            "nestdock guard: {field} {} is refused: {why}",
+            value.shown()
+        ),
+    }
+}
+
+fn bad(field: &str, value: &Json, expected: &str) -> Denied {
+    Denied {
+        status: 400,
+        message: format!(
+            "nestdock guard: {field} {} cannot be read (expected {expected})",
+            value.shown()
+        ),
+    }
+}
+
+/// Refuses a field unless it is unset (`null`, `false`, empty).
+fn must_be_unset(obj: &Json, prefix: &str, name: &str, why: &str) -> Result<(), Denied> {
+    match obj.field(name) {
+        Some(v) if !v.is_unset() => Err(deny(&format!("{prefix}{name}"), v, why)),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses a field unless it is absent or `null`: for lists where even `[]`
+/// means something (it replaces dockerd's default).
+fn must_be_absent(obj: &Json, prefix: &str, name: &str, why: &str) -> Result<(), Denied> {
+    match obj.field(name) {
+        Some(v) if !matches!(v, Json::Null) => Err(deny(&format!("{prefix}{name}"), v, why)),
+        _ => Ok(()),
+    }
+}
+
+/// The field as a string: `None` when absent or null, an error for another
+/// type.
+fn string_field<'a>(obj: &'a Json, prefix: &str, name: &str) -> Result<Option<&'a str>, Denied> {
+    match obj.field(name) {
+        None | Some(Json::Null) => Ok(None),
+        Some(Json::String(s)) => Ok(Some(s)),
+        Some(v) => Err(bad(&format!("{prefix}{name}"), v, "a string")),
+    }
+}
+
+/// The field as a list of strings (absent or null: empty).
+fn strings_field<'a>(obj: &'a Json, prefix: &str, name: &str) -> Result<Vec<&'a str>, Denied> {
+    match obj.field(name) {
+        None | Some(Json::Null) => Ok(Vec::new()),
+        Some(Json::Array(items)) => items
+            .iter()
+            .map(|i| {
+                i.as_str()
+                    .ok_or_else(|| bad(&format!("{prefix}{name}"), i, "a list of strings"))
+            })
+            .collect(),
+        Some(v) => Err(bad(&format!("{prefix}{name}"), v, "a list of strings")),
+    }
+}
+
+/// A namespace mode (`PidMode`, `IpcMode`, `Cgroup`...): one of `allowed`,
+/// or `container:<id>` of one of the pod's containers when `container` is
+/// true.
+fn namespace_mode(
+    hc: &Json,
+    name: &str,
+    allowed: &[&str],
+    container: bool,
+    needs: &mut Vec<Need>,
+) -> Result<(), Denied> {
+    let field = format!("HostConfig.{name}");
+    let Some(mode) = string_field(hc, "HostConfig.", name)? else {
+        return Ok(());
+    };
+    if allowed.contains(&mode) {
+        return Ok(());
+    }
+    if let Some(id) = mode.strip_prefix("container:").filter(|_| container) {
+        needs.push(Need::Container {
+            field,
+            id: id.to_string(),
+        });
+        return Ok(());
+    }
+    let why = if mode == "host" {
+        "the node's namespaces belong to no pod"
+    } else {
+        "allowed here: the daemon's default"
+    };
+    Err(deny(&field, &Json::String(mode.to_string()), why))
+}
+
+const RESOURCE_DENIALS: &[(&str, &str)] = &[
+    ("Devices", "the node's devices belong to no pod"),
+    (
+        "DeviceRequests",
+        "the node's devices (GPUs) are not shared through the guard",
+    ),
+    (
+        "DeviceCgroupRules",
+        "device cgroup rules open the node's devices to the container",
+    ),
+    (
+        "CgroupParent",
+        "containers stay under the daemon's cgroup parent, outside the node's other cgroups",
+    ),
+];
+
+/// The security options a pod may set; everything else is refused.
+fn security_opt_allowed(opt: &str) -> bool {
+    let (key, value) = match opt.split_once('=') {
+        Some(kv) => kv,
+        None => opt.split_once(':').unwrap_or((opt, "")),
+    };
+    match key {
+        "no-new-privileges" => matches!(value, "" | "true" | "false"),
+        "apparmor" => value == "docker-default",
+        "label" => value.starts_with("level:"),
+        _ => false,
+    }
+}
+
+/// A bind source: a host path inside one of the pod's emptyDirs, or a named
+/// volume.
+fn bind_source(
+    field: &str,
+    source: &str,
+    scope: &Scope,
+    needs: &mut Vec<Need>,
+) -> Result<(), Denied> {
+    let shown = Json::String(source.to_string());
+    if !source.starts_with('/') {
+        if source.is_empty() {
+            return Ok(()); // an anonymous volume
+        }
+        needs.push(Need::Volume {
+            field: field.to_string(),
+            name: source.to_string(),
+        });
+        return Ok(());
+    }
+    let root = scope.empty_dir_root();
+    let why =
+        format!("only the pod's own emptyDir volumes ({root}/<volume>) may be bound from the node");
+    let mut parts = Vec::new();
+    for part in source.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                return Err(deny(
+                    field,
+                    &shown,
+                    &format!("{why}; the path climbs with .."),
+                ))
+            }
+            p => parts.push(p),
+        }
+    }
+    let root_parts: Vec<&str> = root.split('/').filter(|p| !p.is_empty()).collect();
+    if parts.len() <= root_parts.len() || parts[..root_parts.len()] != root_parts[..] {
+        return Err(deny(field, &shown, &why));
+    }
+    let volume = parts[root_parts.len()].to_string();
+    let rest: Vec<String> = parts[root_parts.len() + 1..]
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    if !rest.is_empty() && !scope.subpaths {
+        return Err(deny(
+            field,
+            &shown,
+            &format!(
+                "{why}, whole: the guard was started without --pod-volumes-dir, so it cannot \
+                 check a path below a volume's root for symbolic links"
+            ),
+        ));
+    }
+    needs.push(Need::HostPath {
+        field: field.to_string(),
+        volume,
+        rest,
+    });
+    Ok(())
+}
+
+/// Driver options of a local volume: none, or a tmpfs. Bind options
+/// (`type=none,o=bind,device=/`) and devices (`device=/dev/sda1`, NFS) would
+/// mount what the node has.
+fn volume_driver_options(field: &str, opts: Option<&Json>) -> Result<(), Denied> {
+    let Some(opts) = opts.filter(|o| !o.is_unset()) else {
+        return Ok(());
+    };
+    let Json::Object(entries) = opts else {
+        return Err(bad(field, opts, "a map of strings"));
+    };
+    let get = |k: &str| {
+        entries
+            .iter()
+            .find(|(key, _)| key == k)
+            .and_then(|(_, v)| v.as_str())
+    };
+    let tmpfs = get("type") == Some("tmpfs")
+        && get("device") == Some("tmpfs")
+        && !get("o").unwrap_or("").contains("bind")
+        && entries
+            .iter()
+            .all(|(k, _)| matches!(k.as_str(), "type" | "device" | "o"));
+    if tmpfs {
+        Ok(())
+    } else {
+        Err(deny(
+            field,
+            opts,
+            "a local volume may not mount the node's paths or devices (only type=tmpfs,device=tmpfs \
+             options are allowed)",
+        ))
+    }
+}
+
+fn volume_driver(field: &str, driver: Option<&str>) -> Result<(), Denied> {
+    match driver {
+        None | Some("") | Some("local") => Ok(()),
+        Some(d) => Err(deny(
+            field,
+            &Json::String(d.to_string()),
+            "only the local volume driver is allowed",
+        )),
+    }
+}
+
+/// `POST /containers/create`: refuses what would reach the node, labels the
+/// container with the pod's uid, and says which objects it names.
+pub fn container_create(body: &mut Json, scope: &Scope) -> Result<Vec<Need>, Denied> {
+    if !matches!(body, Json::Object(_)) {
+        return Err(bad("the body", body, "a JSON object"));
+    }
+    let mut needs = Vec::new();
+    if let Some(hc) = body
+        .field("HostConfig")
+        .filter(|h| !matches!(h, Json::Null))
+    {
+        if !matches!(hc, Json::Object(_)) {
+            return Err(bad("HostConfig", hc, "an object"));
+        }
+        host_config(hc, scope, &mut needs)?;
+    }
+    if let Some(nc) = body.field("NetworkingConfig").filter(|n| !n.is_unset()) {
+        match nc.field("EndpointsConfig") {
+            None | Some(Json::Null) => {}
+            Some(Json::Object(entries)) => {
+                for (name, _) in entries {
+                    network_name("NetworkingConfig.EndpointsConfig", name, &mut needs);
+                }
+            }
+            Some(v) => return Err(bad("NetworkingConfig.EndpointsConfig", v, "a map")),
+        }
+    }
+    owner::label_body(body, scope.uid);
+    Ok(needs)
+}
+
+/// A network a container joins: the daemon's defaults, or one of the pod's.
+fn network_name(field: &str, name: &str, needs: &mut Vec<Need>) {
+    if !matches!(name, "" | "default" | "bridge" | "none") {
+        needs.push(Need::Network {
+            field: field.to_string(),
+            name: name.to_string(),
+        });
+    }
+}
+
+fn host_config(hc: &Json, scope: &Scope, needs: &mut Vec<Need>) -> Result<(), Denied> {
+    let p = "HostConfig.";
+    must_be_unset(
+        hc,
+        p,
+        "Privileged",
+        "a privileged container is root on the node",
+    )?;
+    must_be_unset(
+        hc,
+        p,
+        "CapAdd",
+        "added capabilities reach beyond the container",
+    )?;
+    must_be_unset(
+        hc,
+        p,
+        "Capabilities",
+        "a capability set replaces the daemon's safe default",
+    )?;
+    for (name, why) in RESOURCE_DENIALS {
+        must_be_unset(hc, p, name, why)?;
+    }
+    must_be_absent(
+        hc,
+        p,
+        "MaskedPaths",
+        "it replaces the masked /proc and /sys paths (systempaths=unconfined)",
+    )?;
+    must_be_absent(
+        hc,
+        p,
+        "ReadonlyPaths",
+        "it replaces the read-only /proc and /sys paths (systempaths=unconfined)",
+    )?;
+    namespace_mode(hc, "PidMode", &[""], true, needs)?;
+    namespace_mode(
+        hc,
+        "IpcMode",
+        &["", "none", "private", "shareable"],
+        true,
+        needs,
+    )?;
+    namespace_mode(hc, "UTSMode", &[""], false, needs)?;
+    namespace_mode(hc, "UsernsMode", &[""], false, needs)?;
+    namespace_mode(hc, "CgroupnsMode", &["", "private"], false, needs)?;
+    namespace_mode(hc, "Cgroup", &[""], true, needs)?;
+    match string_field(hc, p, "NetworkMode")? {
+        Some("host") => {
+            return Err(deny(
+                "HostConfig.NetworkMode",
+                &Json::String("host".into()),
+                "the node's network namespace belongs to no pod",
+            ))
+        }
+        Some(mode) => match mode.strip_prefix("container:") {
+            Some(id) => needs.push(Need::Container {
+                field: "HostConfig.NetworkMode".into(),
+                id: id.to_string(),
+            }),
+            None => network_name("HostConfig.NetworkMode", mode, needs),
+        },
+        None => {}
+    }
+    for opt in strings_field(hc, p, "SecurityOpt")? {
+        if !security_opt_allowed(opt) {
+            return Err(deny(
+                "HostConfig.SecurityOpt",
+                &Json::String(opt.to_string()),
+                "seccomp, AppArmor and SELinux stay confined (allowed: no-new-privileges, \
+                 apparmor=docker-default, label=level:...)",
+            ));
+        }
+    }
+    match string_field(hc, p, "Runtime")? {
+        None | Some("") | Some("runc") => {}
+        Some(r) => {
+            return Err(deny(
+                "HostConfig.Runtime",
+                &Json::String(r.to_string()),
+                "only the daemon's default runtime (runc) is allowed",
+            ))
+        }
+    }
+    volume_driver(
+        "HostConfig.VolumeDriver",
+        string_field(hc, p, "VolumeDriver")?,
+    )?;
+    for from in strings_field(hc, p, "VolumesFrom")? {
+        let id = from.split(':').next().unwrap_or("");
+        needs.push(Need::Container {
+            field: "HostConfig.VolumesFrom".into(),
+            id: id.to_string(),
+        });
+    }
+    for link in strings_field(hc, p, "Links")? {
+        let id = link.split(':').next().unwrap_or("").trim_start_matches('/');
+        needs.push(Need::Container {
+            field: "HostConfig.Links".into(),
+            id: id.to_string(),
+        });
+    }
+    for bind in strings_field(hc, p, "Binds")? {
+        let parts: Vec<&str> = bind.split(':').collect();
+        if !(2..=3).contains(&parts.len()) {
+            return Err(bad(
+                "HostConfig.Binds",
+                &Json::String(bind.to_string()),
+                "source:target[:options]",
+            ));
+        }
+        bind_source("HostConfig.Binds", parts[0], scope, needs)?;
+    }
+    match hc.field("Mounts") {
+        None | Some(Json::Null) => {}
+        Some(Json::Array(mounts)) => {
+            for m in mounts {
+                mount(m, scope, needs)?;
+            }
+        }
+        Some(v) => return Err(bad("HostConfig.Mounts", v, "a list of mounts")),
+    }
+    match hc.field("PortBindings") {
+        None | Some(Json::Null) => {}
+        Some(Json::Object(ports)) => {
+            for (port, bindings) in ports {
+                let field = format!("HostConfig.PortBindings[{port:?}]");
+                let list = match bindings {
+                    Json::Null => continue,
+                    Json::Array(list) => list,
+                    v => return Err(bad(&field, v, "a list of bindings")),
+                };
+                for b in list {
+                    match b.field("HostPort") {
+                        None | Some(Json::Null) => {}
+                        Some(Json::String(s)) if s.is_empty() || s == "0" => {}
+                        Some(v) => {
+                            return Err(deny(
+                                &format!("{field}.HostPort"),
+                                v,
+                                "fixed host ports collide between jobs on the node; publish \
+                                 with a random port (-p 80 or -P)",
+                            ))
+                        }
+                    }
+                }
+            }
+        }
+        Some(v) => return Err(bad("HostConfig.PortBindings", v, "a map of ports")),
+    }
+    Ok(())
+}
+
+fn mount(m: &Json, scope: &Scope, needs: &mut Vec<Need>) -> Result<(), Denied> {
+    let field = "HostConfig.Mounts";
+    let kind = string_field(m, "HostConfig.Mounts.", "Type")?.unwrap_or("");
+    let source = string_field(m, "HostConfig.Mounts.", "Source")?.unwrap_or("");
+    match kind {
+        "bind" => {
+            if !source.starts_with('/') {
+                return Err(bad(field, m, "an absolute Source for a bind"));
+            }
+            bind_source(field, source, scope, needs)
+        }
+        "volume" => {
+            if let Some(opts) = m.field("VolumeOptions").filter(|o| !o.is_unset()) {
+                if let Some(dc) = opts.field("DriverConfig").filter(|d| !d.is_unset()) {
+                    volume_driver(
+                        "HostConfig.Mounts.VolumeOptions.DriverConfig.Name",
+                        string_field(dc, "", "Name")?,
+                    )?;
+                    volume_driver_options(
+                        "HostConfig.Mounts.VolumeOptions.DriverConfig.Options",
+                        dc.field("Options"),
+                    )?;
+                }
+            }
+            if !source.is_empty() {
+                needs.push(Need::Volume {
+                    field: field.to_string(),
+                    name: source.to_string(),
+                });
+            }
+            Ok(())
+        }
+        "tmpfs" => Ok(()),
+        other => Err(deny(
+            "HostConfig.Mounts.Type",
+            &Json::String(other.to_string()),
+            "allowed mount types: bind (of the pod's emptyDirs), volume, tmpfs",
+        )),
+    }
+}
+
+/// `POST /containers/{id}/exec`: no privileged exec.
+pub fn exec_create(body: &Json) -> Result<(), Denied> {
+    must_be_unset(
+        body,
+        "",
+        "Privileged",
+        "a privileged exec has every capability on the node",
+    )
+}
+
+/// `POST /containers/{id}/update`: the resource fields that reach the node.
+pub fn container_update(body: &Json) -> Result<(), Denied> {
+    for (name, why) in RESOURCE_DENIALS {
+        must_be_unset(body, "", name, why)?;
+    }
+    Ok(())
+}
+
+/// `POST /networks/create`: a bridge of the pod's own, labelled.
+pub fn network_create(body: &mut Json, uid: &str) -> Result<(), Denied> {
+    if !matches!(body, Json::Object(_)) {
+        return Err(bad("the body", body, "a JSON object"));
+    }
+    match string_field(body, "", "Driver")? {
+        None | Some("") | Some("bridge") => {}
+        Some(d) => {
+            return Err(deny(
+                "Driver",
+                &Json::String(d.to_string()),
+                "only bridge networks are allowed (macvlan, ipvlan and overlay reach the node's \
+                 interfaces or the swarm)",
+            ))
+        }
+    }
+    if let Some(Json::Object(opts)) = body.field("Options") {
+        if let Some((k, v)) = opts
+            .iter()
+            .find(|(k, _)| k == "com.docker.network.bridge.name")
+        {
+            return Err(deny(
+                &format!("Options[{k:?}]"),
+                v,
+                "the network may not take over a bridge of the node",
+            ));
+        }
+    }
+    must_be_unset(body, "", "Ingress", "the ingress network is the swarm's")?;
+    must_be_unset(
+        body,
+        "",
+        "ConfigFrom",
+        "config-only networks are not served",
+    )?;
+    owner::label_body(body, uid);
+    Ok(())
+}
+
+/// `POST /volumes/create`: a local volume without node paths, labelled.
+pub fn volume_create(body: &mut Json, uid: &str) -> Result<(), Denied> {
+    if !matches!(body, Json::Object(_)) {
+        return Err(bad("the body", body, "a JSON object"));
+    }
+    volume_driver("Driver", string_field(body, "", "Driver")?)?;
+    volume_driver_options("DriverOpts", body.field("DriverOpts"))?;
+    owner::label_body(body, uid);
+    Ok(())
+}
+
+/// `POST /networks/{id}/connect` and `disconnect`: the container must be
+/// the pod's.
+pub fn network_connect(body: &Json) -> Result<Vec<Need>, Denied> {
+    match string_field(body, "", "Container")? {
+        Some(id) => Ok(vec![Need::Container {
+            field: "Container".into(),
+            id: id.to_string(),
+        }]),
+        None => Err(bad("Container", &Json::Null, "a container id or name")),
+    }
+}
+
+/// `POST /build`: no host network, no cgroup parent, the pod's label on the
+/// image.
+pub fn build(query: &mut Query, uid: &str) -> Result<(), Denied> {
+    let single = |q: &Query, k: &str| {
+        q.single(k)
+            .map(|v| v.map(str::to_string))
+            .map_err(|message| Denied {
+                status: 400,
+                message,
+            })
+    };
+    match single(query, "networkmode")?.as_deref() {
+        None | Some("") | Some("default") | Some("bridge") | Some("none") => {}
+        Some(mode) => {
+            return Err(deny(
+                "networkmode",
+                &Json::String(mode.to_string()),
+                "builds use the daemon's default network",
+            ))
+        }
+    }
+    if let Some(parent) = single(query, "cgroupparent")?.filter(|p| !p.is_empty()) {
+        return Err(deny(
+            "cgroupparent",
+            &Json::String(parent),
+            RESOURCE_DENIALS[3].1,
+        ));
+    }
+    let labels = single(query, "labels")?;
+    let labels = owner::with_pod_label_param(labels.as_deref(), uid).map_err(|message| Denied {
+        status: 400,
+        message,
+    })?;
+    query.set("labels", labels);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guard::body;
+    use crate::guard::query;
+
+    const SCOPE: Scope = Scope {
+        uid: "u1",
+        kubelet_root: "/var/lib/kubelet",
+        subpaths: true,
+    };
+
+    fn create(text: &str) -> Result<(Vec<Need>, String), Denied> {
+        let mut b = body::parse(text.as_bytes()).expect(text);
+        let needs = container_create(&mut b, &SCOPE)?;
+        Ok((needs, String::from_utf8(b.to_bytes()).unwrap()))
+    }
+
+    #[test]
+    fn dangerous_create_fields_are_refused_naming_the_field() {
+        let ed = "/var/lib/kubelet/pods/u1/volumes/kubernetes.io~empty-dir";
+        let cases: Vec<(String, &str)> = vec![
+            (r#"{"HostConfig":{"Privileged":true}}"#.into(), "HostConfig.Privileged true"),
+            (r#"{"hostconfig":{"privileged":true}}"#.into(), "HostConfig.Privileged true"),
+            (r#"{"HOSTCONFIG":{"PRIVILEGED":true}}"#.into(), "HostConfig.Privileged"),
+            (r#"{"HostConfig":{"Privileged":"yes"}}"#.into(), "HostConfig.Privileged"),
+            (r#"{"HostConfig":{"CapAdd":["SYS_ADMIN"]}}"#.into(), "HostConfig.CapAdd"),
+            (r#"{"HostConfig":{"Capabilities":["CAP_SYS_ADMIN"]}}"#.into(), "HostConfig.Capabilities"),
+            (r#"{"HostConfig":{"Devices":[{"PathOnHost":"/dev/sda"}]}}"#.into(), "HostConfig.Devices"),
+            (r#"{"HostConfig":{"DeviceRequests":[{"Count":-1}]}}"#.into(), "HostConfig.DeviceRequests"),
+            (r#"{"HostConfig":{"DeviceCgroupRules":["c *:* rwm"]}}"#.into(), "HostConfig.DeviceCgroupRules"),
+            (r#"{"HostConfig":{"PidMode":"host"}}"#.into(), "HostConfig.PidMode \"host\""),
+            (r#"{"HostConfig":{"IpcMode":"host"}}"#.into(), "HostConfig.IpcMode"),
+            (r#"{"HostConfig":{"UTSMode":"host"}}"#.into(), "HostConfig.UTSMode"),
+            (r#"{"HostConfig":{"UsernsMode":"host"}}"#.into(), "HostConfig.UsernsMode"),
+            (r#"{"HostConfig":{"CgroupnsMode":"host"}}"#.into(), "HostConfig.CgroupnsMode"),
+            (r#"{"HostConfig":{"NetworkMode":"host"}}"#.into(), "HostConfig.NetworkMode"),
+            (r#"{"HostConfig":{"PidMode":"HOST"}}"#.into(), "HostConfig.PidMode"),
+            (r#"{"HostConfig":{"SecurityOpt":["seccomp=unconfined"]}}"#.into(), "seccomp=unconfined"),
+            (r#"{"HostConfig":{"SecurityOpt":["seccomp:unconfined"]}}"#.into(), "seccomp:unconfined"),
+            (r#"{"HostConfig":{"SecurityOpt":["seccomp={\"defaultAction\":\"SCMP_ACT_ALLOW\"}"]}}"#.into(), "HostConfig.SecurityOpt"),
+            (r#"{"HostConfig":{"SecurityOpt":["apparmor=unconfined"]}}"#.into(), "apparmor=unconfined"),
+            (r#"{"HostConfig":{"SecurityOpt":["label=disable"]}}"#.into(), "label=disable"),
+            (r#"{"HostConfig":{"SecurityOpt":["label:disable"]}}"#.into(), "label:disable"),
+            (r#"{"HostConfig":{"SecurityOpt":["label=type:spc_t"]}}"#.into(), "label=type:spc_t"),
+            (r#"{"HostConfig":{"SecurityOpt":["systempaths=unconfined"]}}"#.into(), "systempaths"),
+            (r#"{"HostConfig":{"MaskedPaths":[]}}"#.into(), "HostConfig.MaskedPaths []"),
+            (r#"{"HostConfig":{"ReadonlyPaths":[]}}"#.into(), "HostConfig.ReadonlyPaths"),
+            (r#"{"HostConfig":{"CgroupParent":"/"}}"#.into(), "HostConfig.CgroupParent"),
+            (r#"{"HostConfig":{"Runtime":"io.containerd.runtime.v1.linux"}}"#.into(), "HostConfig.Runtime"),
+            (r#"{"HostConfig":{"VolumeDriver":"sshfs"}}"#.into(), "HostConfig.VolumeDriver"),
+            (r#"{"HostConfig":{"Binds":["/:/host"]}}"#.into(), "HostConfig.Binds \"/\""),
+            (r#"{"HostConfig":{"Binds":["/etc:/x:ro"]}}"#.into(), "HostConfig.Binds \"/etc\""),
+            (r#"{"HostConfig":{"Binds":["/var/run/docker.sock:/var/run/docker.sock"]}}"#.into(), "HostConfig.Binds"),
+            (format!(r#"{{"HostConfig":{{"Binds":["{ed}/../../../../..:/x"]}}}}"#), "climbs"),
+            (format!(r#"{{"HostConfig":{{"Binds":["{ed}:/x"]}}}}"#), "only the pod's own emptyDir"),
+            (r#"{"HostConfig":{"Binds":["/var/lib/kubelet/pods/u2/volumes/kubernetes.io~empty-dir/w:/x"]}}"#.into(), "HostConfig.Binds"),
+            (r#"{"HostConfig":{"Mounts":[{"Type":"bind","Source":"/","Target":"/h"}]}}"#.into(), "HostConfig.Mounts \"/\""),
+            (r#"{"HostConfig":{"Mounts":[{"Type":"npipe","Source":"x","Target":"/h"}]}}"#.into(), "HostConfig.Mounts.Type"),
+            (r#"{"HostConfig":{"Mounts":[{"Type":"volume","Target":"/h","VolumeOptions":{"DriverConfig":{"Options":{"type":"none","o":"bind","device":"/"}}}}]}}"#.into(), "DriverConfig.Options"),
+            (r#"{"HostConfig":{"PortBindings":{"80/tcp":[{"HostPort":"8080"}]}}}"#.into(), "HostConfig.PortBindings[\"80/tcp\"].HostPort \"8080\""),
+            (r#"{"HostConfig":{"PortBindings":{"80/tcp":[{"HostIp":"","HostPort":"1-65535"}]}}}"#.into(), "HostPort"),
+        ];
+        for (text, want) in &cases {
+            let e = create(text).expect_err(text);
+            assert!(e.message.contains(want), "{text}: {}", e.message);
+            assert!(e.message.starts_with("nestdock guard: "), "{}", e.message);
+            assert!(e.status == 403 || e.status == 400, "{text}");
+        }
+    }
+
+    #[test]
+    fn ordinary_creates_pass_labelled_naming_what_they_use() {
+        let ed = "/var/lib/kubelet/pods/u1/volumes/kubernetes.io~empty-dir";
+        let (needs, out) = create(&format!(
+            r#"{{"Image":"busybox","Labels":{{"a":"b"}},"HostConfig":{{"Privileged":false,"CapAdd":null,
+            "CapDrop":["ALL"],"NetworkMode":"mynet","IpcMode":"shareable","PidMode":"container:c1",
+            "SecurityOpt":["no-new-privileges","apparmor=docker-default","label=level:s0"],
+            "Binds":["{ed}/work/src:/src:ro","data:/data"],"VolumesFrom":["c2:ro"],
+            "Mounts":[{{"Type":"tmpfs","Target":"/t"}},{{"Type":"volume","Source":"v","Target":"/v"}}],
+            "PortBindings":{{"80/tcp":[{{"HostIp":"","HostPort":""}}],"81/tcp":[{{"HostPort":"0"}}]}},
+            "Runtime":"runc"}},"NetworkingConfig":{{"EndpointsConfig":{{"mynet":{{}},"bridge":{{}}}}}}}}"#
+        ))
+        .unwrap();
+        assert!(
+            out.contains(r#""Labels":{"a":"b","io.nestdock.pod-uid":"u1"}"#),
+            "{out}"
+        );
+        let c = |id: &str, field: &str| Need::Container {
+            field: field.into(),
+            id: id.into(),
+        };
+        assert_eq!(
+            needs,
+            vec![
+                c("c1", "HostConfig.PidMode"),
+                Need::Network {
+                    field: "HostConfig.NetworkMode".into(),
+                    name: "mynet".into()
+                },
+                c("c2", "HostConfig.VolumesFrom"),
+                Need::HostPath {
+                    field: "HostConfig.Binds".into(),
+                    volume: "work".into(),
+                    rest: vec!["src".into()]
+                },
+                Need::Volume {
+                    field: "HostConfig.Binds".into(),
+                    name: "data".into()
+                },
+                Need::Volume {
+                    field: "HostConfig.Mounts".into(),
+                    name: "v".into()
+                },
+                Need::Network {
+                    field: "NetworkingConfig.EndpointsConfig".into(),
+                    name: "mynet".into()
+                },
+            ]
+        );
+        // Without the pod's volumes in view, only whole volumes are bound.
+        let whole = Scope {
+            subpaths: false,
+            ..SCOPE
+        };
+        let mut b =
+            body::parse(format!(r#"{{"HostConfig":{{"Binds":["{ed}/work:/w"]}}}}"#).as_bytes())
+                .unwrap();
+        assert!(container_create(&mut b, &whole).is_ok());
+        let mut b =
+            body::parse(format!(r#"{{"HostConfig":{{"Binds":["{ed}/work/src:/w"]}}}}"#).as_bytes())
+                .unwrap();
+        assert!(container_create(&mut b, &whole)
+            .unwrap_err()
+            .message
+            .contains("--pod-volumes-dir"));
+    }
+
+    #[test]
+    fn other_bodies() {
+        let p = |t: &str| body::parse(t.as_bytes()).unwrap();
+        assert!(exec_create(&p(r#"{"Cmd":["sh"],"privileged":true}"#))
+            .unwrap_err()
+            .message
+            .contains("Privileged"));
+        assert!(exec_create(&p(r#"{"Cmd":["sh"],"Privileged":false}"#)).is_ok());
+        assert!(container_update(&p(r#"{"Memory":1,"DeviceCgroupRules":["a *:* rwm"]}"#)).is_err());
+        assert!(container_update(&p(r#"{"Memory":1}"#)).is_ok());
+        for (text, want) in [
+            (r#"{"Name":"n","Driver":"macvlan"}"#, "Driver \"macvlan\""),
+            (
+                r#"{"Name":"n","Options":{"com.docker.network.bridge.name":"cni0"}}"#,
+                "bridge.name",
+            ),
+            (r#"{"Name":"n","Ingress":true}"#, "Ingress"),
+        ] {
+            assert!(
+                network_create(&mut p(text), "u1")
+                    .unwrap_err()
+                    .message
+                    .contains(want),
+                "{text}"
+            );
+        }
+        let mut n = p(r#"{"Name":"n","Driver":"bridge"}"#);
+        network_create(&mut n, "u1").unwrap();
+        assert!(String::from_utf8(n.to_bytes())
+            .unwrap()
+            .contains("io.nestdock.pod-uid"));
+        for (text, want) in [
+            (
+                r#"{"Name":"v","DriverOpts":{"type":"none","o":"bind","device":"/"}}"#,
+                "DriverOpts",
+            ),
+            (
+                r#"{"Name":"v","DriverOpts":{"device":"/dev/vda"}}"#,
+                "DriverOpts",
+            ),
+            (
+                r#"{"Name":"v","DriverOpts":{"type":"nfs","o":"addr=1.2.3.4","device":":/"}}"#,
+                "DriverOpts",
+            ),
+            (r#"{"Name":"v","Driver":"rexray"}"#, "Driver"),
+        ] {
+            assert!(
+                volume_create(&mut p(text), "u1")
+                    .unwrap_err()
+                    .message
+                    .contains(want),
+                "{text}"
+            );
+        }
+        assert!(volume_create(
+            &mut p(r#"{"Name":"v","DriverOpts":{"type":"tmpfs","device":"tmpfs","o":"size=1m"}}"#),
+            "u1"
+        )
+        .is_ok());
+        assert_eq!(
+            network_connect(&p(r#"{"Container":"c"}"#)).unwrap().len(),
+            1
+        );
+        let mut q = query::parse(Some("t=x&networkmode=host")).unwrap();
+        assert!(build(&mut q, "u1")
+            .unwrap_err()
+            .message
+            .contains("networkmode"));
+        let mut q = query::parse(Some("t=x&cgroupparent=/")).unwrap();
+        assert!(build(&mut q, "u1").is_err());
+        let mut q = query::parse(Some("t=x&labels=%7B%22a%22%3A%22b%22%7D")).unwrap();
+        build(&mut q, "u1").unwrap();
+        assert_eq!(
+            q.single("labels").unwrap(),
+            Some(r#"{"a":"b","io.nestdock.pod-uid":"u1"}"#)
+        );
+    }
+}

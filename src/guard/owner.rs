@@ -1,0 +1,267 @@
+//! Ownership: the pod-uid label every object the pod creates carries, the
+//! label filter added to lists, prunes and events, and the answers dockerd
+//! gives for an object that does not exist (which is what another pod's
+//! object must look like).
+
+use super::body::{self, Json};
+
+/// The label that says which pod an object belongs to.
+pub const POD_UID_LABEL: &str = "io.nestdock.pod-uid";
+
+/// Kinds of objects a pod owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Container,
+    Network,
+    Volume,
+    Exec,
+}
+
+/// dockerd's own message for an object that does not exist (20.10 wording),
+/// so that another pod's object is indistinguishable from none.
+pub fn not_found(kind: Kind, id: &str) -> String {
+    match kind {
+        Kind::Container => format!("No such container: {id}"),
+        Kind::Network => format!("network {id} not found"),
+        Kind::Volume => format!("get {id}: no such volume"),
+        Kind::Exec => format!("No such exec instance: {id}"),
+    }
+}
+
+/// `key=value` of the pod's label, as filters write it.
+pub fn label_filter(uid: &str) -> String {
+    format!("{POD_UID_LABEL}={uid}")
+}
+
+/// The `filters` parameter with the pod's label added to what the client
+/// asked for (filters of one key are ANDed with filters of another, and
+/// several `label` values must all match, so the pod's own constraint can
+/// only narrow the client's). Both of dockerd's forms are read
+/// (`{"label":["a=b"]}` and `{"label":{"a=b":true}}`); the map form is
+/// written.
+pub fn with_pod_filter(filters: Option<&str>, uid: &str) -> Result<String, String> {
+    let mut merged: Vec<(String, Vec<String>)> = Vec::new();
+    let raw = filters.unwrap_or("").trim();
+    if !raw.is_empty() {
+        let value: Json = serde_json::from_str(raw)
+            .map_err(|e| format!("nestdock guard: the filters parameter is not JSON: {e}"))?;
+        let bad = || {
+            "nestdock guard: the filters parameter must be a JSON object of \
+             {\"key\": [\"value\", ...]} or {\"key\": {\"value\": true}}"
+                .to_string()
+        };
+        let Json::Object(entries) = value else {
+            return Err(bad());
+        };
+        for (key, values) in entries {
+            if merged.iter().any(|(k, _)| *k == key) {
+                return Err(format!(
+                    "nestdock guard: the filters parameter names {key:?} twice; name each key once"
+                ));
+            }
+            let list = match values {
+                Json::Array(items) => items
+                    .into_iter()
+                    .map(|v| match v {
+                        Json::String(s) => Ok(s),
+                        _ => Err(bad()),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+                Json::Object(items) => {
+                    let mut list: Vec<String> = Vec::with_capacity(items.len());
+                    for (v, _) in items {
+                        if list.contains(&v) {
+                            return Err(format!(
+                                "nestdock guard: the filters parameter repeats {v:?}"
+                            ));
+                        }
+                        list.push(v);
+                    }
+                    list
+                }
+                Json::Null => Vec::new(),
+                _ => return Err(bad()),
+            };
+            merged.push((key, list));
+        }
+    }
+    let ours = label_filter(uid);
+    match merged.iter_mut().find(|(k, _)| k == "label") {
+        Some((_, list)) => {
+            if !list.contains(&ours) {
+                list.push(ours)
+            }
+        }
+        None => merged.push(("label".into(), vec![ours])),
+    }
+    let out = Json::Object(
+        merged
+            .into_iter()
+            .map(|(k, list)| {
+                let set = list.into_iter().map(|v| (v, Json::Bool(true))).collect();
+                (k, Json::Object(set))
+            })
+            .collect(),
+    );
+    Ok(String::from_utf8_lossy(&out.to_bytes()).into_owned())
+}
+
+/// Puts the pod's label into the `Labels` map of a create body (a
+/// container's, a network's or a volume's), over any value the client gave
+/// that key.
+pub fn label_body(body: &mut Json, uid: &str) {
+    if !matches!(body, Json::Object(_)) {
+        return;
+    }
+    if body.field("Labels").is_none() {
+        body.set_field("Labels", Json::Null);
+    }
+    if let Some(labels) = body.field_mut("Labels") {
+        if !matches!(labels, Json::Object(_) | Json::Null) {
+            *labels = Json::Null;
+        }
+        labels.set_entry(POD_UID_LABEL, Json::String(uid.to_string()));
+    }
+}
+
+/// The `labels` parameter of an image build with the pod's label added.
+pub fn with_pod_label_param(labels: Option<&str>, uid: &str) -> Result<String, String> {
+    let mut value = match labels.map(str::trim).filter(|l| !l.is_empty()) {
+        Some(raw) => body::parse_map(raw.as_bytes())
+            .map_err(|e| format!("nestdock guard: the labels parameter: {e}"))?,
+        None => Json::Null,
+    };
+    if !matches!(value, Json::Object(_) | Json::Null) {
+        return Err(
+            "nestdock guard: the labels parameter must be a JSON object of strings".to_string(),
+        );
+    }
+    value.set_entry(POD_UID_LABEL, Json::String(uid.to_string()));
+    Ok(String::from_utf8_lossy(&value.to_bytes()).into_owned())
+}
+
+/// Whether an inspect answer (a container's `Config.Labels`, a network's or
+/// a volume's `Labels`) carries the pod's label.
+pub fn owned_by(inspect: &Json, kind: Kind, uid: &str) -> bool {
+    let labels = match kind {
+        Kind::Container => inspect.field("Config").and_then(|c| c.field("Labels")),
+        Kind::Network | Kind::Volume => inspect.field("Labels"),
+        Kind::Exec => None,
+    };
+    labels
+        .and_then(|l| l.entry(POD_UID_LABEL))
+        .and_then(Json::as_str)
+        == Some(uid)
+}
+
+/// `GET /system/df` trimmed to the pod's containers and volumes. Images and
+/// the build cache are shared, and stay.
+pub fn filter_df(df: &mut Json, uid: &str) {
+    for field in ["Containers", "Volumes"] {
+        if let Some(Json::Array(items)) = df.field_mut(field) {
+            items.retain(|item| {
+                item.field("Labels")
+                    .and_then(|l| l.entry(POD_UID_LABEL))
+                    .and_then(Json::as_str)
+                    == Some(uid)
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pod_filter_narrows_what_was_asked() {
+        let uid = "u1";
+        let cases = [
+            (None, r#"{"label":{"io.nestdock.pod-uid=u1":true}}"#),
+            (Some(""), r#"{"label":{"io.nestdock.pod-uid=u1":true}}"#),
+            (
+                Some(r#"{"status":["exited"]}"#),
+                r#"{"status":{"exited":true},"label":{"io.nestdock.pod-uid=u1":true}}"#,
+            ),
+            (
+                Some(r#"{"label":{"a=b":true}}"#),
+                r#"{"label":{"a=b":true,"io.nestdock.pod-uid=u1":true}}"#,
+            ),
+            // Asking for another pod's objects asks for nothing.
+            (
+                Some(r#"{"label":["io.nestdock.pod-uid=u2"]}"#),
+                r#"{"label":{"io.nestdock.pod-uid=u2":true,"io.nestdock.pod-uid=u1":true}}"#,
+            ),
+        ];
+        for (given, want) in cases {
+            assert_eq!(with_pod_filter(given, uid).unwrap(), want, "{given:?}");
+        }
+        for bad in [
+            "[]",
+            "{",
+            r#"{"label":1}"#,
+            r#"{"label":[1]}"#,
+            r#"{"label":[],"label":["x"]}"#,
+            r#"{"label":{"a":true,"a":false}}"#,
+        ] {
+            let e = with_pod_filter(Some(bad), uid).expect_err(bad);
+            assert!(
+                e.starts_with("nestdock guard: the filters parameter"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn labels_are_set_over_what_the_client_gave() {
+        let cases = [
+            (
+                r#"{"Image":"x"}"#,
+                r#"{"Image":"x","Labels":{"io.nestdock.pod-uid":"u1"}}"#,
+            ),
+            (
+                r#"{"labels":null}"#,
+                r#"{"labels":{"io.nestdock.pod-uid":"u1"}}"#,
+            ),
+            (
+                r#"{"Labels":{"a":"b","io.nestdock.pod-uid":"u2"}}"#,
+                r#"{"Labels":{"a":"b","io.nestdock.pod-uid":"u1"}}"#,
+            ),
+        ];
+        for (given, want) in cases {
+            let mut b = body::parse(given.as_bytes()).unwrap();
+            label_body(&mut b, "u1");
+            assert_eq!(String::from_utf8(b.to_bytes()).unwrap(), want);
+        }
+        assert_eq!(
+            with_pod_label_param(Some(r#"{"a":"b"}"#), "u1").unwrap(),
+            r#"{"a":"b","io.nestdock.pod-uid":"u1"}"#
+        );
+        assert!(with_pod_label_param(Some("[]"), "u1").is_err());
+    }
+
+    #[test]
+    fn ownership_is_read_from_inspect() {
+        let c = body::parse(br#"{"Config":{"Labels":{"io.nestdock.pod-uid":"u1"}}}"#).unwrap();
+        assert!(owned_by(&c, Kind::Container, "u1"));
+        assert!(!owned_by(&c, Kind::Container, "u2"));
+        let n = body::parse(br#"{"Labels":{"io.nestdock.pod-uid":"u1"}}"#).unwrap();
+        assert!(owned_by(&n, Kind::Network, "u1"));
+        assert!(!owned_by(&n, Kind::Container, "u1"));
+        let none = body::parse(br#"{"Labels":null}"#).unwrap();
+        assert!(!owned_by(&none, Kind::Volume, "u1"));
+    }
+
+    #[test]
+    fn df_keeps_the_pods_own() {
+        let mut df = body::parse(
+            br#"{"Images":[{"Id":"i"}],"Containers":[{"Id":"a","Labels":{"io.nestdock.pod-uid":"u1"}},{"Id":"b","Labels":{}}],"Volumes":[{"Name":"v","Labels":null}]}"#,
+        )
+        .unwrap();
+        filter_df(&mut df, "u1");
+        assert_eq!(
+            String::from_utf8(df.to_bytes()).unwrap(),
+            r#"{"Images":[{"Id":"i"}],"Containers":[{"Id":"a","Labels":{"io.nestdock.pod-uid":"u1"}}],"Volumes":[]}"#
+        );
+    }
+}
