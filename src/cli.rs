@@ -45,6 +45,59 @@ enum Command {
     Explain(ExplainArgs),
     /// Write a CA and a serving certificate for the webhook's Service.
     Certs(CertsArgs),
+    /// Serve a guarded Docker API on the pod's socket, forwarding to the node's
+    /// daemon (guarded DooD; see the README).
+    Guard(GuardArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct GuardArgs {
+    /// The unix socket to serve the guarded API on (the pod's socket volume).
+    #[arg(long, value_name = "PATH")]
+    listen: PathBuf,
+    /// The node's docker socket.
+    #[arg(long, default_value = "/var/run/docker.sock", value_name = "PATH")]
+    upstream: PathBuf,
+    /// The pod's uid, from the Downward API (metadata.uid).
+    #[arg(long, env = "NESTDOCK_POD_UID", value_parser = parse_pod_uid, value_name = "UID")]
+    pod_uid: String,
+    /// The kubelet's root directory on the node (where the pod's emptyDir
+    /// volumes are: <root>/pods/<uid>/volumes/kubernetes.io~empty-dir/).
+    #[arg(long, default_value = "/var/lib/kubelet", value_parser = parse_absolute, value_name = "DIR")]
+    kubelet_root: String,
+    /// Where the guard sees the pod's emptyDir volumes, one directory per
+    /// volume name. With it, directories below a volume's root may be bound
+    /// (checked for symbolic links); without it, only whole volumes.
+    #[arg(long, value_name = "DIR")]
+    pod_volumes_dir: Option<PathBuf>,
+    /// Permission bits of the socket, in octal.
+    #[arg(long, default_value = "660", value_parser = parse_mode_bits, value_name = "OCTAL")]
+    socket_mode: u32,
+    /// Group of the socket (dind's daemon uses the same, --group=2375).
+    #[arg(long, default_value_t = 2375, value_name = "GID")]
+    socket_group: u32,
+}
+
+fn parse_pod_uid(s: &str) -> Result<String, String> {
+    crate::guard::check_pod_uid(s)?;
+    Ok(s.to_string())
+}
+
+fn parse_absolute(s: &str) -> Result<String, String> {
+    if s.starts_with('/') && !s.split('/').any(|p| p == "..") {
+        Ok(s.to_string())
+    } else {
+        Err(format!("{s:?} is not an absolute path without .."))
+    }
+}
+
+fn parse_mode_bits(s: &str) -> Result<u32, String> {
+    match u32::from_str_radix(s, 8) {
+        Ok(m) if m <= 0o777 => Ok(m),
+        _ => Err(format!(
+            "{s:?} is not octal permission bits (expected e.g. 660)"
+        )),
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -218,6 +271,7 @@ pub fn main() -> ExitCode {
         Command::Inject(args) => inject(args),
         Command::Explain(args) => explain(args),
         Command::Certs(args) => certs(args),
+        Command::Guard(args) => guard(args),
     };
     match result {
         Ok(code) => code,
@@ -352,6 +406,32 @@ fn inject(args: InjectArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+fn guard(args: GuardArgs) -> anyhow::Result<ExitCode> {
+    if let Some(dir) = &args.pod_volumes_dir {
+        if !dir.is_dir() {
+            eprintln!(
+                "error: --pod-volumes-dir {} is not a directory (see 'nestdock guard --help')",
+                dir.display()
+            );
+            return Ok(ExitCode::from(2));
+        }
+    }
+    let config = crate::guard::GuardConfig {
+        listen: args.listen,
+        upstream: args.upstream,
+        pod_uid: args.pod_uid,
+        kubelet_root: args.kubelet_root,
+        pod_volumes_dir: args.pod_volumes_dir,
+        socket_mode: args.socket_mode,
+        socket_group: Some(args.socket_group),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(crate::guard::run(config))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn certs(args: CertsArgs) -> anyhow::Result<ExitCode> {

@@ -1,0 +1,109 @@
+//! `nestdock guard`: a Docker API proxy that makes the node's daemon safe to
+//! share between pods (guarded DooD). It serves the pod's socket and forwards
+//! to the node's, and on the way: refuses endpoints that act on the whole
+//! node, refuses creates that would reach the node (privileges, host
+//! namespaces, host paths, devices, fixed host ports), labels what the pod
+//! creates with its uid, narrows lists, prunes and events to the pod's own
+//! objects, and answers "no such object" for another pod's.
+//!
+//! Layout, one concern per file: [`path`] (normalised paths and the endpoint
+//! allow list), [`query`] (query strings as Go reads them), [`body`] (JSON
+//! bodies as Go's `encoding/json` reads them), [`create`] (the create rules,
+//! pure), [`owner`] (labels, filters, not-found answers), and `proxy` (the
+//! I/O: the server, the upstream client, hijacked streams).
+
+pub mod body;
+pub mod create;
+pub mod owner;
+pub mod path;
+mod proxy;
+pub mod query;
+
+use std::path::PathBuf;
+
+/// How a guard runs.
+#[derive(Debug, Clone)]
+pub struct GuardConfig {
+    /// The unix socket the pod's containers talk to.
+    pub listen: PathBuf,
+    /// The node's docker socket.
+    pub upstream: PathBuf,
+    /// The pod's uid (the Downward API's `metadata.uid`).
+    pub pod_uid: String,
+    /// The kubelet's root directory on the node; the pod's emptyDirs are
+    /// under `<root>/pods/<uid>/volumes/kubernetes.io~empty-dir/`.
+    pub kubelet_root: String,
+    /// Where the guard sees the pod's emptyDir volumes (one directory per
+    /// volume, by name). With it, paths below a volume's root may be bound
+    /// after a check for symbolic links; without it only whole volumes.
+    pub pod_volumes_dir: Option<PathBuf>,
+    /// Permission bits of the listening socket.
+    pub socket_mode: u32,
+    /// Group of the listening socket (a non-root target joins it through
+    /// `supplementalGroups`, as with dind's `--group`).
+    pub socket_group: Option<u32>,
+}
+
+/// Checks a pod uid: what Kubernetes writes (a UUID) fits in a label value;
+/// anything that could not be a label value is refused, since it becomes one.
+pub fn check_pod_uid(uid: &str) -> Result<(), String> {
+    let ok = !uid.is_empty()
+        && uid.len() <= 63
+        && uid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && uid
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && uid
+            .bytes()
+            .last()
+            .is_some_and(|b| b.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "pod uid {} is not a pod's uid (expected the Downward API's metadata.uid, a UUID: \
+             letters, digits and '-', at most 63 characters)",
+            crate::validate::shown(uid)
+        ))
+    }
+}
+
+/// Serves until SIGTERM or SIGINT, then removes the socket.
+pub async fn run(config: GuardConfig) -> anyhow::Result<()> {
+    check_pod_uid(&config.pod_uid).map_err(anyhow::Error::msg)?;
+    let shutdown = async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async {
+                match term.as_mut() {
+                    Some(t) => { t.recv().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => {}
+        }
+    };
+    proxy::serve(config, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_uids() {
+        for ok in ["0b5f0a0e-5c1e-4f8e-9a43-0c6f3b2f1d11", "u1", "a.b_c"] {
+            check_pod_uid(ok).unwrap();
+        }
+        for bad in ["", "-a", "a b", "a=b", "a/b", &"a".repeat(64), "é"] {
+            assert!(
+                check_pod_uid(bad).unwrap_err().contains("Downward API"),
+                "{bad}"
+            );
+        }
+    }
+}
