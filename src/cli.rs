@@ -260,7 +260,16 @@ pub fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             let rendered = e.render().to_string();
-            let first = rendered.lines().next().unwrap_or("error: bad usage");
+            let mut lines = rendered.lines();
+            let mut first = lines.next().unwrap_or("error: bad usage").to_string();
+            // "the following required arguments were not provided:" names
+            // them on the lines below; they belong on the one line.
+            if first.ends_with(':') {
+                for more in lines.take_while(|l| !l.trim().is_empty()) {
+                    first.push(' ');
+                    first.push_str(more.trim());
+                }
+            }
             eprintln!("{first} (see 'nestdock --help')");
             return ExitCode::from(2);
         }

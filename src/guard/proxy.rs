@@ -188,6 +188,22 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         Err(e) => return refused(&method, &raw_path, StatusCode::BAD_REQUEST, &e.to_string()),
     };
     let shown = path.canonical();
+    // `docker inspect NAME` tries every object type in turn and reports "No
+    // such object" only if each answers 404: a plugin lookup answers as
+    // dockerd does for a plugin that is not installed.
+    if let (&Method::GET, ["plugins", name, "json"]) = (
+        &method,
+        path.segments
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice(),
+    ) {
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!("plugin {:?} not found", name),
+        );
+    }
     if let Some(why) = path::refused_endpoint(&path) {
         return refused(&method, &shown, StatusCode::FORBIDDEN, &why);
     }
