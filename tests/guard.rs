@@ -266,7 +266,12 @@ impl Guard {
             .join("volumes/kubernetes.io~empty-dir");
         std::fs::create_dir_all(empty_dirs.join("work")).unwrap();
         let log = dir.path().join("guard.log");
-        let child = Command::new(common::bin())
+        // NESTDOCK_GUARD_BIN: another build to measure (the README's figures
+        // use the release build).
+        let bin = std::env::var_os("NESTDOCK_GUARD_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(common::bin);
+        let child = Command::new(bin)
             .arg("guard")
             .arg("--listen")
             .arg(&socket)
@@ -901,6 +906,26 @@ fn escape_battery_works_raw_and_is_refused_through_the_guard() {
         let (status, body) = http(&g.socket, method, path, &[], b"");
         assert_eq!(status, 403, "guard {method} {path}: {body}");
         assert!(body.contains("nestdock guard"), "{body}");
+    }
+
+    // dockerd fetches a remote build context or an import URL itself, from
+    // the node's network: the raw socket tries (the refused connection shows
+    // it), the guard refuses to ask.
+    for (path, field) in [
+        (
+            "/v1.41/build?remote=http%3A%2F%2F127.0.0.1%3A9%2Fctx",
+            "remote",
+        ),
+        (
+            "/v1.41/images/create?fromSrc=http%3A%2F%2F127.0.0.1%3A9%2Fimg.tar&repo=ndg-ssrf",
+            "fromSrc",
+        ),
+    ] {
+        let (_, answer) = http(&engine.socket, "POST", path, &[], b"");
+        assert!(answer.contains("127.0.0.1:9"), "raw {path}: {answer}");
+        let (status, answer) = http(&g.socket, "POST", path, &[], b"");
+        assert_eq!(status, 403, "{path}: {answer}");
+        assert!(answer.contains(field), "{answer}");
     }
 
     // Go's ParseForm reads a form body's fields before the query string's:

@@ -629,6 +629,16 @@ pub fn build(query: &mut Query, uid: &str) -> Result<(), Denied> {
             ))
         }
     }
+    // dockerd fetches a remote context itself, from the node's network, and
+    // reads a non-archive answer as the Dockerfile: its parse error shows the
+    // first line of whatever answered (a metadata service, the kubelet).
+    if let Some(remote) = single(query, "remote")?.filter(|r| !r.is_empty()) {
+        return Err(deny(
+            "remote",
+            &Json::String(remote),
+            "dockerd would fetch the build context from the node's network; send the context              in the request (docker build with a local directory or -)",
+        ));
+    }
     if let Some(parent) = single(query, "cgroupparent")?.filter(|p| !p.is_empty()) {
         return Err(deny(
             "cgroupparent",
@@ -643,6 +653,25 @@ pub fn build(query: &mut Query, uid: &str) -> Result<(), Denied> {
     })?;
     query.set("labels", labels);
     Ok(())
+}
+
+/// `POST /images/create`: pulls pass; an import from a URL (`fromSrc`) is
+/// refused, since dockerd would fetch it from the node's network (the
+/// node's metadata service and kubelet included). `fromSrc=-` (the body) is
+/// fine.
+pub fn image_create(query: &Query) -> Result<(), Denied> {
+    match query.single("fromSrc") {
+        Err(message) => Err(Denied {
+            status: 400,
+            message,
+        }),
+        Ok(None) | Ok(Some("-")) | Ok(Some("")) => Ok(()),
+        Ok(Some(src)) => Err(deny(
+            "fromSrc",
+            &Json::String(src.to_string()),
+            "dockerd would fetch the URL from the node's network; import from the request body              (docker import FILE, or -)",
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -851,6 +880,13 @@ mod tests {
             .unwrap_err()
             .message
             .contains("networkmode"));
+        let mut q = query::parse(Some("t=x&remote=http%3A%2F%2F169.254.169.254%2F")).unwrap();
+        assert!(build(&mut q, "u1").unwrap_err().message.contains("remote"));
+        let q = query::parse(Some("fromSrc=http%3A%2F%2F169.254.169.254%2F&repo=x")).unwrap();
+        assert!(image_create(&q).unwrap_err().message.contains("fromSrc"));
+        for ok in ["fromImage=busybox&tag=1", "fromSrc=-&repo=x"] {
+            image_create(&query::parse(Some(ok)).unwrap()).unwrap();
+        }
         let mut q = query::parse(Some("t=x&cgroupparent=/")).unwrap();
         assert!(build(&mut q, "u1").is_err());
         let mut q = query::parse(Some("t=x&labels=%7B%22a%22%3A%22b%22%7D")).unwrap();

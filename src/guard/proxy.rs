@@ -370,6 +370,12 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
             ),
             Err(resp) => resp,
         },
+        (&Method::POST, ["images", "create"]) => {
+            if let Err(d) = create::image_create(&query) {
+                return denied(&method, &shown, d);
+            }
+            forward(state, req, &path_out, &query, None).await
+        }
         (&Method::POST, ["build"]) => {
             if let Err(d) = create::build(&mut query, &uid) {
                 return denied(&method, &shown, d);
@@ -490,6 +496,17 @@ async fn forward(
         .method(parts.method)
         .uri(upstream_uri(path, query));
     let mut headers = parts.headers;
+    // Headers about this hop only. The upstream connection is used for this
+    // one request; `Connection` and `Upgrade` stay (hijacks need them).
+    for name in ["keep-alive", "proxy-connection", "te", "trailer"] {
+        headers.remove(name);
+    }
+    // hyper has already framed the body it hands over; one framing header
+    // goes on, never both (a request with both is read differently by
+    // different servers).
+    if headers.contains_key(TRANSFER_ENCODING) {
+        headers.remove(CONTENT_LENGTH);
+    }
     if !headers.contains_key(HOST) {
         headers.insert(HOST, HeaderValue::from_static("docker"));
     }
