@@ -697,7 +697,7 @@ fn two_pods_on_one_daemon_see_only_their_own() {
     // `rm -f` of a container that does not exist succeeds in the CLI, as on
     // the raw socket; the other pod's container is still there.
     let _ = b.docker(&["rm", "-f", &name_a]);
-    ok(&engine().raw(&["inspect", &name_a]));
+    ok(&engine().raw(&["inspect", &id_a]));
     // By id prefix too, and for exec instances the other pod made.
     let err = fails(&b.docker(&["inspect", "--type", "container", &id_a[..12]]));
     assert!(err.contains("No such container"), "{err}");
@@ -774,6 +774,73 @@ fn two_pods_on_one_daemon_see_only_their_own() {
     ok(&a.docker(&["network", "rm", &net_a]));
     ok(&a.docker(&["volume", "rm", &vol_a]));
     ok(&b.docker(&["rm", "-f", &name_b]));
+}
+
+#[test]
+fn two_pods_both_run_a_container_named_db() {
+    let a = Guard::start();
+    let b = Guard::start();
+    for g in [&a, &b] {
+        ok(&g.docker(&[
+            "run",
+            "-d",
+            "--name",
+            "db",
+            IMAGE,
+            "sh",
+            "-c",
+            "echo $HOSTNAME > /tmp/me; exec sleep 600",
+        ]));
+    }
+    let id_a = json_of(&ok(&a.docker(&["inspect", "db"])))[0]["Id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let id_b = json_of(&ok(&b.docker(&["inspect", "db"])))[0]["Id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(id_a, id_b);
+    for (g, id) in [(&a, &id_a), (&b, &id_b)] {
+        let inspect = json_of(&ok(&g.docker(&["inspect", "db"])));
+        assert_eq!(inspect[0]["Name"], json!("/db"));
+        assert_eq!(inspect[0]["Id"], json!(id));
+        let names = ok(&g.docker(&["ps", "--format", "{{.Names}}"]));
+        assert_eq!(names.trim(), "db", "{names}");
+        assert_eq!(
+            ok(&g.docker(&["exec", "db", "cat", "/tmp/me"])).trim(),
+            &id[..12]
+        );
+        // By name in a create: --volumes-from, --link, container: modes.
+        ok(&g.docker(&[
+            "run",
+            "--rm",
+            "--volumes-from",
+            "db",
+            "--link",
+            "db",
+            IMAGE,
+            "true",
+        ]));
+        ok(&g.docker(&["run", "--rm", "--pid", "container:db", IMAGE, "true"]));
+        // A second db in the same pod collides, in the pod's own words.
+        let err = fails(&g.docker(&["run", "-d", "--name", "db", IMAGE, "true"]));
+        assert!(err.contains("\"/db\"") && !err.contains("nd_"), "{err}");
+    }
+    // On the node they are two containers with the pods' prefixes.
+    let raw = ok(&engine().raw(&["ps", "--format", "{{.Names}}"]));
+    assert!(raw.contains(&format!("nd_{}_db", a.uid)), "{raw}");
+    assert!(raw.contains(&format!("nd_{}_db", b.uid)), "{raw}");
+    ok(&a.docker(&["rename", "db", "db2"]));
+    assert_eq!(
+        json_of(&ok(&a.docker(&["inspect", "db2"])))[0]["Id"],
+        json!(id_a)
+    );
+    ok(&a.docker(&["rm", "-f", "db2"]));
+    // B's db is still there.
+    ok(&b.docker(&["stop", "-t", "1", "db"]));
+    ok(&b.docker(&["rm", "db"]));
+    assert_eq!(ok(&b.docker(&["ps", "-aq"])).trim(), "");
 }
 
 /// A container create body for the battery.

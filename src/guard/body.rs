@@ -401,6 +401,21 @@ mod tests {
     }
 
     #[test]
+    fn numbers_read_back_exactly() {
+        // Found by fuzzing: without correctly rounded float parsing, a
+        // 42-digit integer came back one unit in the last place off.
+        for text in [
+            "666666666666666666666666666666666666666666",
+            "0.1",
+            "-1e-300",
+            "18446744073709551615",
+        ] {
+            let v = parse(text.as_bytes()).unwrap();
+            assert_eq!(parse(&v.to_bytes()).unwrap(), v, "{text}");
+        }
+    }
+
+    #[test]
     fn a_body_is_written_back_as_read() {
         let text = r#"{"Image":"a","hostConfig":{"Memory":1,"Binds":null},"Labels":{"x":"y"}}"#;
         let mut body = parse(text.as_bytes()).unwrap();

@@ -528,6 +528,75 @@ fn mount(m: &Json, scope: &Scope, needs: &mut Vec<Need>) -> Result<(), Denied> {
     }
 }
 
+/// The `name` of a container create or rename, stored with the pod's
+/// prefix. Absent or empty: dockerd picks a random name, which is nobody's.
+pub fn container_name(query: &mut Query, uid: &str) -> Result<(), Denied> {
+    let name = match query.single("name") {
+        Ok(n) => n.map(str::to_string),
+        Err(message) => {
+            return Err(Denied {
+                status: 400,
+                message,
+            })
+        }
+    };
+    match name.filter(|n| !n.is_empty()) {
+        None => Ok(()),
+        Some(n) if owner::is_container_name(&n) => {
+            query.set("name", owner::private_name(uid, &n));
+            Ok(())
+        }
+        Some(n) => Err(bad("name", &Json::String(n), "[a-zA-Z0-9][a-zA-Z0-9_.-]*")),
+    }
+}
+
+/// Writes the full id the guard checked in place of each container
+/// reference of a create body (`container:<ref>` modes, `VolumesFrom`,
+/// `Links`), so dockerd acts on the container that was checked, not on
+/// whatever the name means a moment later (or without the pod's prefix).
+pub fn pin_container_refs(body: &mut Json, ids: &dyn Fn(&str) -> Option<String>) {
+    let Some(hc) = body.field_mut("HostConfig") else {
+        return;
+    };
+    for mode in ["PidMode", "IpcMode", "NetworkMode", "Cgroup"] {
+        if let Some(Json::String(s)) = hc.field_mut(mode) {
+            if let Some(id) = s.strip_prefix("container:").and_then(ids) {
+                *s = format!("container:{id}");
+            }
+        }
+    }
+    if let Some(Json::Array(items)) = hc.field_mut("VolumesFrom") {
+        for item in items {
+            if let Json::String(s) = item {
+                let (r, mode) = s
+                    .split_once(':')
+                    .map_or((s.as_str(), None), |(a, b)| (a, Some(b)));
+                if let Some(id) = ids(r) {
+                    *s = match mode {
+                        Some(m) => format!("{id}:{m}"),
+                        None => id,
+                    };
+                }
+            }
+        }
+    }
+    if let Some(Json::Array(items)) = hc.field_mut("Links") {
+        for item in items {
+            if let Json::String(s) = item {
+                let (r, alias) = s
+                    .split_once(':')
+                    .map_or((s.as_str(), None), |(a, b)| (a, Some(b)));
+                let r = r.trim_start_matches('/');
+                if let Some(id) = ids(r) {
+                    // dockerd names the link after the container unless an
+                    // alias is given: keep the name the pod used.
+                    *s = format!("{id}:{}", alias.unwrap_or(r));
+                }
+            }
+        }
+    }
+}
+
 /// `POST /containers/{id}/exec`: no privileged exec.
 pub fn exec_create(body: &Json) -> Result<(), Denied> {
     must_be_unset(
@@ -810,6 +879,36 @@ mod tests {
             .unwrap_err()
             .message
             .contains("--pod-volumes-dir"));
+    }
+
+    #[test]
+    fn names_and_references() {
+        let mut q = query::parse(Some("name=db")).unwrap();
+        container_name(&mut q, "u1").unwrap();
+        assert_eq!(q.single("name").unwrap(), Some("nd_u1_db"));
+        let mut q = query::parse(Some("name=")).unwrap();
+        container_name(&mut q, "u1").unwrap();
+        for bad in ["name=a/b", "name=-x", "name=a&name=b"] {
+            let mut q = query::parse(Some(bad)).unwrap();
+            assert_eq!(
+                container_name(&mut q, "u1").unwrap_err().status,
+                400,
+                "{bad}"
+            );
+        }
+        let mut b = body::parse(
+            br#"{"HostConfig":{"PidMode":"container:db","NetworkMode":"bridge","VolumesFrom":["db:ro","x"],"Links":["/db:alias","web"]}}"#,
+        )
+        .unwrap();
+        pin_container_refs(&mut b, &|r: &str| match r {
+            "db" => Some("1111".to_string()),
+            "web" => Some("2222".to_string()),
+            _ => None,
+        });
+        assert_eq!(
+            String::from_utf8(b.to_bytes()).unwrap(),
+            r#"{"HostConfig":{"PidMode":"container:1111","NetworkMode":"bridge","VolumesFrom":["1111:ro","x"],"Links":["1111:alias","2222:web"]}}"#
+        );
     }
 
     #[test]

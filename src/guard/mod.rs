@@ -44,14 +44,13 @@ pub struct GuardConfig {
     pub socket_group: Option<u32>,
 }
 
-/// Checks a pod uid: what Kubernetes writes (a UUID) fits in a label value;
-/// anything that could not be a label value is refused, since it becomes one.
+/// Checks a pod uid: what Kubernetes writes (a UUID): letters, digits and
+/// `-`. It becomes a label value and part of container names, where `_`
+/// separates it from the pod's own name, so nothing else is accepted.
 pub fn check_pod_uid(uid: &str) -> Result<(), String> {
     let ok = !uid.is_empty()
         && uid.len() <= 63
-        && uid
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && uid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         && uid
             .bytes()
             .next()
@@ -96,10 +95,20 @@ mod tests {
 
     #[test]
     fn pod_uids() {
-        for ok in ["0b5f0a0e-5c1e-4f8e-9a43-0c6f3b2f1d11", "u1", "a.b_c"] {
+        for ok in ["0b5f0a0e-5c1e-4f8e-9a43-0c6f3b2f1d11", "u1", "a-b"] {
             check_pod_uid(ok).unwrap();
         }
-        for bad in ["", "-a", "a b", "a=b", "a/b", &"a".repeat(64), "é"] {
+        for bad in [
+            "",
+            "-a",
+            "a b",
+            "a=b",
+            "a/b",
+            "a_b",
+            "a.b",
+            &"a".repeat(64),
+            "é",
+        ] {
             assert!(
                 check_pod_uid(bad).unwrap_err().contains("Downward API"),
                 "{bad}"

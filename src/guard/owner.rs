@@ -28,6 +28,67 @@ pub fn not_found(kind: Kind, id: &str) -> String {
     }
 }
 
+/// The prefix a pod's container names are stored with, so that two pods
+/// can both run `--name db`: `nd_<uid>_`. A pod uid has no `_` (see
+/// `check_pod_uid`), so no two pods' prefixes overlap.
+pub fn name_prefix(uid: &str) -> String {
+    format!("nd_{uid}_")
+}
+
+/// Whether `name` is a container name as dockerd accepts it
+/// (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`, one leading `/` allowed).
+pub fn is_container_name(name: &str) -> bool {
+    let name = name.strip_prefix('/').unwrap_or(name);
+    let mut bytes = name.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// The name dockerd stores for the pod's container `name`.
+pub fn private_name(uid: &str, name: &str) -> String {
+    format!(
+        "{}{}",
+        name_prefix(uid),
+        name.strip_prefix('/').unwrap_or(name)
+    )
+}
+
+/// A stored name (`/nd_<uid>_db`, or a link's `/nd_<uid>_web/nd_<uid>_db`)
+/// as the pod knows it (`/db`, `/web/db`).
+pub fn public_name(uid: &str, stored: &str) -> String {
+    let prefix = name_prefix(uid);
+    stored
+        .split('/')
+        .map(|part| part.strip_prefix(prefix.as_str()).unwrap_or(part))
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Rewrites the names in a container list (`Names`) or inspect (`Name`)
+/// answer to the pod's own.
+pub fn publish_container_names(value: &mut Json, uid: &str) {
+    let fix = |v: &mut Json| {
+        if let Json::String(s) = v {
+            *s = public_name(uid, s);
+        }
+    };
+    match value {
+        Json::Array(items) => {
+            for item in items {
+                if let Some(Json::Array(names)) = item.field_mut("Names") {
+                    names.iter_mut().for_each(fix);
+                }
+            }
+        }
+        Json::Object(_) => {
+            if let Some(name) = value.field_mut("Name") {
+                fix(name);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// `key=value` of the pod's label, as filters write it.
 pub fn label_filter(uid: &str) -> String {
     format!("{POD_UID_LABEL}={uid}")
@@ -167,6 +228,9 @@ pub fn filter_df(df: &mut Json, uid: &str) {
             });
         }
     }
+    if let Some(containers) = df.field_mut("Containers") {
+        publish_container_names(containers, uid);
+    }
 }
 
 #[cfg(test)]
@@ -250,6 +314,31 @@ mod tests {
         assert!(!owned_by(&n, Kind::Container, "u1"));
         let none = body::parse(br#"{"Labels":null}"#).unwrap();
         assert!(!owned_by(&none, Kind::Volume, "u1"));
+    }
+
+    #[test]
+    fn container_names_are_private_to_the_pod() {
+        assert_eq!(private_name("u1", "db"), "nd_u1_db");
+        assert_eq!(private_name("u1", "/db"), "nd_u1_db");
+        assert_eq!(public_name("u1", "/nd_u1_db"), "/db");
+        assert_eq!(public_name("u1", "/nd_u1_web/nd_u1_db"), "/web/db");
+        assert_eq!(public_name("u1", "/nd_u2_db"), "/nd_u2_db");
+        for ok in ["db", "/db", "a.b-c_d", "0"] {
+            assert!(is_container_name(ok), "{ok}");
+        }
+        for bad in ["", "/", "-a", "_a", "a/b", "a b", "a:b", "é"] {
+            assert!(!is_container_name(bad), "{bad}");
+        }
+        let mut list =
+            body::parse(br#"[{"Id":"x","Names":["/nd_u1_db","/nd_u1_web/nd_u1_db"]}]"#).unwrap();
+        publish_container_names(&mut list, "u1");
+        assert_eq!(
+            String::from_utf8(list.to_bytes()).unwrap(),
+            r#"[{"Id":"x","Names":["/db","/web/db"]}]"#
+        );
+        let mut one = body::parse(br#"{"Id":"x","Name":"/nd_u1_db"}"#).unwrap();
+        publish_container_names(&mut one, "u1");
+        assert_eq!(one.field("Name"), Some(&Json::String("/db".into())));
     }
 
     #[test]

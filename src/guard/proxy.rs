@@ -235,7 +235,13 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
                 Ok(f) => query.set("filters", f),
                 Err(e) => return refused(&method, &shown, StatusCode::BAD_REQUEST, &e),
             }
-            forward(state, req, &path_out, &query, None).await
+            let list = method == Method::GET && segments == ["containers", "json"];
+            let resp = forward(state, req, &path_out, &query, None).await;
+            if list {
+                publish_names(resp, &uid).await
+            } else {
+                resp
+            }
         }
         (&Method::GET, ["system", "df"]) => system_df(state, req, &path_out, &query).await,
         // The build cache is shared by every pod on the node: pruning it
@@ -257,14 +263,20 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
                 kubelet_root: &state.cfg.kubelet_root,
                 subpaths: state.cfg.pod_volumes_dir.is_some(),
             };
+            if let Err(d) = create::container_name(&mut query, &uid) {
+                return denied(&method, &shown, d);
+            }
             let needs = match create::container_create(&mut body, &scope) {
                 Ok(n) => n,
                 Err(d) => return denied(&method, &shown, d),
             };
-            if let Err(resp) = resolve(state, &needs).await {
-                return resp;
-            }
-            forward(state, req, &path_out, &query, Some(body.to_bytes())).await
+            let ids = match resolve(state, &needs).await {
+                Ok(ids) => ids,
+                Err(resp) => return resp,
+            };
+            create::pin_container_refs(&mut body, &|r: &str| ids.get(r).cloned());
+            let resp = forward(state, req, &path_out, &query, Some(body.to_bytes())).await;
+            publish_errors(resp, &uid).await
         }
         (_, ["containers", id, rest @ ..]) => {
             let full_id = match owned(state, Kind::Container, id).await {
@@ -288,6 +300,12 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
                     },
                     Err(resp) => return resp,
                 },
+                (&Method::POST, ["rename"]) => {
+                    if let Err(d) = create::container_name(&mut query, &uid) {
+                        return denied(&method, &shown, d);
+                    }
+                    None
+                }
                 (&Method::POST, ["update"]) => match read_json(&mut req).await {
                     Ok(b) => match create::container_update(&b) {
                         Ok(()) => Some(b.to_bytes()),
@@ -297,7 +315,13 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
                 },
                 _ => None,
             };
-            forward(state, req, &path_out, &query, body).await
+            let inspect = method == Method::GET && rest == ["json"];
+            let resp = forward(state, req, &path_out, &query, body).await;
+            if inspect {
+                publish_names(resp, &uid).await
+            } else {
+                publish_errors(resp, &uid).await
+            }
         }
         (_, ["exec", id, ..]) => match owned(state, Kind::Exec, id).await {
             Ok(Some(_)) => forward(state, req, &path_out, &query, None).await,
@@ -337,12 +361,17 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
                     Ok(b) => b,
                     Err(resp) => return resp,
                 };
+                let mut b = b;
                 let needs = match create::network_connect(&b) {
                     Ok(n) => n,
                     Err(d) => return denied(&method, &shown, d),
                 };
-                if let Err(resp) = resolve(state, &needs).await {
-                    return resp;
+                let ids = match resolve(state, &needs).await {
+                    Ok(ids) => ids,
+                    Err(resp) => return resp,
+                };
+                if let Some(full_id) = ids.values().next() {
+                    b.set_field("Container", Json::String(full_id.clone()));
                 }
                 Some(b.to_bytes())
             } else {
@@ -605,6 +634,18 @@ async fn find(state: &State, kind: Kind, id: &str) -> Result<Found, Response<Bod
     if id.is_empty() {
         return Ok(Found::Missing);
     }
+    // A container is named as the pod named it (stored with the pod's
+    // prefix); an id or id prefix is looked up as it is.
+    if kind == Kind::Container && owner::is_container_name(id) {
+        let private = owner::private_name(&state.cfg.pod_uid, id);
+        if let found @ Found::Owned(_) = Box::pin(find_as_is(state, kind, &private)).await? {
+            return Ok(found);
+        }
+    }
+    find_as_is(state, kind, id).await
+}
+
+async fn find_as_is(state: &State, kind: Kind, id: &str) -> Result<Found, Response<Body>> {
     let enc = percent_encode(id, b":@");
     let path = match kind {
         Kind::Container => format!("/containers/{enc}/json"),
@@ -665,7 +706,11 @@ async fn owned(state: &State, kind: Kind, id: &str) -> Result<Option<String>, Re
 
 /// Checks the objects a create names; creates the named volumes that do not
 /// exist yet, labelled (dockerd would create them unlabelled).
-async fn resolve(state: &State, needs: &[Need]) -> Result<(), Response<Body>> {
+async fn resolve(
+    state: &State,
+    needs: &[Need],
+) -> Result<std::collections::HashMap<String, String>, Response<Body>> {
+    let mut containers = std::collections::HashMap::new();
     let refuse = |field: &str, what: String| {
         error(
             StatusCode::FORBIDDEN,
@@ -674,11 +719,12 @@ async fn resolve(state: &State, needs: &[Need]) -> Result<(), Response<Body>> {
     };
     for need in needs {
         match need {
-            Need::Container { field, id } => {
-                if owned(state, Kind::Container, id).await?.is_none() {
-                    return Err(refuse(field, owner::not_found(Kind::Container, id)));
+            Need::Container { field, id } => match owned(state, Kind::Container, id).await? {
+                Some(full) => {
+                    containers.insert(id.clone(), full);
                 }
-            }
+                None => return Err(refuse(field, owner::not_found(Kind::Container, id))),
+            },
             Need::Network { field, name } => {
                 if owned(state, Kind::Network, name).await?.is_none() {
                     return Err(refuse(field, owner::not_found(Kind::Network, name)));
@@ -720,7 +766,7 @@ async fn resolve(state: &State, needs: &[Need]) -> Result<(), Response<Body>> {
             }
         }
     }
-    Ok(())
+    Ok(containers)
 }
 
 /// A symbolic link (or a missing volume) on the way from the pod's volume
@@ -746,6 +792,62 @@ fn symlink_on_the_way(dir: &Path, volume: &str, rest: &[String]) -> Option<Strin
         }
     }
     None
+}
+
+/// Reads a JSON answer whole (bounded) to rewrite it; an answer that is not
+/// JSON, or too large, is an error of the guard's.
+async fn rewrite_json(resp: Response<Body>, f: impl FnOnce(&mut Json)) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    let bytes = match Limited::new(body, MAX_RESPONSE_BYTES).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_GATEWAY,
+                &format!("nestdock guard: cannot read the daemon's answer: {e}"),
+            )
+        }
+    };
+    let Ok(mut value) = serde_json::from_slice::<Json>(&bytes) else {
+        return error(
+            StatusCode::BAD_GATEWAY,
+            "nestdock guard: the daemon's answer is not JSON",
+        );
+    };
+    f(&mut value);
+    let out = value.to_bytes();
+    parts.headers.remove(TRANSFER_ENCODING);
+    parts
+        .headers
+        .insert(CONTENT_LENGTH, HeaderValue::from(out.len()));
+    Response::from_parts(parts, full(out))
+}
+
+/// Container names in a list or inspect answer, as the pod named them.
+async fn publish_names(resp: Response<Body>, uid: &str) -> Response<Body> {
+    if !resp.status().is_success() {
+        return publish_errors(resp, uid).await;
+    }
+    rewrite_json(resp, |v| owner::publish_container_names(v, uid)).await
+}
+
+/// dockerd's error messages quote stored names (`The container name
+/// "/nd_<uid>_db" is already in use`): the pod sees its own.
+async fn publish_errors(resp: Response<Body>, uid: &str) -> Response<Body> {
+    let is_json = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(resp.status().is_client_error() || resp.status().is_server_error()) || !is_json {
+        return resp;
+    }
+    let prefix = owner::name_prefix(uid);
+    rewrite_json(resp, |v| {
+        if let Some(Json::String(m)) = v.field_mut("message") {
+            *m = m.replace(&prefix, "");
+        }
+    })
+    .await
 }
 
 /// `GET /system/df`: the pod's containers and volumes, and the shared images
