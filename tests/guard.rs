@@ -1019,6 +1019,28 @@ fn escape_battery_works_raw_and_is_refused_through_the_guard() {
         answer.contains(&victim),
         "the form body did not win on the raw socket: {answer}"
     );
+    // Go takes the media type even when a parameter after it does not parse.
+    let victim = ok(&engine.raw(&[
+        "create",
+        "--label",
+        &format!("ndg-marker={marker}"),
+        IMAGE,
+        "true",
+    ]))
+    .trim()
+    .to_string();
+    let odd_type = [(
+        "Content-Type",
+        "application/x-www-form-urlencoded; charset=\u{e9}\u{80}",
+    )];
+    let (status, answer) = http(&g.socket, "POST", prune, &odd_type, form.as_bytes());
+    assert_eq!(status, 400, "{answer}");
+    let (status, answer) = http(&engine.socket, "POST", prune, &odd_type, form.as_bytes());
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        answer.contains(&victim),
+        "the odd form body did not win on the raw socket: {answer}"
+    );
 
     // Repeated or ambiguous query parameters.
     let (status, _) = http(

@@ -159,8 +159,10 @@ fn header_problem(headers: &hyper::HeaderMap) -> Option<String> {
     if types.next().is_some() {
         return Some("nestdock guard: more than one Content-Type header".into());
     }
+    // Read as bytes: Go takes the media type even when the parameters after
+    // it do not parse, so a value with odd bytes must not slip past.
     let media = first
-        .and_then(|v| v.to_str().ok())
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
         .map(|v| {
             v.split(';')
                 .next()
