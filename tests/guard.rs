@@ -737,7 +737,32 @@ fn two_pods_on_one_daemon_see_only_their_own() {
     assert!(err.to_lowercase().contains("no such volume"), "{err}");
     let err = fails(&b.docker(&["volume", "rm", &vol_a]));
     assert!(err.to_lowercase().contains("no such volume"), "{err}");
-    let err = fails(&b.docker(&["run", "--rm", "-v", &format!("{vol_a}:/d"), IMAGE, "true"]));
+    // The same volume name in B is B's own volume: it does not see A's data.
+    ok(&a.docker(&[
+        "run",
+        "--rm",
+        "-v",
+        &format!("{vol_a}:/d"),
+        IMAGE,
+        "touch",
+        "/d/of-a",
+    ]));
+    let listed = ok(&b.docker(&[
+        "run",
+        "--rm",
+        "-v",
+        &format!("{vol_a}:/d"),
+        IMAGE,
+        "ls",
+        "/d",
+    ]));
+    assert_eq!(listed.trim(), "", "B sees A's volume: {listed}");
+    ok(&b.docker(&["volume", "rm", &vol_a]));
+    // A's volume by its stored name is still not B's.
+    let stored = format!("nd_{}_{vol_a}", a.uid);
+    let err = fails(&b.docker(&["run", "--rm", "-v", &format!("{stored}:/d"), IMAGE, "true"]));
+    assert!(err.to_lowercase().contains("no such volume"), "{err}");
+    let err = fails(&b.docker(&["volume", "inspect", &stored]));
     assert!(err.to_lowercase().contains("no such volume"), "{err}");
     let err = fails(&b.docker(&["run", "--rm", "--network", &net_a, IMAGE, "true"]));
     assert!(
@@ -826,6 +851,52 @@ fn two_pods_both_run_a_container_named_db() {
         // A second db in the same pod collides, in the pod's own words.
         let err = fails(&g.docker(&["run", "-d", "--name", "db", IMAGE, "true"]));
         assert!(err.contains("\"/db\"") && !err.contains("nd_"), "{err}");
+    }
+    // Networks and volumes too: both pods create `ci` and `data` and use them by name.
+    for g in [&a, &b] {
+        ok(&g.docker(&["network", "create", "ci"]));
+        ok(&g.docker(&["volume", "create", "data"]));
+        ok(&g.docker(&[
+            "run",
+            "-d",
+            "--name",
+            "svc",
+            "--network",
+            "ci",
+            "-v",
+            "data:/d",
+            IMAGE,
+            "sleep",
+            "600",
+        ]));
+        let c = json_of(&ok(&g.docker(&["inspect", "svc"])));
+        assert_eq!(c[0]["HostConfig"]["NetworkMode"], json!("ci"), "{c}");
+        let nets = &c[0]["NetworkSettings"]["Networks"];
+        assert!(
+            nets["ci"]["Aliases"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("svc")),
+            "{nets}"
+        );
+        assert_eq!(c[0]["Mounts"][0]["Name"], json!("data"));
+        let n = json_of(&ok(&g.docker(&["network", "inspect", "ci"])));
+        assert_eq!(n[0]["Name"], json!("ci"));
+        assert_eq!(
+            ok(&g.docker(&["network", "ls", "--format", "{{.Name}}"])).trim(),
+            "ci"
+        );
+        assert_eq!(
+            ok(&g.docker(&["volume", "ls", "--format", "{{.Name}}"])).trim(),
+            "data"
+        );
+        assert_eq!(
+            json_of(&ok(&g.docker(&["volume", "inspect", "data"])))[0]["Name"],
+            json!("data")
+        );
+        ok(&g.docker(&["rm", "-f", "svc"]));
+        ok(&g.docker(&["network", "rm", "ci"]));
+        ok(&g.docker(&["volume", "rm", "data"]));
     }
     // On the node they are two containers with the pods' prefixes.
     let raw = ok(&engine().raw(&["ps", "--format", "{{.Names}}"]));

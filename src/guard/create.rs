@@ -542,7 +542,7 @@ pub fn container_name(query: &mut Query, uid: &str) -> Result<(), Denied> {
     };
     match name.filter(|n| !n.is_empty()) {
         None => Ok(()),
-        Some(n) if owner::is_container_name(&n) => {
+        Some(n) if owner::is_name(&n) => {
             query.set("name", owner::private_name(uid, &n));
             Ok(())
         }
@@ -550,17 +550,76 @@ pub fn container_name(query: &mut Query, uid: &str) -> Result<(), Denied> {
     }
 }
 
-/// Writes the full id the guard checked in place of each container
-/// reference of a create body (`container:<ref>` modes, `VolumesFrom`,
-/// `Links`), so dockerd acts on the container that was checked, not on
-/// whatever the name means a moment later (or without the pod's prefix).
-pub fn pin_container_refs(body: &mut Json, ids: &dyn Fn(&str) -> Option<String>) {
+/// A private name for a network or volume create's `Name`.
+fn private_body_name(body: &mut Json, uid: &str) -> Result<(), Denied> {
+    match body.field("Name") {
+        None | Some(Json::Null) => Ok(()),
+        Some(Json::String(n)) if n.is_empty() => Ok(()),
+        Some(Json::String(n)) if owner::is_name(n) => {
+            let private = owner::private_name(uid, n);
+            body.set_field("Name", Json::String(private));
+            Ok(())
+        }
+        Some(v) => Err(bad("Name", v, "a name of [a-zA-Z0-9][a-zA-Z0-9_.-]*")),
+    }
+}
+
+/// Writes what the guard checked in place of each reference of a create
+/// body: the full id of a container (`container:<ref>` modes,
+/// `VolumesFrom`, `Links`), the stored name of a network (`NetworkMode`,
+/// the keys of `NetworkingConfig.EndpointsConfig`) or volume (`Binds`,
+/// `Mounts`). dockerd then acts on what was checked, not on whatever the
+/// name means a moment later (or without the pod's prefix). `pin(kind,
+/// reference)` is `None` for references left as they are.
+pub fn pin_refs(body: &mut Json, pin: &dyn Fn(owner::Kind, &str) -> Option<String>) {
+    use owner::Kind;
+    if let Some(Json::Object(endpoints)) = body
+        .field_mut("NetworkingConfig")
+        .and_then(|n| n.field_mut("EndpointsConfig"))
+    {
+        for (k, _) in endpoints.iter_mut() {
+            if let Some(name) = pin(Kind::Network, k) {
+                *k = name;
+            }
+        }
+    }
     let Some(hc) = body.field_mut("HostConfig") else {
         return;
     };
+    if let Some(Json::String(mode)) = hc.field_mut("NetworkMode") {
+        if !mode.starts_with("container:") {
+            if let Some(name) = pin(Kind::Network, mode) {
+                *mode = name;
+            }
+        }
+    }
+    if let Some(Json::Array(binds)) = hc.field_mut("Binds") {
+        for b in binds {
+            if let Json::String(s) = b {
+                if let Some((src, rest)) = s.split_once(':') {
+                    if !src.starts_with('/') {
+                        if let Some(name) = pin(Kind::Volume, src) {
+                            *s = format!("{name}:{rest}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if let Some(Json::Array(mounts)) = hc.field_mut("Mounts") {
+        for m in mounts {
+            let is_volume = m.field("Type").and_then(Json::as_str) == Some("volume");
+            if let (true, Some(Json::String(src))) = (is_volume, m.field_mut("Source")) {
+                if let Some(name) = pin(Kind::Volume, src) {
+                    *src = name;
+                }
+            }
+        }
+    }
+    let ids = |r: &str| pin(Kind::Container, r);
     for mode in ["PidMode", "IpcMode", "NetworkMode", "Cgroup"] {
         if let Some(Json::String(s)) = hc.field_mut(mode) {
-            if let Some(id) = s.strip_prefix("container:").and_then(ids) {
+            if let Some(id) = s.strip_prefix("container:").and_then(&ids) {
                 *s = format!("container:{id}");
             }
         }
@@ -592,6 +651,68 @@ pub fn pin_container_refs(body: &mut Json, ids: &dyn Fn(&str) -> Option<String>)
                     // alias is given: keep the name the pod used.
                     *s = format!("{id}:{}", alias.unwrap_or(r));
                 }
+            }
+        }
+    }
+}
+
+/// Adds the name the pod gave a container as a network alias on each
+/// user-defined network it joins: dockerd's DNS answers for the stored
+/// (prefixed) name, and `ping db` from a sibling must keep working.
+pub fn alias_public_name(body: &mut Json, name: &str) {
+    let name = name.trim_start_matches('/');
+    if name.is_empty() {
+        return;
+    }
+    let builtin = |n: &str| matches!(n, "" | "default" | "bridge" | "none" | "host");
+    let mode = body
+        .field("HostConfig")
+        .and_then(|h| h.field("NetworkMode"))
+        .and_then(Json::as_str)
+        .filter(|m| !builtin(m) && !m.starts_with("container:"))
+        .map(str::to_string);
+    if !matches!(body, Json::Object(_)) {
+        return;
+    }
+    if body
+        .field("NetworkingConfig")
+        .is_none_or(|n| matches!(n, Json::Null))
+    {
+        body.set_field("NetworkingConfig", Json::Object(Vec::new()));
+    }
+    let Some(nc) = body.field_mut("NetworkingConfig") else {
+        return;
+    };
+    if nc
+        .field("EndpointsConfig")
+        .is_none_or(|e| matches!(e, Json::Null))
+    {
+        nc.set_field("EndpointsConfig", Json::Object(Vec::new()));
+    }
+    let Some(Json::Object(endpoints)) = nc.field_mut("EndpointsConfig") else {
+        return;
+    };
+    if let Some(mode) = mode {
+        if !endpoints.iter().any(|(k, _)| *k == mode) {
+            endpoints.push((mode, Json::Object(Vec::new())));
+        }
+    }
+    for (net, settings) in endpoints.iter_mut() {
+        if builtin(net) {
+            continue;
+        }
+        if matches!(settings, Json::Null) {
+            *settings = Json::Object(Vec::new());
+        }
+        if settings
+            .field("Aliases")
+            .is_none_or(|a| matches!(a, Json::Null))
+        {
+            settings.set_field("Aliases", Json::Array(Vec::new()));
+        }
+        if let Some(Json::Array(aliases)) = settings.field_mut("Aliases") {
+            if !aliases.iter().any(|a| a.as_str() == Some(name)) {
+                aliases.push(Json::String(name.to_string()));
             }
         }
     }
@@ -650,6 +771,7 @@ pub fn network_create(body: &mut Json, uid: &str) -> Result<(), Denied> {
         "ConfigFrom",
         "config-only networks are not served",
     )?;
+    private_body_name(body, uid)?;
     owner::label_body(body, uid);
     Ok(())
 }
@@ -661,6 +783,7 @@ pub fn volume_create(body: &mut Json, uid: &str) -> Result<(), Denied> {
     }
     volume_driver("Driver", string_field(body, "", "Driver")?)?;
     volume_driver_options("DriverOpts", body.field("DriverOpts"))?;
+    private_body_name(body, uid)?;
     owner::label_body(body, uid);
     Ok(())
 }
@@ -900,15 +1023,62 @@ mod tests {
             br#"{"HostConfig":{"PidMode":"container:db","NetworkMode":"bridge","VolumesFrom":["db:ro","x"],"Links":["/db:alias","web"]}}"#,
         )
         .unwrap();
-        pin_container_refs(&mut b, &|r: &str| match r {
-            "db" => Some("1111".to_string()),
-            "web" => Some("2222".to_string()),
+        let pin = |kind: owner::Kind, r: &str| match (kind, r) {
+            (owner::Kind::Container, "db") => Some("1111".to_string()),
+            (owner::Kind::Container, "web") => Some("2222".to_string()),
+            (owner::Kind::Network, "ci") => Some("nd_u1_ci".to_string()),
+            (owner::Kind::Volume, "data") => Some("nd_u1_data".to_string()),
             _ => None,
-        });
+        };
+        pin_refs(&mut b, &pin);
         assert_eq!(
             String::from_utf8(b.to_bytes()).unwrap(),
             r#"{"HostConfig":{"PidMode":"container:1111","NetworkMode":"bridge","VolumesFrom":["1111:ro","x"],"Links":["1111:alias","2222:web"]}}"#
         );
+        let mut b = body::parse(
+            br#"{"HostConfig":{"NetworkMode":"ci","Binds":["data:/d:ro","/abs:/x"],"Mounts":[{"Type":"volume","Source":"data"},{"Type":"bind","Source":"data"}]},"NetworkingConfig":{"EndpointsConfig":{"ci":{"Aliases":["db"]}}}}"#,
+        )
+        .unwrap();
+        pin_refs(&mut b, &pin);
+        assert_eq!(
+            String::from_utf8(b.to_bytes()).unwrap(),
+            r#"{"HostConfig":{"NetworkMode":"nd_u1_ci","Binds":["nd_u1_data:/d:ro","/abs:/x"],"Mounts":[{"Type":"volume","Source":"nd_u1_data"},{"Type":"bind","Source":"data"}]},"NetworkingConfig":{"EndpointsConfig":{"nd_u1_ci":{"Aliases":["db"]}}}}"#
+        );
+        let mut n = body::parse(br#"{"Name":"ci"}"#).unwrap();
+        network_create(&mut n, "u1").unwrap();
+        assert_eq!(n.field("Name"), Some(&Json::String("nd_u1_ci".into())));
+        let mut v = body::parse(br#"{"Name":"data"}"#).unwrap();
+        volume_create(&mut v, "u1").unwrap();
+        assert_eq!(v.field("Name"), Some(&Json::String("nd_u1_data".into())));
+        let mut bad_name = body::parse(br#"{"Name":"a b"}"#).unwrap();
+        assert_eq!(network_create(&mut bad_name, "u1").unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn the_pods_name_is_an_alias_on_its_networks() {
+        let cases = [
+            (
+                r#"{"Image":"x"}"#,
+                r#"{"Image":"x","NetworkingConfig":{"EndpointsConfig":{}}}"#,
+            ),
+            (
+                r#"{"HostConfig":{"NetworkMode":"ci"}}"#,
+                r#"{"HostConfig":{"NetworkMode":"ci"},"NetworkingConfig":{"EndpointsConfig":{"ci":{"Aliases":["db"]}}}}"#,
+            ),
+            (
+                r#"{"HostConfig":{"NetworkMode":"ci"},"NetworkingConfig":{"EndpointsConfig":{"ci":{"Aliases":["x","db"]},"bridge":{}}}}"#,
+                r#"{"HostConfig":{"NetworkMode":"ci"},"NetworkingConfig":{"EndpointsConfig":{"ci":{"Aliases":["x","db"]},"bridge":{}}}}"#,
+            ),
+            (
+                r#"{"HostConfig":{"NetworkMode":"bridge"},"NetworkingConfig":null}"#,
+                r#"{"HostConfig":{"NetworkMode":"bridge"},"NetworkingConfig":{"EndpointsConfig":{}}}"#,
+            ),
+        ];
+        for (given, want) in cases {
+            let mut b = body::parse(given.as_bytes()).unwrap();
+            alias_public_name(&mut b, "/db");
+            assert_eq!(String::from_utf8(b.to_bytes()).unwrap(), want, "{given}");
+        }
     }
 
     #[test]

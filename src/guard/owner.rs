@@ -9,7 +9,7 @@ use super::body::{self, Json};
 pub const POD_UID_LABEL: &str = "io.nestdock.pod-uid";
 
 /// Kinds of objects a pod owns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     Container,
     Network,
@@ -28,16 +28,18 @@ pub fn not_found(kind: Kind, id: &str) -> String {
     }
 }
 
-/// The prefix a pod's container names are stored with, so that two pods
-/// can both run `--name db`: `nd_<uid>_`. A pod uid has no `_` (see
+/// The prefix a pod's container, network and volume names are stored with,
+/// so that two pods can both run `--name db` or create network `ci`:
+/// `nd_<uid>_`. A pod uid has no `_` (see
 /// `check_pod_uid`), so no two pods' prefixes overlap.
 pub fn name_prefix(uid: &str) -> String {
     format!("nd_{uid}_")
 }
 
-/// Whether `name` is a container name as dockerd accepts it
-/// (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`, one leading `/` allowed).
-pub fn is_container_name(name: &str) -> bool {
+/// Whether `name` is an object name the guard stores privately
+/// (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`, one leading `/` allowed: dockerd's rule
+/// for container and volume names; network names are held to it too).
+pub fn is_name(name: &str) -> bool {
     let name = name.strip_prefix('/').unwrap_or(name);
     let mut bytes = name.bytes();
     bytes.next().is_some_and(|b| b.is_ascii_alphanumeric())
@@ -64,28 +66,94 @@ pub fn public_name(uid: &str, stored: &str) -> String {
         .join("/")
 }
 
-/// Rewrites the names in a container list (`Names`) or inspect (`Name`)
-/// answer to the pod's own.
-pub fn publish_container_names(value: &mut Json, uid: &str) {
-    let fix = |v: &mut Json| {
-        if let Json::String(s) = v {
-            *s = public_name(uid, s);
+fn publish_string(v: &mut Json, uid: &str) {
+    if let Json::String(s) = v {
+        *s = public_name(uid, s);
+    }
+}
+
+/// The names a container answer carries besides its own: the networks it
+/// is on (keys of `NetworkSettings.Networks`, `HostConfig.NetworkMode`) and
+/// the volumes it mounts (`Mounts[].Name`).
+fn publish_container_refs(c: &mut Json, uid: &str) {
+    if let Some(Json::Object(nets)) = c
+        .field_mut("NetworkSettings")
+        .and_then(|n| n.field_mut("Networks"))
+    {
+        for (k, _) in nets.iter_mut() {
+            *k = public_name(uid, k);
         }
-    };
+    }
+    if let Some(mode) = c
+        .field_mut("HostConfig")
+        .and_then(|h| h.field_mut("NetworkMode"))
+    {
+        publish_string(mode, uid);
+    }
+    if let Some(Json::Array(mounts)) = c.field_mut("Mounts") {
+        for m in mounts {
+            if let Some(name) = m.field_mut("Name") {
+                publish_string(name, uid);
+            }
+        }
+    }
+}
+
+/// Rewrites the names in a container list (`Names`) or inspect (`Name`)
+/// answer, and the network and volume names in it, to the pod's own.
+pub fn publish_container_names(value: &mut Json, uid: &str) {
     match value {
         Json::Array(items) => {
             for item in items {
                 if let Some(Json::Array(names)) = item.field_mut("Names") {
-                    names.iter_mut().for_each(fix);
+                    names.iter_mut().for_each(|n| publish_string(n, uid));
                 }
+                publish_container_refs(item, uid);
             }
         }
         Json::Object(_) => {
             if let Some(name) = value.field_mut("Name") {
-                fix(name);
+                publish_string(name, uid);
             }
+            publish_container_refs(value, uid);
         }
         _ => {}
+    }
+}
+
+/// A network list (`[].Name`) or inspect (`Name`) answer, with the pod's
+/// own names; an inspect's `Containers` map names containers too.
+pub fn publish_network_names(value: &mut Json, uid: &str) {
+    let one = |n: &mut Json| {
+        if let Some(name) = n.field_mut("Name") {
+            publish_string(name, uid);
+        }
+        if let Some(Json::Object(members)) = n.field_mut("Containers") {
+            for (_, m) in members.iter_mut() {
+                if let Some(name) = m.field_mut("Name") {
+                    publish_string(name, uid);
+                }
+            }
+        }
+    };
+    match value {
+        Json::Array(items) => items.iter_mut().for_each(one),
+        Json::Object(_) => one(value),
+        _ => {}
+    }
+}
+
+/// A volume list (`Volumes[].Name`) or inspect (`Name`) answer, with the
+/// pod's own names.
+pub fn publish_volume_names(value: &mut Json, uid: &str) {
+    if let Some(Json::Array(items)) = value.field_mut("Volumes") {
+        for v in items {
+            if let Some(name) = v.field_mut("Name") {
+                publish_string(name, uid);
+            }
+        }
+    } else if let Some(name) = value.field_mut("Name") {
+        publish_string(name, uid);
     }
 }
 
@@ -231,6 +299,11 @@ pub fn filter_df(df: &mut Json, uid: &str) {
     if let Some(containers) = df.field_mut("Containers") {
         publish_container_names(containers, uid);
     }
+    if let Some(Json::Array(volumes)) = df.field_mut("Volumes") {
+        for v in volumes {
+            publish_volume_names(v, uid);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -324,10 +397,10 @@ mod tests {
         assert_eq!(public_name("u1", "/nd_u1_web/nd_u1_db"), "/web/db");
         assert_eq!(public_name("u1", "/nd_u2_db"), "/nd_u2_db");
         for ok in ["db", "/db", "a.b-c_d", "0"] {
-            assert!(is_container_name(ok), "{ok}");
+            assert!(is_name(ok), "{ok}");
         }
         for bad in ["", "/", "-a", "_a", "a/b", "a b", "a:b", "é"] {
-            assert!(!is_container_name(bad), "{bad}");
+            assert!(!is_name(bad), "{bad}");
         }
         let mut list =
             body::parse(br#"[{"Id":"x","Names":["/nd_u1_db","/nd_u1_web/nd_u1_db"]}]"#).unwrap();
@@ -339,6 +412,35 @@ mod tests {
         let mut one = body::parse(br#"{"Id":"x","Name":"/nd_u1_db"}"#).unwrap();
         publish_container_names(&mut one, "u1");
         assert_eq!(one.field("Name"), Some(&Json::String("/db".into())));
+    }
+
+    #[test]
+    fn network_and_volume_names_are_published() {
+        let mut c = body::parse(
+            br#"{"Name":"/nd_u1_web","HostConfig":{"NetworkMode":"nd_u1_ci"},"NetworkSettings":{"Networks":{"nd_u1_ci":{},"bridge":{}}},"Mounts":[{"Name":"nd_u1_data"},{"Type":"bind"}]}"#,
+        )
+        .unwrap();
+        publish_container_names(&mut c, "u1");
+        assert_eq!(
+            String::from_utf8(c.to_bytes()).unwrap(),
+            r#"{"Name":"/web","HostConfig":{"NetworkMode":"ci"},"NetworkSettings":{"Networks":{"ci":{},"bridge":{}}},"Mounts":[{"Name":"data"},{"Type":"bind"}]}"#
+        );
+        let mut n =
+            body::parse(br#"[{"Name":"nd_u1_ci","Containers":{"x":{"Name":"nd_u1_web"}}}]"#)
+                .unwrap();
+        publish_network_names(&mut n, "u1");
+        assert_eq!(
+            String::from_utf8(n.to_bytes()).unwrap(),
+            r#"[{"Name":"ci","Containers":{"x":{"Name":"web"}}}]"#
+        );
+        let mut v =
+            body::parse(br#"{"Volumes":[{"Name":"nd_u1_data"},{"Name":"anon"}],"Warnings":null}"#)
+                .unwrap();
+        publish_volume_names(&mut v, "u1");
+        assert_eq!(
+            String::from_utf8(v.to_bytes()).unwrap(),
+            r#"{"Volumes":[{"Name":"data"},{"Name":"anon"}],"Warnings":null}"#
+        );
     }
 
     #[test]

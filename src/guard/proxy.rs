@@ -237,12 +237,13 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
                 Ok(f) => query.set("filters", f),
                 Err(e) => return refused(&method, &shown, StatusCode::BAD_REQUEST, &e),
             }
-            let list = method == Method::GET && segments == ["containers", "json"];
+            let list = (method == Method::GET).then(|| segments[0]);
             let resp = forward(state, req, &path_out, &query, None).await;
-            if list {
-                publish_names(resp, &uid).await
-            } else {
-                resp
+            match list {
+                Some("containers") => publish_names(resp, &uid).await,
+                Some("networks") => publish(resp, &uid, owner::publish_network_names).await,
+                Some("volumes") => publish(resp, &uid, owner::publish_volume_names).await,
+                _ => resp,
             }
         }
         (&Method::GET, ["system", "df"]) => system_df(state, req, &path_out, &query).await,
@@ -265,8 +266,12 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
                 kubelet_root: &state.cfg.kubelet_root,
                 subpaths: state.cfg.pod_volumes_dir.is_some(),
             };
+            let public = query.single("name").ok().flatten().map(str::to_string);
             if let Err(d) = create::container_name(&mut query, &uid) {
                 return denied(&method, &shown, d);
+            }
+            if let Some(name) = public {
+                create::alias_public_name(&mut body, &name);
             }
             let needs = match create::container_create(&mut body, &scope) {
                 Ok(n) => n,
@@ -276,7 +281,9 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
                 Ok(ids) => ids,
                 Err(resp) => return resp,
             };
-            create::pin_container_refs(&mut body, &|r: &str| ids.get(r).cloned());
+            create::pin_refs(&mut body, &|kind, r: &str| {
+                ids.get(&(kind, r.to_string())).cloned()
+            });
             let resp = forward(state, req, &path_out, &query, Some(body.to_bytes())).await;
             publish_errors(resp, &uid).await
         }
@@ -343,7 +350,8 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
             if let Err(d) = create::network_create(&mut body, &uid) {
                 return denied(&method, &shown, d);
             }
-            forward(state, req, &path_out, &query, Some(body.to_bytes())).await
+            let resp = forward(state, req, &path_out, &query, Some(body.to_bytes())).await;
+            publish_errors(resp, &uid).await
         }
         (_, ["networks", id, rest @ ..]) => {
             match owned(state, Kind::Network, id).await {
@@ -372,14 +380,20 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
                     Ok(ids) => ids,
                     Err(resp) => return resp,
                 };
-                if let Some(full_id) = ids.values().next() {
+                if let Some(full_id) = ids.values().next().filter(|_| ids.len() == 1) {
                     b.set_field("Container", Json::String(full_id.clone()));
                 }
                 Some(b.to_bytes())
             } else {
                 None
             };
-            forward(state, req, &path_out, &query, body).await
+            let inspect = method == Method::GET && rest.is_empty();
+            let resp = forward(state, req, &path_out, &query, body).await;
+            if inspect {
+                publish(resp, &uid, owner::publish_network_names).await
+            } else {
+                publish_errors(resp, &uid).await
+            }
         }
         (&Method::POST, ["volumes", "create"]) => {
             let mut body = match read_json(&mut req).await {
@@ -389,10 +403,20 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
             if let Err(d) = create::volume_create(&mut body, &uid) {
                 return denied(&method, &shown, d);
             }
-            forward(state, req, &path_out, &query, Some(body.to_bytes())).await
+            let resp = forward(state, req, &path_out, &query, Some(body.to_bytes())).await;
+            publish(resp, &uid, owner::publish_volume_names).await
         }
-        (_, ["volumes", name, ..]) => match owned(state, Kind::Volume, name).await {
-            Ok(Some(_)) => forward(state, req, &path_out, &query, None).await,
+        (_, ["volumes", name, rest @ ..]) => match owned(state, Kind::Volume, name).await {
+            Ok(Some(stored)) => {
+                path_out.segments[1] = stored;
+                let inspect = method == Method::GET && rest.is_empty();
+                let resp = forward(state, req, &path_out, &query, None).await;
+                if inspect {
+                    publish(resp, &uid, owner::publish_volume_names).await
+                } else {
+                    publish_errors(resp, &uid).await
+                }
+            }
             Ok(None) => refused(
                 &method,
                 &shown,
@@ -625,8 +649,9 @@ async fn ask(
 
 /// What the daemon says of an object the pod names.
 enum Found {
-    /// The pod's own; its full id (a container's, a network's) or name.
-    Owned(String),
+    /// The pod's own: its full id (a volume's: its name) and its stored
+    /// name.
+    Owned(String, String),
     /// Another pod's, or nobody's.
     Foreign,
     Missing,
@@ -638,9 +663,9 @@ async fn find(state: &State, kind: Kind, id: &str) -> Result<Found, Response<Bod
     }
     // A container is named as the pod named it (stored with the pod's
     // prefix); an id or id prefix is looked up as it is.
-    if kind == Kind::Container && owner::is_container_name(id) {
+    if kind != Kind::Exec && owner::is_name(id) {
         let private = owner::private_name(&state.cfg.pod_uid, id);
-        if let found @ Found::Owned(_) = Box::pin(find_as_is(state, kind, &private)).await? {
+        if let found @ Found::Owned(..) = Box::pin(find_as_is(state, kind, &private)).await? {
             return Ok(found);
         }
     }
@@ -680,7 +705,7 @@ async fn find_as_is(state: &State, kind: Kind, id: &str) -> Result<Found, Respon
             .to_string();
         return Ok(
             match Box::pin(find(state, Kind::Container, &container)).await? {
-                Found::Owned(_) => Found::Owned(id.to_string()),
+                Found::Owned(..) => Found::Owned(id.to_string(), id.to_string()),
                 _ => Found::Foreign,
             },
         );
@@ -688,31 +713,34 @@ async fn find_as_is(state: &State, kind: Kind, id: &str) -> Result<Found, Respon
     if !owner::owned_by(&value, kind, &state.cfg.pod_uid) {
         return Ok(Found::Foreign);
     }
-    let key = if kind == Kind::Volume { "Name" } else { "Id" };
-    Ok(Found::Owned(
+    let text = |key: &str| {
         value
             .field(key)
             .and_then(Json::as_str)
             .unwrap_or(id)
-            .to_string(),
-    ))
+            .trim_start_matches('/')
+            .to_string()
+    };
+    let key = if kind == Kind::Volume { "Name" } else { "Id" };
+    Ok(Found::Owned(text(key), text("Name")))
 }
 
 /// The pod's object `id`, by its full id, or `None` when it is not the pod's.
 async fn owned(state: &State, kind: Kind, id: &str) -> Result<Option<String>, Response<Body>> {
     Ok(match find(state, kind, id).await? {
-        Found::Owned(full) => Some(full),
+        Found::Owned(full, _) => Some(full),
         _ => None,
     })
 }
 
 /// Checks the objects a create names; creates the named volumes that do not
 /// exist yet, labelled (dockerd would create them unlabelled).
-async fn resolve(
-    state: &State,
-    needs: &[Need],
-) -> Result<std::collections::HashMap<String, String>, Response<Body>> {
-    let mut containers = std::collections::HashMap::new();
+/// What each reference of a request resolved to: a container's full id, a
+/// network's or volume's stored name.
+type Pins = std::collections::HashMap<(Kind, String), String>;
+
+async fn resolve(state: &State, needs: &[Need]) -> Result<Pins, Response<Body>> {
+    let mut pins = Pins::new();
     let refuse = |field: &str, what: String| {
         error(
             StatusCode::FORBIDDEN,
@@ -723,20 +751,35 @@ async fn resolve(
         match need {
             Need::Container { field, id } => match owned(state, Kind::Container, id).await? {
                 Some(full) => {
-                    containers.insert(id.clone(), full);
+                    pins.insert((Kind::Container, id.clone()), full);
                 }
                 None => return Err(refuse(field, owner::not_found(Kind::Container, id))),
             },
-            Need::Network { field, name } => {
-                if owned(state, Kind::Network, name).await?.is_none() {
-                    return Err(refuse(field, owner::not_found(Kind::Network, name)));
+            Need::Network { field, name } => match find(state, Kind::Network, name).await? {
+                Found::Owned(_, stored) => {
+                    pins.insert((Kind::Network, name.clone()), stored);
                 }
-            }
+                _ => return Err(refuse(field, owner::not_found(Kind::Network, name))),
+            },
             Need::Volume { field, name } => match find(state, Kind::Volume, name).await? {
-                Found::Owned(_) => {}
+                Found::Owned(_, stored) => {
+                    pins.insert((Kind::Volume, name.clone()), stored);
+                }
                 Found::Foreign => return Err(refuse(field, owner::not_found(Kind::Volume, name))),
                 Found::Missing => {
-                    let mut body = Json::Object(vec![("Name".into(), Json::String(name.clone()))]);
+                    if !owner::is_name(name) {
+                        return Err(error(
+                            StatusCode::BAD_REQUEST,
+                            &format!(
+                                "nestdock guard: {field}: volume name {} cannot be read \
+                                 (expected [a-zA-Z0-9][a-zA-Z0-9_.-]*)",
+                                crate::validate::shown(name)
+                            ),
+                        ));
+                    }
+                    let stored = owner::private_name(&state.cfg.pod_uid, name);
+                    pins.insert((Kind::Volume, name.clone()), stored.clone());
+                    let mut body = Json::Object(vec![("Name".into(), Json::String(stored))]);
                     owner::label_body(&mut body, &state.cfg.pod_uid);
                     let (status, bytes) = ask(
                         state,
@@ -768,7 +811,7 @@ async fn resolve(
             }
         }
     }
-    Ok(containers)
+    Ok(pins)
 }
 
 /// A symbolic link (or a missing volume) on the way from the pod's volume
@@ -822,6 +865,14 @@ async fn rewrite_json(resp: Response<Body>, f: impl FnOnce(&mut Json)) -> Respon
         .headers
         .insert(CONTENT_LENGTH, HeaderValue::from(out.len()));
     Response::from_parts(parts, full(out))
+}
+
+/// A successful answer's names, as the pod named them.
+async fn publish(resp: Response<Body>, uid: &str, f: fn(&mut Json, &str)) -> Response<Body> {
+    if !resp.status().is_success() {
+        return publish_errors(resp, uid).await;
+    }
+    rewrite_json(resp, |v| f(v, uid)).await
 }
 
 /// Container names in a list or inspect answer, as the pod named them.
