@@ -76,6 +76,11 @@ struct GuardArgs {
     /// Group of the socket (dind's daemon uses the same, --group=2375).
     #[arg(long, default_value_t = 2375, value_name = "GID")]
     socket_group: u32,
+    /// On SIGTERM (the pod ending), force-remove the pod's containers,
+    /// networks and volumes, taking at most this long; 0s leaves them.
+    /// Keep it under the pod's terminationGracePeriodSeconds.
+    #[arg(long, default_value = "20s", value_parser = parse_duration, value_name = "DURATION")]
+    cleanup_timeout: Duration,
 }
 
 fn parse_pod_uid(s: &str) -> Result<String, String> {
@@ -435,6 +440,7 @@ fn guard(args: GuardArgs) -> anyhow::Result<ExitCode> {
         pod_volumes_dir: args.pod_volumes_dir,
         socket_mode: args.socket_mode,
         socket_group: Some(args.socket_group),
+        cleanup_timeout: Some(args.cleanup_timeout).filter(|d| !d.is_zero()),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

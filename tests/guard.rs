@@ -320,6 +320,26 @@ impl Guard {
     }
 }
 
+impl Guard {
+    /// Stops the guard as the kubelet stops a pod's container (SIGTERM) and
+    /// waits for it, at most `limit`.
+    fn terminate(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        ok(&Command::new("kill").args(["-TERM", &pid]).output().unwrap());
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "the guard did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 impl Drop for Guard {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -912,6 +932,56 @@ fn two_pods_both_run_a_container_named_db() {
     ok(&b.docker(&["stop", "-t", "1", "db"]));
     ok(&b.docker(&["rm", "db"]));
     assert_eq!(ok(&b.docker(&["ps", "-aq"])).trim(), "");
+}
+
+#[test]
+fn sigterm_removes_what_the_pod_owns_and_nothing_else() {
+    let mut a = Guard::start();
+    let b = Guard::start();
+    let mut ids = Vec::new();
+    for g in [&a, &b] {
+        ok(&g.docker(&["network", "create", "ci"]));
+        ok(&g.docker(&["volume", "create", "data"]));
+        let running = ok(&g.docker(&[
+            "run",
+            "-d",
+            "--network",
+            "ci",
+            "-v",
+            "data:/d",
+            IMAGE,
+            "sleep",
+            "600",
+        ]));
+        let stopped = ok(&g.docker(&["create", IMAGE, "true"]));
+        ids.push((running.trim().to_string(), stopped.trim().to_string()));
+    }
+    let status = a.terminate(Duration::from_secs(30));
+    assert!(status.success(), "{status}");
+    assert!(!a.socket.exists(), "the socket is left behind");
+    let log = std::fs::read_to_string(&a.log).unwrap();
+    assert!(log.contains("guard cleanup done"), "{log}");
+    let raw_ps = ok(&engine().raw(&["ps", "-aq", "--no-trunc"]));
+    let raw_nets = ok(&engine().raw(&["network", "ls", "--format", "{{.Name}}"]));
+    let raw_vols = ok(&engine().raw(&["volume", "ls", "--format", "{{.Name}}"]));
+    for (g, (running, stopped), kept) in [(&a, &ids[0], false), (&b, &ids[1], true)] {
+        for id in [running, stopped] {
+            assert_eq!(raw_ps.contains(id.as_str()), kept, "{id}: {raw_ps}");
+        }
+        assert_eq!(
+            raw_nets.contains(&format!("nd_{}_ci", g.uid)),
+            kept,
+            "{raw_nets}"
+        );
+        assert_eq!(
+            raw_vols.contains(&format!("nd_{}_data", g.uid)),
+            kept,
+            "{raw_vols}"
+        );
+    }
+    ok(&b.docker(&["rm", "-f", &ids[1].0, &ids[1].1]));
+    ok(&b.docker(&["network", "rm", "ci"]));
+    ok(&b.docker(&["volume", "rm", "data"]));
 }
 
 /// A container create body for the battery.

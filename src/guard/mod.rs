@@ -42,6 +42,10 @@ pub struct GuardConfig {
     /// Group of the listening socket (a non-root target joins it through
     /// `supplementalGroups`, as with dind's `--group`).
     pub socket_group: Option<u32>,
+    /// On SIGTERM, remove everything the pod owns, for at most this long
+    /// (keep it under the pod's termination grace period); `None`: leave
+    /// it all.
+    pub cleanup_timeout: Option<std::time::Duration>,
 }
 
 /// Checks a pod uid: what Kubernetes writes (a UUID): letters, digits and
@@ -70,7 +74,8 @@ pub fn check_pod_uid(uid: &str) -> Result<(), String> {
     }
 }
 
-/// Serves until SIGTERM or SIGINT, then removes the socket.
+/// Serves until SIGTERM or SIGINT, then removes the socket and (unless
+/// turned off) everything the pod owns.
 pub async fn run(config: GuardConfig) -> anyhow::Result<()> {
     check_pod_uid(&config.pod_uid).map_err(anyhow::Error::msg)?;
     let shutdown = async {

@@ -103,9 +103,76 @@ pub async fn serve(cfg: GuardConfig, shutdown: impl Future<Output = ()>) -> anyh
             serve_connection(state, stream).await;
         });
     }
+    // No new connections from here on; the pod is ending.
     let _ = std::fs::remove_file(&listen_path);
+    if let Some(limit) = state.cfg.cleanup_timeout {
+        match tokio::time::timeout(limit, cleanup(&state)).await {
+            Ok(removed) => tracing::info!(removed, "guard cleanup done"),
+            Err(_) => tracing::warn!(
+                "guard cleanup did not finish within {limit:?}; what is left is for `reap`"
+            ),
+        }
+    }
     tracing::info!("guard stopped");
     Ok(())
+}
+
+/// Removes everything the pod owns: containers (forced, with their
+/// anonymous volumes), then networks, then volumes. Two passes, since a
+/// request that was in flight when the listener closed may still create
+/// something. Images stay: they are the node's shared cache. Returns how
+/// many objects were removed.
+async fn cleanup(state: &State) -> usize {
+    let filters = match owner::with_pod_filter(None, &state.cfg.pod_uid) {
+        Ok(f) => percent_encode(&f, b""),
+        Err(_) => return 0,
+    };
+    let mut removed = 0;
+    for _pass in 0..2 {
+        for (list, field, delete) in [
+            (
+                format!("/containers/json?all=1&filters={filters}"),
+                "Id",
+                "/containers/{}?force=1&v=1",
+            ),
+            (format!("/networks?filters={filters}"), "Id", "/networks/{}"),
+            (format!("/volumes?filters={filters}"), "Name", "/volumes/{}"),
+        ] {
+            let Ok((status, bytes)) = ask(state, Method::GET, &list, None).await else {
+                continue;
+            };
+            let Ok(value) = serde_json::from_slice::<Json>(&bytes) else {
+                continue;
+            };
+            if !status.is_success() {
+                continue;
+            }
+            let items = match &value {
+                Json::Array(items) => items.as_slice(),
+                other => match other.field("Volumes") {
+                    Some(Json::Array(items)) => items.as_slice(),
+                    _ => &[],
+                },
+            };
+            for item in items {
+                let Some(id) = item.field(field).and_then(Json::as_str) else {
+                    continue;
+                };
+                let path = delete.replace("{}", &percent_encode(id, b""));
+                match ask(state, Method::DELETE, &path, None).await {
+                    Ok((status, _)) if status.is_success() => removed += 1,
+                    Ok((status, body)) => tracing::warn!(
+                        id,
+                        status = status.as_u16(),
+                        "cleanup: not removed: {}",
+                        String::from_utf8_lossy(&body).trim()
+                    ),
+                    Err(_) => tracing::warn!(id, "cleanup: the daemon did not answer"),
+                }
+            }
+        }
+    }
+    removed
 }
 
 async fn serve_connection(state: Arc<State>, stream: UnixStream) {
