@@ -51,16 +51,19 @@ enum Command {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 struct GuardArgs {
+    #[command(subcommand)]
+    action: Option<GuardAction>,
     /// The unix socket to serve the guarded API on (the pod's socket volume).
-    #[arg(long, value_name = "PATH")]
-    listen: PathBuf,
+    #[arg(long, value_name = "PATH", required = true)]
+    listen: Option<PathBuf>,
     /// The node's docker socket.
     #[arg(long, default_value = "/var/run/docker.sock", value_name = "PATH")]
     upstream: PathBuf,
     /// The pod's uid, from the Downward API (metadata.uid).
-    #[arg(long, env = "NESTDOCK_POD_UID", value_parser = parse_pod_uid, value_name = "UID")]
-    pod_uid: String,
+    #[arg(long, env = "NESTDOCK_POD_UID", value_parser = parse_pod_uid, value_name = "UID", required = true)]
+    pod_uid: Option<String>,
     /// The kubelet's root directory on the node (where the pod's emptyDir
     /// volumes are: <root>/pods/<uid>/volumes/kubernetes.io~empty-dir/).
     #[arg(long, default_value = "/var/lib/kubelet", value_parser = parse_absolute, value_name = "DIR")]
@@ -81,6 +84,30 @@ struct GuardArgs {
     /// Keep it under the pod's terminationGracePeriodSeconds.
     #[arg(long, default_value = "20s", value_parser = parse_duration, value_name = "DURATION")]
     cleanup_timeout: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+enum GuardAction {
+    /// Remove what the guards of pods that are gone left behind on this node.
+    ///
+    /// The containers, networks and volumes labelled with a pod uid that has
+    /// no directory under the kubelet's root any more (the pod is gone; its
+    /// guard died with SIGKILL or with the node). Run it from the node's
+    /// DaemonSet, now and then.
+    Reap(ReapArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ReapArgs {
+    /// The node's docker socket.
+    #[arg(long, default_value = "/var/run/docker.sock", value_name = "PATH")]
+    upstream: PathBuf,
+    /// The kubelet's root directory on the node (the pods are its pods/<uid>).
+    #[arg(long, default_value = "/var/lib/kubelet", value_parser = parse_absolute, value_name = "DIR")]
+    kubelet_root: String,
+    /// Print what would be removed, remove nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 fn parse_pod_uid(s: &str) -> Result<String, String> {
@@ -423,6 +450,31 @@ fn inject(args: InjectArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn guard(args: GuardArgs) -> anyhow::Result<ExitCode> {
+    if let Some(GuardAction::Reap(reap)) = args.action {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let removed = rt.block_on(crate::guard::reap(
+            &reap.upstream,
+            Path::new(&reap.kubelet_root),
+            reap.dry_run,
+        ))?;
+        let verb = if reap.dry_run {
+            "would remove"
+        } else {
+            "removed"
+        };
+        for what in &removed {
+            println!("{verb} {what}");
+        }
+        eprintln!("reap: {verb} {} objects", removed.len());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (Some(listen), Some(pod_uid)) = (args.listen, args.pod_uid) else {
+        // clap requires both without a subcommand.
+        eprintln!("error: --listen and --pod-uid are required (see 'nestdock guard --help')");
+        return Ok(ExitCode::from(2));
+    };
     if let Some(dir) = &args.pod_volumes_dir {
         if !dir.is_dir() {
             eprintln!(
@@ -433,9 +485,9 @@ fn guard(args: GuardArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let config = crate::guard::GuardConfig {
-        listen: args.listen,
+        listen,
         upstream: args.upstream,
-        pod_uid: args.pod_uid,
+        pod_uid,
         kubelet_root: args.kubelet_root,
         pod_volumes_dir: args.pod_volumes_dir,
         socket_mode: args.socket_mode,

@@ -984,6 +984,64 @@ fn sigterm_removes_what_the_pod_owns_and_nothing_else() {
     ok(&b.docker(&["volume", "rm", "data"]));
 }
 
+#[test]
+fn reap_removes_what_a_killed_guard_of_a_gone_pod_left() {
+    let engine = engine();
+    let mut a = Guard::start();
+    let b = Guard::start();
+    for g in [&a, &b] {
+        ok(&g.docker(&["network", "create", "ci"]));
+        ok(&g.docker(&["volume", "create", "data"]));
+        ok(&g.docker(&[
+            "run",
+            "-d",
+            "--name",
+            "db",
+            "--network",
+            "ci",
+            "-v",
+            "data:/d",
+            IMAGE,
+            "sleep",
+            "600",
+        ]));
+    }
+    // A's guard dies with SIGKILL: no cleanup. While A's pod directory is
+    // there, the pod is alive and reap keeps its objects.
+    let _ = a.child.kill();
+    let _ = a.child.wait();
+    let reap = |dry: bool| {
+        let mut cmd = Command::new(common::bin());
+        cmd.args(["guard", "reap", "--upstream"])
+            .arg(&engine.socket)
+            .arg("--kubelet-root")
+            .arg(&engine.kubelet_root);
+        if dry {
+            cmd.arg("--dry-run");
+        }
+        ok(&cmd.output().unwrap())
+    };
+    assert!(!reap(false).contains(&a.uid));
+    // The kubelet removes the pod's directory once the pod is deleted.
+    std::fs::remove_dir_all(engine.kubelet_root.join("pods").join(&a.uid)).unwrap();
+    let dry = reap(true);
+    let of_a = |out: &str| out.lines().filter(|l| l.contains(&a.uid)).count();
+    assert_eq!(of_a(&dry), 3, "{dry}");
+    assert!(!dry.contains(&b.uid), "{dry}");
+    assert!(ok(&engine.raw(&["ps", "-a"])).contains(&format!("nd_{}_db", a.uid)));
+    let removed = reap(false);
+    assert_eq!(of_a(&removed), 3, "{removed}");
+    assert!(!removed.contains(&b.uid), "{removed}");
+    let ps = ok(&engine.raw(&["ps", "-a", "--format", "{{.Names}}"]));
+    assert!(!ps.contains(&format!("nd_{}_db", a.uid)), "{ps}");
+    assert!(ps.contains(&format!("nd_{}_db", b.uid)), "{ps}");
+    assert!(!ok(&engine.raw(&["network", "ls"])).contains(&format!("nd_{}_ci", a.uid)));
+    assert!(!ok(&engine.raw(&["volume", "ls"])).contains(&format!("nd_{}_data", a.uid)));
+    ok(&b.docker(&["rm", "-f", "db"]));
+    ok(&b.docker(&["network", "rm", "ci"]));
+    ok(&b.docker(&["volume", "rm", "data"]));
+}
+
 /// A container create body for the battery.
 fn create_body(host_config: Value) -> Vec<u8> {
     serde_json::to_vec(&json!({"Image": IMAGE, "Cmd": ["true"], "HostConfig": host_config}))

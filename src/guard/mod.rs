@@ -94,6 +94,29 @@ pub async fn run(config: GuardConfig) -> anyhow::Result<()> {
     proxy::serve(config, shutdown).await
 }
 
+/// `nestdock guard reap`: removes the containers, networks and volumes
+/// labelled with a pod uid whose directory under `<kubelet_root>/pods/` is
+/// gone (the kubelet removes it once the pod is deleted). Returns what was
+/// removed (or, with `dry_run`, would be). Refuses to run when
+/// `<kubelet_root>/pods` does not exist: a wrong root would make every pod
+/// look gone.
+pub async fn reap(
+    upstream: &std::path::Path,
+    kubelet_root: &std::path::Path,
+    dry_run: bool,
+) -> anyhow::Result<Vec<String>> {
+    let pods = kubelet_root.join("pods");
+    if !pods.is_dir() {
+        anyhow::bail!(
+            "{} is not a directory: is --kubelet-root the kubelet's root on this node? \
+             (nothing removed)",
+            pods.display()
+        );
+    }
+    let alive = |uid: &str| check_pod_uid(uid).is_err() || pods.join(uid).exists();
+    proxy::reap(upstream, &alive, dry_run).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -117,6 +117,102 @@ pub async fn serve(cfg: GuardConfig, shutdown: impl Future<Output = ()>) -> anyh
     Ok(())
 }
 
+/// Removes the objects whose pod is not `alive` (see `guard::reap`).
+pub async fn reap(
+    upstream: &Path,
+    alive: &dyn Fn(&str) -> bool,
+    dry_run: bool,
+) -> anyhow::Result<Vec<String>> {
+    let state = State {
+        cfg: GuardConfig {
+            listen: Default::default(),
+            upstream: upstream.to_path_buf(),
+            pod_uid: String::new(),
+            kubelet_root: String::new(),
+            pod_volumes_dir: None,
+            socket_mode: 0,
+            socket_group: None,
+            cleanup_timeout: None,
+        },
+    };
+    // Every object that carries the label, whatever its value.
+    let filters = percent_encode(
+        &format!(r#"{{"label":{{"{}":true}}}}"#, owner::POD_UID_LABEL),
+        b"",
+    );
+    let mut removed = Vec::new();
+    for (kind, list, delete) in [
+        (
+            "container",
+            format!("/containers/json?all=1&filters={filters}"),
+            "/containers/{}?force=1&v=1",
+        ),
+        (
+            "network",
+            format!("/networks?filters={filters}"),
+            "/networks/{}",
+        ),
+        (
+            "volume",
+            format!("/volumes?filters={filters}"),
+            "/volumes/{}",
+        ),
+    ] {
+        let (status, bytes) = ask(&state, Method::GET, &list, None).await.map_err(|_| {
+            anyhow::anyhow!("the docker daemon at {} did not answer", upstream.display())
+        })?;
+        if !status.is_success() {
+            anyhow::bail!(
+                "listing {kind}s: {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+        let value: Json = serde_json::from_slice(&bytes)
+            .map_err(|e| anyhow::anyhow!("listing {kind}s: not JSON: {e}"))?;
+        let items = match &value {
+            Json::Array(items) => items.clone(),
+            other => match other.field("Volumes") {
+                Some(Json::Array(items)) => items.clone(),
+                _ => Vec::new(),
+            },
+        };
+        for item in &items {
+            let uid = item
+                .field("Labels")
+                .and_then(|l| l.entry(owner::POD_UID_LABEL))
+                .and_then(Json::as_str)
+                .unwrap_or("");
+            if alive(uid) {
+                continue;
+            }
+            let key = if kind == "volume" { "Name" } else { "Id" };
+            let Some(id) = item.field(key).and_then(Json::as_str) else {
+                continue;
+            };
+            let what = format!("{kind} {id} (pod {uid})");
+            if !dry_run {
+                let path = delete.replace("{}", &percent_encode(id, b""));
+                match ask(&state, Method::DELETE, &path, None).await {
+                    Ok((status, _)) if status.is_success() => {}
+                    Ok((status, body)) => {
+                        tracing::warn!(
+                            "reap: {what} not removed: {status}: {}",
+                            String::from_utf8_lossy(&body).trim()
+                        );
+                        continue;
+                    }
+                    Err(_) => {
+                        tracing::warn!("reap: {what}: the daemon did not answer");
+                        continue;
+                    }
+                }
+            }
+            removed.push(what);
+        }
+    }
+    Ok(removed)
+}
+
 /// Removes everything the pod owns: containers (forced, with their
 /// anonymous volumes), then networks, then volumes. Two passes, since a
 /// request that was in flight when the listener closed may still create
