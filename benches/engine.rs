@@ -30,7 +30,7 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, Throughput};
 use nestdock::admission;
 use nestdock::config::Config;
-use nestdock::engine::{self, Context, NamespacePolicy, Outcome};
+use nestdock::engine::{self, Context, Effect, NamespacePolicy};
 use serde_json::Value;
 
 #[path = "../bench/common/src/pods.rs"]
@@ -51,9 +51,9 @@ fn ctx(config: &Config) -> Context<'_> {
 fn assert_injects(pod: &Value, config: &Config) {
     let decision = engine::mutate(pod, &ctx(config));
     assert!(
-        matches!(decision.outcome, Outcome::Patched(ref p) if !p.is_empty()),
+        matches!(decision.effect, Effect::Patched(ref p) if !p.is_empty()),
         "the benchmark pod is not injected: {:?}",
-        decision.outcome
+        decision.effect
     );
 }
 
@@ -144,9 +144,9 @@ fn bench_adversarial(c: &mut Criterion) {
             let text = adversarial_pod(kind, n);
             let d = engine::mutate_json(&text, &ctx(&config));
             assert!(
-                !matches!(d.outcome, Outcome::Denied(_)),
+                !matches!(d.effect, Effect::Denied(_)),
                 "{kind}/{n} is denied: {:?}",
-                d.outcome
+                d.effect
             );
             group.throughput(Throughput::Elements(n as u64));
             group.bench_with_input(BenchmarkId::new(kind, n), &text, |b, text| {
@@ -200,11 +200,7 @@ fn bench_review(c: &mut Criterion) {
     let mut group = c.benchmark_group("review");
     for (name, body) in &bodies {
         let answer = admission::review(body, &ctx(&config)).expect("a readable review");
-        assert_eq!(
-            answer.summary.verdict,
-            admission::Verdict::Injected,
-            "{name}"
-        );
+        assert_eq!(answer.summary.outcome, engine::Outcome::Injected, "{name}");
         group.throughput(Throughput::Bytes(body.len() as u64));
         group.bench_with_input(BenchmarkId::from_parameter(name), body, |b, body| {
             b.iter(|| admission::review(black_box(body), &ctx(&config)))

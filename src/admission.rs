@@ -20,7 +20,9 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::engine::{self, Context, Outcome};
+use axum::http::StatusCode;
+
+use crate::engine::{self, Context, Effect, Outcome};
 use crate::mode::Mode;
 
 /// The only AdmissionReview version accepted (the manifests register v1 only).
@@ -35,47 +37,16 @@ pub const KIND: &str = "AdmissionReview";
 #[error("{message}")]
 pub struct ReviewError {
     /// HTTP status (400).
-    pub status: u16,
+    pub status: StatusCode,
     pub message: String,
 }
 
 impl ReviewError {
     fn bad_request(message: impl Into<String>) -> ReviewError {
         ReviewError {
-            status: 400,
+            status: StatusCode::BAD_REQUEST,
             message: message.into(),
         }
-    }
-}
-
-/// What became of the request, for logs and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// A pod that got a patch.
-    Injected,
-    /// A pod that was evaluated and allowed as it is.
-    Unchanged,
-    /// A pod that was refused.
-    Denied,
-    /// Not a pod CREATE (another kind, a subresource, another operation, no
-    /// object): allowed without asking the engine.
-    Skipped,
-}
-
-impl Verdict {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Verdict::Injected => "injected",
-            Verdict::Unchanged => "unchanged",
-            Verdict::Denied => "denied",
-            Verdict::Skipped => "skipped",
-        }
-    }
-}
-
-impl std::fmt::Display for Verdict {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -95,7 +66,7 @@ pub struct Summary {
     pub dry_run: bool,
     /// The mode that applied, when the engine evaluated a pod.
     pub mode: Option<Mode>,
-    pub verdict: Verdict,
+    pub outcome: Outcome,
     /// The denial's status code, when denied.
     pub code: Option<u16>,
 }
@@ -163,7 +134,7 @@ impl<'a> Parsed<'a> {
                 return Ok(Reviewed { body, summary });
             }
             Some(Err(message)) => {
-                summary.verdict = Verdict::Denied;
+                summary.outcome = Outcome::Denied;
                 summary.code = Some(400);
                 response.allowed = false;
                 response.status = Some(Status {
@@ -176,29 +147,28 @@ impl<'a> Parsed<'a> {
             Some(Ok(pod)) => pod,
         };
         let decision = engine::mutate_pod(&pod, ctx);
-        let denial_message = match &decision.outcome {
-            Outcome::Denied(denial) => denial.message(),
+        let denial_message = match &decision.effect {
+            Effect::Denied(denial) => denial.message(),
             _ => String::new(),
         };
         summary.mode = Some(decision.mode);
+        summary.outcome = decision.outcome();
         response.warnings = &decision.warnings;
         response.audit_annotations = Some(AuditAnnotations {
             mode: decision.mode.as_str(),
         });
-        match &decision.outcome {
-            Outcome::Patched(patch) if !patch.is_empty() => {
+        match &decision.effect {
+            Effect::Patched(patch) if !patch.is_empty() => {
                 response.patch_type = Some("JSONPatch");
                 response.patch = Some(patch.as_json());
-                summary.verdict = Verdict::Injected;
             }
-            Outcome::Patched(_) | Outcome::Unchanged => summary.verdict = Verdict::Unchanged,
-            Outcome::Denied(denial) => {
+            Effect::Patched(_) | Effect::Unchanged => {}
+            Effect::Denied(denial) => {
                 response.allowed = false;
                 response.status = Some(Status {
                     code: denial.code,
                     message: &denial_message,
                 });
-                summary.verdict = Verdict::Denied;
                 summary.code = Some(denial.code);
             }
         }
@@ -213,7 +183,7 @@ impl Parsed<'_> {
     /// AdmissionReview with `allowed: false` and `status`.
     pub fn deny(self, code: u16, message: &str) -> Result<Reviewed, ReviewError> {
         let mut summary = self.summary;
-        summary.verdict = Verdict::Denied;
+        summary.outcome = Outcome::Denied;
         summary.code = Some(code);
         let response = Response {
             uid: &self.uid,
@@ -335,7 +305,7 @@ fn finish_fast(review: ReviewFast<'_>) -> Option<Parsed<'_>> {
         operation: "CREATE",
         dry_run: r.dry_run.unwrap_or(false),
         mode: None,
-        verdict: Verdict::Skipped,
+        outcome: Outcome::Skipped,
         code: None,
     };
     Some(Parsed {
@@ -480,7 +450,7 @@ fn finish<'a>(
         operation,
         dry_run: request.dry_run.unwrap_or(false),
         mode: None,
-        verdict: Verdict::Skipped,
+        outcome: Outcome::Skipped,
         code: None,
     };
     Ok(Parsed {
@@ -600,7 +570,7 @@ fn encode(api_version: &str, kind: &str, response: Response<'_>) -> Result<Vec<u
         let written = STANDARD
             .encode_slice(patch, &mut out[start..])
             .map_err(|e| ReviewError {
-                status: 500,
+                status: StatusCode::INTERNAL_SERVER_ERROR,
                 message: format!("cannot encode the JSON patch: {e}"),
             })?;
         out.truncate(start + written);
@@ -686,7 +656,7 @@ mod tests {
                 "response": {"uid": "705ab4f5-6393-11e8-b7cc-42010a800002", "allowed": true}
             })
         );
-        assert_eq!(summary.verdict, Verdict::Skipped);
+        assert_eq!(summary.outcome, Outcome::Skipped);
         assert_eq!(summary.name, "cm");
         assert_eq!(summary.namespace, "team-a");
         assert_eq!(summary.kind, "v1/ConfigMap");
@@ -697,21 +667,21 @@ mod tests {
         let pod_kind = json!({"group": "", "version": "v1", "kind": "Pod"});
         let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}});
         let update = review_json(request(pod_kind.clone(), "UPDATE", pod.clone()));
-        assert_eq!(run(&update).unwrap().1.verdict, Verdict::Skipped);
+        assert_eq!(run(&update).unwrap().1.outcome, Outcome::Skipped);
         let mut sub = request(pod_kind.clone(), "CREATE", pod.clone());
         sub["subResource"] = json!("binding");
-        assert_eq!(run(&review_json(sub)).unwrap().1.verdict, Verdict::Skipped);
+        assert_eq!(run(&review_json(sub)).unwrap().1.outcome, Outcome::Skipped);
         let delete = review_json(request(pod_kind.clone(), "DELETE", Value::Null));
-        assert_eq!(run(&delete).unwrap().1.verdict, Verdict::Skipped);
+        assert_eq!(run(&delete).unwrap().1.outcome, Outcome::Skipped);
         let apps_pod = json!({"group": "example.com", "version": "v1", "kind": "Pod"});
         let other = review_json(request(apps_pod, "CREATE", pod));
-        assert_eq!(run(&other).unwrap().1.verdict, Verdict::Skipped);
+        assert_eq!(run(&other).unwrap().1.outcome, Outcome::Skipped);
     }
 
     #[test]
     fn unreadable_reviews_are_400_with_a_reason() {
         let err = run(b"{not json").unwrap_err();
-        assert_eq!(err.status, 400);
+        assert_eq!(err.status, StatusCode::BAD_REQUEST);
         assert!(err.message.starts_with("malformed JSON"), "{err}");
 
         let err = run(br#"[1]"#).unwrap_err();
@@ -720,7 +690,7 @@ mod tests {
         let v1beta1 =
             json!({"apiVersion": "admission.k8s.io/v1beta1", "kind": KIND, "request": {}});
         let err = run(&serde_json::to_vec(&v1beta1).unwrap()).unwrap_err();
-        assert_eq!(err.status, 400);
+        assert_eq!(err.status, StatusCode::BAD_REQUEST);
         assert!(err.message.contains("admission.k8s.io/v1beta1"), "{err}");
         assert!(err.message.contains(API_VERSION), "{err}");
 
@@ -740,19 +710,5 @@ mod tests {
         bad.as_object_mut().unwrap().remove("uid");
         let err = run(&review_json(bad)).unwrap_err();
         assert!(err.message.contains("request"), "{err}");
-    }
-
-    #[test]
-    fn verdict_names() {
-        let names: Vec<_> = [
-            Verdict::Injected,
-            Verdict::Unchanged,
-            Verdict::Denied,
-            Verdict::Skipped,
-        ]
-        .iter()
-        .map(|v| v.to_string())
-        .collect();
-        assert_eq!(names, ["injected", "unchanged", "denied", "skipped"]);
     }
 }

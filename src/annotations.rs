@@ -13,23 +13,29 @@ pub const PREFIX: &str = "nestdock.io/";
 /// The idempotency marker nestdock records on every pod it patched.
 pub const INJECTED: &str = "nestdock.io/injected";
 
-/// The keys a pod may carry, for "accepted are ..." messages.
-pub const KNOWN_KEYS: [&str; 14] = [
-    "mode",
-    "containers",
-    "sidecar",
-    "tls",
-    "image",
-    "cpu-request",
-    "cpu-limit",
-    "memory-request",
-    "memory-limit",
-    "storage-limit",
-    "registry-mirrors",
-    "insecure-registries",
-    "mtu",
-    "injected",
+/// Every key a pod may carry (after [`PREFIX`]), the one list of them: what
+/// "accepted keys are ..." names, and whether the key only concerns a daemon
+/// in the pod (so that it is ignored, with a warning, in dood). [`read`]
+/// parses each; a test checks that none of them reads as unknown.
+pub const KEYS: [(&str, DaemonOnly); 14] = [
+    ("mode", false),
+    ("containers", false),
+    ("sidecar", true),
+    ("tls", true),
+    ("image", true),
+    ("cpu-request", true),
+    ("cpu-limit", true),
+    ("memory-request", true),
+    ("memory-limit", true),
+    ("storage-limit", true),
+    ("registry-mirrors", true),
+    ("insecure-registries", true),
+    ("mtu", true),
+    ("injected", false),
 ];
+
+/// Whether an annotation key only concerns a daemon in the pod.
+type DaemonOnly = bool;
 
 /// What a pod asked for, every value validated in isolation. Rules that need
 /// the pod or the config (container names exist, image allow-list, request
@@ -51,31 +57,18 @@ pub struct PodAnnotations {
     pub mtu: Option<Mtu>,
     /// `nestdock.io/injected`: the mode a previous pass injected.
     pub injected: Option<String>,
+    /// Which of [`KEYS`] the pod set (bit `i` for `KEYS[i]`), valid or not.
+    set: u16,
 }
 
 impl PodAnnotations {
     /// The keys (without prefix) this pod set that only matter to a daemon in the pod.
     pub fn daemon_only_keys(&self) -> Vec<&'static str> {
-        let mut keys = Vec::new();
-        let flags: [(&'static str, bool); 11] = [
-            ("sidecar", self.sidecar.is_some()),
-            ("image", self.image.is_some()),
-            ("cpu-request", self.cpu_request.is_some()),
-            ("cpu-limit", self.cpu_limit.is_some()),
-            ("memory-request", self.memory_request.is_some()),
-            ("memory-limit", self.memory_limit.is_some()),
-            ("storage-limit", self.storage_limit.is_some()),
-            ("registry-mirrors", self.registry_mirrors.is_some()),
-            ("insecure-registries", self.insecure_registries.is_some()),
-            ("mtu", self.mtu.is_some()),
-            ("tls", self.tls.is_some()),
-        ];
-        for (k, set) in flags {
-            if set {
-                keys.push(k);
-            }
-        }
-        keys
+        KEYS.iter()
+            .enumerate()
+            .filter(|(i, (_, daemon_only))| *daemon_only && self.set & (1 << i) != 0)
+            .map(|(_, (key, _))| *key)
+            .collect()
     }
 }
 
@@ -98,6 +91,9 @@ pub fn read<'a>(
         let Some(name) = key.strip_prefix(PREFIX) else {
             continue;
         };
+        if let Some(i) = KEYS.iter().position(|(k, _)| *k == name) {
+            out.set |= 1 << i;
+        }
         let bad = |accepted: &str| {
             format!(
                 "annotation {key}: invalid value {}: {accepted}",
@@ -200,7 +196,7 @@ pub fn read<'a>(
             "unknown annotation{} {}: accepted keys are {}",
             if unknown_count == 1 { "" } else { "s" },
             named.join(", "),
-            KNOWN_KEYS.map(|k| format!("{PREFIX}{k}")).join(", ")
+            KEYS.map(|(k, _)| format!("{PREFIX}{k}")).join(", ")
         ));
     }
     (out, errors)
@@ -233,6 +229,21 @@ mod tests {
             Ok(a)
         } else {
             Err(errors.join(" | "))
+        }
+    }
+
+    /// The key list and the parser agree: no listed key reads as unknown,
+    /// and the daemon-only ones are reported as set.
+    #[test]
+    fn every_listed_key_is_read_and_daemon_only_keys_are_reported() {
+        for (key, daemon_only) in KEYS {
+            let full = format!("{PREFIX}{key}");
+            let (a, errors) = read([(full.as_str(), "x")]);
+            assert!(
+                errors.iter().all(|e| !e.contains("unknown annotation")),
+                "{key}: {errors:?}"
+            );
+            assert_eq!(a.daemon_only_keys() == [key], daemon_only, "{key}");
         }
     }
 

@@ -5,6 +5,7 @@ use std::io::{IsTerminal, Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -236,12 +237,12 @@ struct ServeArgs {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    crate::server::parse_duration(s)
+    crate::duration::parse_duration(s)
 }
 
 /// A duration that must be above zero.
 fn parse_positive_duration(s: &str) -> Result<Duration, String> {
-    match crate::server::parse_duration(s)? {
+    match crate::duration::parse_duration(s)? {
         d if d.is_zero() => Err(format!("{s:?} must be above zero")),
         d => Ok(d),
     }
@@ -353,6 +354,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    // One rustls provider for the process: the server's TLS and the kube
+    // client's both use it.
+    crate::tls::install_ring();
     rt.block_on(async {
         let opts = crate::server::ServeOptions {
             listen: args.listen,
@@ -361,22 +365,24 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             config,
             max_body_bytes: args.max_body_bytes,
             max_inflight_bytes: args.max_inflight_bytes,
-            namespaces: crate::namespaces::connect(args.kube).await,
+            namespaces: crate::namespaces::connect(args.kube)
+                .await
+                .map(|cache| Arc::new(cache) as Arc<dyn crate::namespaces::NamespaceSource>),
             metrics_listen: args.metrics_listen,
             cert_check_interval: args.cert_check_interval,
             shutdown_delay: args.shutdown_delay,
+            limits: crate::server::Limits {
+                handshake: args.read_timeout,
+                header_read: args.read_timeout,
+                body_read: args.read_timeout,
+                keep_alive_idle: args.idle_timeout,
+                drain: args.drain_timeout,
+                request: args.request_timeout,
+                max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
+                max_streams: args.max_concurrent_streams,
+            },
         };
-        let limits = crate::server::Limits {
-            handshake: args.read_timeout,
-            header_read: args.read_timeout,
-            body_read: args.read_timeout,
-            keep_alive_idle: args.idle_timeout,
-            drain: args.drain_timeout,
-            request: args.request_timeout,
-            max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
-            max_streams: args.max_concurrent_streams,
-        };
-        crate::server::serve_with_limits(opts, limits).await
+        crate::server::serve(opts).await
     })?;
     Ok(ExitCode::SUCCESS)
 }
@@ -397,8 +403,16 @@ fn read_input(file: &str) -> anyhow::Result<String> {
 fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(args.config.as_deref())?;
     let input = read_input(&args.file)?;
-    let pod: serde_json::Value = serde_norway::from_str(&input)
+    let mut objects = crate::inject::read_manifests(&input)
         .map_err(|e| anyhow::anyhow!("{} is not a YAML or JSON manifest: {e}", args.file))?;
+    if objects.len() != 1 {
+        anyhow::bail!(
+            "{} holds {} objects: explain takes one Pod manifest",
+            args.file,
+            objects.len()
+        );
+    }
+    let pod = objects.remove(0);
     if pod.get("kind").and_then(serde_json::Value::as_str) != Some("Pod") {
         anyhow::bail!(
             "{} is not a Pod (kind {}): explain takes one Pod manifest",

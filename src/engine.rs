@@ -9,6 +9,7 @@
 use serde_json::Value;
 
 use crate::mode::Mode;
+pub use crate::outcome::Outcome;
 use crate::patch::Patch;
 use crate::plan::{Action, Plan};
 
@@ -22,7 +23,7 @@ pub use crate::render::MAX_PATCH_BYTES;
 
 /// What happens to the pod.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
+pub enum Effect {
     /// Allowed as it is (mode `none`, already injected, not a pod to touch).
     Unchanged,
     /// Allowed with these JSON Patch operations, built against the pod as received.
@@ -37,10 +38,22 @@ pub struct Decision {
     /// The mode that applied (for audit annotations, logs and metrics).
     pub mode: Mode,
     pub from: ModeFrom,
-    pub outcome: Outcome,
+    pub effect: Effect,
     /// Each under 120 characters, as the API server requires; at most
     /// [`MAX_WARNINGS`] (+1 saying how many more there were).
     pub warnings: Vec<String>,
+}
+
+impl Decision {
+    /// The decision as logged and counted: a patch that turned out empty is
+    /// [`Outcome::Unchanged`], as the API server sees it.
+    pub fn outcome(&self) -> Outcome {
+        match &self.effect {
+            Effect::Patched(patch) if !patch.is_empty() => Outcome::Injected,
+            Effect::Patched(_) | Effect::Unchanged => Outcome::Unchanged,
+            Effect::Denied(_) => Outcome::Denied,
+        }
+    }
 }
 
 /// Decides what happens to `pod` (the object exactly as the API server sent it).
@@ -73,14 +86,14 @@ fn finish(plan: Plan<'_>) -> Decision {
         action,
         warnings,
     } = plan;
-    let (outcome, warnings) = match action {
-        Action::Nothing => (Outcome::Unchanged, warnings),
-        Action::Deny(d) => (Outcome::Denied(d), warnings),
+    let (effect, warnings) = match action {
+        Action::Nothing => (Effect::Unchanged, warnings),
+        Action::Deny(d) => (Effect::Denied(d), warnings),
         Action::Inject(injection) => match crate::render::render(&injection, mode) {
-            Ok(patch) if patch.is_empty() => (Outcome::Unchanged, warnings),
-            Ok(patch) => (Outcome::Patched(patch), warnings),
+            Ok(patch) if patch.is_empty() => (Effect::Unchanged, warnings),
+            Ok(patch) => (Effect::Patched(patch), warnings),
             Err(crate::render::TooLarge) => (
-                Outcome::Denied(Denial::bad(format!(
+                Effect::Denied(Denial::bad(format!(
                     "the patch for this pod would be over {MAX_PATCH_BYTES} bytes, more than any pod \
                      Kubernetes can store; name fewer containers with nestdock.io/containers"
                 ))),
@@ -91,7 +104,7 @@ fn finish(plan: Plan<'_>) -> Decision {
     Decision {
         mode,
         from,
-        outcome,
+        effect,
         warnings,
     }
 }

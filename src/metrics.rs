@@ -1,4 +1,4 @@
-//! Prometheus metrics (SPEC sections 5 and 8) and the plain-HTTP endpoint that
+//! Prometheus metrics (docs/behaviour.md, *Metrics and logs*) and the plain-HTTP endpoint that
 //! serves them on `--metrics-listen`.
 //!
 //! The crate is `prometheus-client`, the Prometheus project's own Rust client
@@ -8,7 +8,7 @@
 //! maintained less actively and is built around a process-global registry,
 //! which makes tests that start several servers in one process share counters.
 //!
-//! Series (names fixed by SPEC section 8):
+//! Series (their names are part of the product: dashboards and alerts use them):
 //!
 //! | metric | type | labels |
 //! | --- | --- | --- |
@@ -49,8 +49,8 @@ use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
-use crate::admission::Verdict;
-use crate::namespaces::NamespaceCache;
+use crate::namespaces::NamespaceSource;
+pub use crate::outcome::Outcome;
 
 /// `mode` label value when the engine did not decide a mode.
 pub const MODE_UNKNOWN: &str = "unknown";
@@ -62,46 +62,6 @@ pub const DURATION_BUCKETS: [f64; 16] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0,
 ];
-
-/// What became of one `POST /mutate`, as counted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Outcome {
-    Injected,
-    Unchanged,
-    Denied,
-    Skipped,
-    /// No AdmissionReview was answered (HTTP 4xx/5xx).
-    Error,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Injected => "injected",
-            Outcome::Unchanged => "unchanged",
-            Outcome::Denied => "denied",
-            Outcome::Skipped => "skipped",
-            Outcome::Error => "error",
-        }
-    }
-}
-
-impl From<Verdict> for Outcome {
-    fn from(v: Verdict) -> Outcome {
-        match v {
-            Verdict::Injected => Outcome::Injected,
-            Verdict::Unchanged => Outcome::Unchanged,
-            Verdict::Denied => Outcome::Denied,
-            Verdict::Skipped => Outcome::Skipped,
-        }
-    }
-}
-
-impl fmt::Display for Outcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ReviewLabels {
@@ -134,7 +94,7 @@ impl fmt::Debug for Metrics {
 
 /// Reads the namespace cache's state at scrape time.
 #[derive(Debug)]
-struct NamespaceCacheCollector(NamespaceCache);
+struct NamespaceCacheCollector(Arc<dyn NamespaceSource>);
 
 impl Collector for NamespaceCacheCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
@@ -152,7 +112,7 @@ impl Collector for NamespaceCacheCollector {
 impl Metrics {
     /// The metrics of one server; with a namespace cache its readiness is
     /// exported too.
-    pub fn new(namespaces: Option<NamespaceCache>) -> Metrics {
+    pub fn new(namespaces: Option<Arc<dyn NamespaceSource>>) -> Metrics {
         let mut registry = Registry::default();
         let reviews = Family::<ReviewLabels, Counter>::default();
         registry.register(
@@ -441,11 +401,13 @@ mod tests {
 
     #[tokio::test]
     async fn namespace_cache_readiness_is_read_at_scrape_time() {
-        crate::tls::install_ring();
+        let _ = rustls::crypto::ring::default_provider().install_default();
         // An API server that is not there: the cache never syncs.
         let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
         let client = kube::Client::try_from(config).unwrap();
-        let metrics = Metrics::new(Some(NamespaceCache::start(client)));
+        let metrics = Metrics::new(Some(Arc::new(crate::namespaces::NamespaceCache::start(
+            client,
+        ))));
         let (text, _) = metrics.encode(false).unwrap();
         assert!(
             text.lines()

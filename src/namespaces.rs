@@ -1,4 +1,5 @@
-//! Namespace labels for policy (SPEC section 3), from a watch-backed cache.
+//! Namespace labels for policy (docs/behaviour.md, *Namespace policy*), from
+//! a watch-backed cache; the request path asks through [`NamespaceSource`].
 //!
 //! A kube reflector keeps every Namespace's labels in memory, so a review
 //! never waits on the API server: the request path reads the store. Only a
@@ -7,22 +8,32 @@
 //! its own after a disconnect; meanwhile the last known labels keep serving.
 //!
 //! The name comes from the review (`request.namespace`), which any client of
-//! the webhook's Service can write (SPEC 5, *Who can call*): it is checked as
+//! the webhook's Service can write (docs/behaviour.md, *Who can call*): it is checked as
 //! a DNS-1123 label ([`check_name`]) before any lookup, and the namespaces
 //! fetched directly are kept in a bounded cache ([`FETCHED_CAPACITY`]
 //! entries, oldest evicted first, each dropped after [`FETCHED_TTL`] so that
 //! a direct fetch never outlives what the watch says for long).
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::core::{PartialObjectMeta, PartialObjectMetaExt as _};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
+
+/// A namespace as policy reads it: its metadata only. The watch and the
+/// direct fetches ask the API server for metadata (PartialObjectMetadata),
+/// so spec and status are never transferred, and the labels are all policy
+/// reads of it.
+pub type NamespaceMeta = PartialObjectMeta<Namespace>;
 
 /// How long a direct fetch of a missing namespace may take on the request path.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -55,14 +66,7 @@ pub enum LookupError {
 /// letter or digit). The error names the value (quoted, shortened past 100
 /// characters) and what is accepted.
 pub fn check_name(name: &str) -> Result<(), String> {
-    let bytes = name.as_bytes();
-    let alnum = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
-    let ok = !bytes.is_empty()
-        && bytes.len() <= MAX_NAME_LEN
-        && bytes.iter().all(|b| alnum(b) || *b == b'-')
-        && bytes.first().is_some_and(alnum)
-        && bytes.last().is_some_and(alnum);
-    if ok {
+    if crate::validate::is_dns_label(name) {
         return Ok(());
     }
     let shown: String = name.chars().take(100).collect();
@@ -82,12 +86,12 @@ pub fn check_name(name: &str) -> Result<(), String> {
 /// [`FETCHED_TTL`]. Times are passed in, so tests need no clock.
 #[derive(Debug, Default)]
 pub struct Fetched {
-    entries: HashMap<String, (Instant, Arc<Namespace>)>,
+    entries: HashMap<String, (Instant, Arc<NamespaceMeta>)>,
 }
 
 impl Fetched {
     /// The namespace when fetched less than [`FETCHED_TTL`] before `now`.
-    pub fn get(&self, name: &str, now: Instant) -> Option<Arc<Namespace>> {
+    pub fn get(&self, name: &str, now: Instant) -> Option<Arc<NamespaceMeta>> {
         self.entries
             .get(name)
             .filter(|(at, _)| now.saturating_duration_since(*at) < FETCHED_TTL)
@@ -99,7 +103,7 @@ impl Fetched {
     }
 
     /// Remembers `ns`; when full, drops expired entries, then the oldest.
-    pub fn insert(&mut self, name: &str, ns: Arc<Namespace>, now: Instant) {
+    pub fn insert(&mut self, name: &str, ns: Arc<NamespaceMeta>, now: Instant) {
         if !self.entries.contains_key(name) && self.entries.len() >= FETCHED_CAPACITY {
             self.entries
                 .retain(|_, (at, _)| now.saturating_duration_since(*at) < FETCHED_TTL);
@@ -138,14 +142,14 @@ pub struct NamespaceCache {
 }
 
 struct Inner {
-    store: Store<Namespace>,
+    store: Store<NamespaceMeta>,
     ready: AtomicBool,
     native_sidecars: AtomicBool,
     /// Whether the API server's version has been read; until then native
     /// sidecars are not assumed (on 1.28 a `restartPolicy: Always` init
     /// container would hold the pod in Init forever).
     version_known: AtomicBool,
-    api: Api<Namespace>,
+    api: Api<NamespaceMeta>,
     /// Namespaces fetched directly because the watch had not delivered them.
     fetched: RwLock<Fetched>,
 }
@@ -169,7 +173,8 @@ pub async fn connect(kube: bool) -> Option<NamespaceCache> {
         );
         return None;
     }
-    crate::tls::install_ring();
+    // The kube client's TLS uses the process-wide rustls provider, which
+    // `nestdock serve` installs (ring) before anything else.
     let config = match kube::Config::infer().await {
         Ok(c) => c,
         Err(e) => {
@@ -199,13 +204,11 @@ pub fn client_for(mut config: kube::Config) -> Result<Client, kube::Error> {
 }
 
 /// Keeps only what policy reads: the labels (10,000 namespaces stay small).
-fn strip(ns: &mut Namespace) {
+fn strip(ns: &mut NamespaceMeta) {
     ns.metadata.managed_fields = None;
     ns.metadata.annotations = None;
     ns.metadata.owner_references = None;
     ns.metadata.finalizers = None;
-    ns.spec = None;
-    ns.status = None;
 }
 
 /// Parses the API server's version and says whether it runs native sidecars
@@ -254,7 +257,9 @@ impl NamespaceCache {
     ///
     /// [`is_ready`]: NamespaceCache::is_ready
     pub fn start(client: Client) -> NamespaceCache {
-        let api: Api<Namespace> = Api::all(client.clone());
+        // `Api<PartialObjectMeta<_>>` asks for metadata only, in the list,
+        // the watch and the direct fetch alike.
+        let api: Api<NamespaceMeta> = Api::all(client.clone());
         let (store, writer) = reflector::store();
         let inner = Arc::new(Inner {
             store,
@@ -330,7 +335,7 @@ impl NamespaceCache {
     }
 
     /// The namespace as cached, without any I/O; `None` when it is not there.
-    pub fn cached(&self, name: &str) -> Option<Arc<Namespace>> {
+    pub fn cached(&self, name: &str) -> Option<Arc<NamespaceMeta>> {
         if let Some(ns) = self.inner.store.get(&ObjectRef::new(name)) {
             return Some(ns);
         }
@@ -349,7 +354,7 @@ impl NamespaceCache {
     /// The namespace for a review: from the cache, or fetched once directly
     /// when the watch has not delivered it yet. `name` must pass
     /// [`check_name`] (checked again here, before any lookup).
-    pub async fn get(&self, name: &str) -> Result<Arc<Namespace>, LookupError> {
+    pub async fn get(&self, name: &str) -> Result<Arc<NamespaceMeta>, LookupError> {
         check_name(name).map_err(LookupError::InvalidName)?;
         if !self.is_ready() {
             return Err(LookupError::NotReady);
@@ -379,17 +384,14 @@ impl NamespaceCache {
             reason,
         };
         // kube puts `name` into the URL path as it is (kube-core 5's
-        // `Request::get_metadata` formats it without escaping): safe only
+        // metadata `get` formats it without escaping): safe only
         // because `check_name` admitted nothing but [a-z0-9-]. Metadata only
         // (PartialObjectMetadata): the labels are all policy reads.
-        let meta = tokio::time::timeout(FETCH_TIMEOUT, self.inner.api.get_metadata(name))
+        let meta = tokio::time::timeout(FETCH_TIMEOUT, self.inner.api.get(name))
             .await
             .map_err(|_| unavailable(format!("no answer within {FETCH_TIMEOUT:?}")))?
             .map_err(|e| unavailable(e.to_string()))?;
-        let mut ns = Namespace {
-            metadata: meta.metadata,
-            ..Namespace::default()
-        };
+        let mut ns = meta;
         strip(&mut ns);
         let ns = Arc::new(ns);
         let cached = match self.inner.fetched.write() {
@@ -408,8 +410,111 @@ impl NamespaceCache {
     }
 }
 
+/// Where the request path gets a namespace's labels: the watch-backed
+/// [`NamespaceCache`] in the server, a [`StaticNamespaces`] map in tests
+/// (and wherever the router runs without a cluster).
+pub trait NamespaceSource: Send + Sync + std::fmt::Debug + 'static {
+    /// The namespace called `name`, which has passed [`check_name`].
+    fn get<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<Arc<NamespaceMeta>, LookupError>> + Send + 'a>>;
+
+    /// False until the source can answer (the server's `/readyz` follows it).
+    fn is_ready(&self) -> bool;
+
+    /// Whether the cluster runs native sidecars (resolves `sidecar: auto`).
+    fn native_sidecars(&self) -> bool;
+}
+
+impl NamespaceSource for NamespaceCache {
+    fn get<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<Arc<NamespaceMeta>, LookupError>> + Send + 'a>> {
+        Box::pin(NamespaceCache::get(self, name))
+    }
+
+    fn is_ready(&self) -> bool {
+        NamespaceCache::is_ready(self)
+    }
+
+    fn native_sidecars(&self) -> bool {
+        NamespaceCache::native_sidecars(self)
+    }
+}
+
+/// A fixed set of namespaces and their labels: always ready; a name not in
+/// the set is unavailable (HTTP 503), as a namespace the API server cannot
+/// deliver would be.
+#[derive(Debug, Clone, Default)]
+pub struct StaticNamespaces {
+    namespaces: HashMap<String, Arc<NamespaceMeta>>,
+    native_sidecars: bool,
+}
+
+impl StaticNamespaces {
+    /// `namespaces`: each name with its labels. Native sidecars are on, as on
+    /// every Kubernetes since 1.29.
+    pub fn new<'a>(
+        namespaces: impl IntoIterator<Item = (&'a str, &'a [(&'a str, &'a str)])>,
+    ) -> StaticNamespaces {
+        let namespaces = namespaces
+            .into_iter()
+            .map(|(name, labels)| {
+                let meta = ObjectMeta {
+                    name: Some(name.to_string()),
+                    labels: Some(
+                        labels
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .collect(),
+                    ),
+                    ..ObjectMeta::default()
+                };
+                (name.to_string(), Arc::new(meta.into_response_partial()))
+            })
+            .collect();
+        StaticNamespaces {
+            namespaces,
+            native_sidecars: true,
+        }
+    }
+
+    /// As a cluster older than 1.29 would answer `sidecar: auto`.
+    pub fn without_native_sidecars(mut self) -> StaticNamespaces {
+        self.native_sidecars = false;
+        self
+    }
+}
+
+impl NamespaceSource for StaticNamespaces {
+    fn get<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<Arc<NamespaceMeta>, LookupError>> + Send + 'a>> {
+        let found = self
+            .namespaces
+            .get(name)
+            .cloned()
+            .ok_or_else(|| LookupError::Unavailable {
+                name: name.to_string(),
+                reason: "not among the namespaces this source knows".to_string(),
+            });
+        Box::pin(std::future::ready(found))
+    }
+
+    fn is_ready(&self) -> bool {
+        true
+    }
+
+    fn native_sidecars(&self) -> bool {
+        self.native_sidecars
+    }
+}
+
 /// The labels of a cached namespace (empty when it has none).
-pub fn labels(ns: &Namespace) -> &BTreeMap<String, String> {
+pub fn labels(ns: &NamespaceMeta) -> &BTreeMap<String, String> {
     static EMPTY: BTreeMap<String, String> = BTreeMap::new();
     ns.metadata.labels.as_ref().unwrap_or(&EMPTY)
 }
@@ -448,10 +553,12 @@ mod tests {
         assert!(err.contains("\"builds?n=1\""), "{err}");
     }
 
-    fn ns(name: &str) -> Arc<Namespace> {
-        let mut ns = Namespace::default();
-        ns.metadata.name = Some(name.to_string());
-        Arc::new(ns)
+    fn ns(name: &str) -> Arc<NamespaceMeta> {
+        let meta = ObjectMeta {
+            name: Some(name.to_string()),
+            ..ObjectMeta::default()
+        };
+        Arc::new(meta.into_response_partial())
     }
 
     #[test]

@@ -183,109 +183,93 @@ pub fn resolve(
 
 #[cfg(test)]
 mod tests {
+    //! Every namespace rule, once, as a table: the webhook, `explain` and
+    //! `inject` reach these rules only through [`resolve`].
     use super::*;
 
-    fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
-        kv.iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+    /// What a row expects: the mode and its source, or a denial's code and
+    /// the words its message must contain.
+    enum Want {
+        Mode(Mode, Source),
+        Denied(u16, &'static [&'static str]),
     }
+    use Want::{Denied, Mode as Is};
 
-    fn with(ann: Option<Mode>, kv: &[(&str, &str)], cfg: &Config) -> Result<ModeChoice, Denial> {
-        let l = labels(kv);
-        resolve(
-            ann,
-            NamespacePolicy::Labels {
+    /// The pod's mode annotation, the namespace's labels, what must happen.
+    type Row = (Option<Mode>, &'static [(&'static str, &'static str)], Want);
+
+    const DEFAULT: Source = Source::ConfigDefault;
+    const LABEL: Source = Source::NamespaceLabel;
+    const ANNOTATION: Source = Source::Annotation;
+
+    #[test]
+    fn namespace_rules() {
+        let dind = Some(Mode::Dind);
+        let dood = Some(Mode::Dood);
+        let rootless = Some(Mode::DindRootless);
+        #[rustfmt::skip]
+        let rows: &[Row] = &[
+            // Where the mode comes from: annotation, label, config default.
+            (dind, &[(LABEL_MODE, "dind-rootless")], Is(Mode::Dind, ANNOTATION)),
+            (None, &[(LABEL_MODE, "dind-rootless")], Is(Mode::DindRootless, LABEL)),
+            (None, &[], Is(Mode::None, DEFAULT)),
+            // Enforce: another mode is denied naming the namespace, the label,
+            // both modes; the enforced mode itself, asked or not, is fine.
+            (rootless, &[(LABEL_MODE, "dind"), (LABEL_ENFORCE, "true")],
+             Denied(403, &["namespace ci", "nestdock.io/enforce=true", "enforces mode dind", "dind-rootless"])),
+            (dind, &[(LABEL_MODE, "dind"), (LABEL_ENFORCE, "true")], Is(Mode::Dind, ANNOTATION)),
+            (None, &[(LABEL_MODE, "dind"), (LABEL_ENFORCE, "true")], Is(Mode::Dind, LABEL)),
+            // An enforced none blocks opting in; without a mode label,
+            // enforce uses the config default and says so.
+            (dind, &[(LABEL_MODE, "none"), (LABEL_ENFORCE, "true")],
+             Denied(403, &["enforces mode none"])),
+            (dind, &[(LABEL_ENFORCE, "true")], Denied(403, &["config file's defaultMode"])),
+            // dood: the allow label or the namespace's own mode.
+            (dood, &[], Denied(403, &["namespace ci", "nestdock.io/allow-dood", "root"])),
+            (dood, &[(LABEL_ALLOW_DOOD, "true")], Is(Mode::Dood, ANNOTATION)),
+            (None, &[(LABEL_MODE, "dood")], Is(Mode::Dood, LABEL)),
+            // Pod Security: baseline and restricted forbid what the modes need.
+            (dind, &[(LABEL_PSA_ENFORCE, "baseline")],
+             Denied(403, &["pod-security.kubernetes.io/enforce=baseline", "privileged container"])),
+            (dood, &[(LABEL_PSA_ENFORCE, "restricted"), (LABEL_ALLOW_DOOD, "true")],
+             Denied(403, &["pod-security.kubernetes.io/enforce=restricted", "hostPath"])),
+            (dind, &[(LABEL_PSA_ENFORCE, "privileged")], Is(Mode::Dind, ANNOTATION)),
+            (None, &[(LABEL_PSA_ENFORCE, "restricted")], Is(Mode::None, DEFAULT)),
+            // Every rule that applies, in one denial.
+            (dood, &[(LABEL_PSA_ENFORCE, "baseline"), (LABEL_MODE, "dind"), (LABEL_ENFORCE, "true")],
+             Denied(403, &["enforce=baseline", "hostPath", "enforces mode dind", "nestdock.io/allow-dood"])),
+            // Invalid labels are reported, never read as "no label".
+            (None, &[(LABEL_MODE, "dnid")], Denied(400, &["namespace ci", "nestdock.io/mode=\"dnid\"", "dind"])),
+            (None, &[(LABEL_ENFORCE, "yes")], Denied(400, &["nestdock.io/enforce=\"yes\"", "\"true\""])),
+        ];
+        let config = Config::default();
+        for (i, (annotation, kv, want)) in rows.iter().enumerate() {
+            let labels: BTreeMap<String, String> = kv
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let policy = NamespacePolicy::Labels {
                 namespace: "ci",
-                labels: &l,
-            },
-            cfg,
-        )
-    }
-
-    #[test]
-    fn annotation_wins_over_label_and_default() {
-        let cfg = Config::default();
-        let c = with(Some(Mode::Dind), &[(LABEL_MODE, "dind-rootless")], &cfg).unwrap();
-        assert_eq!((c.mode, c.source), (Mode::Dind, Source::Annotation));
-        let c = with(None, &[(LABEL_MODE, "dind-rootless")], &cfg).unwrap();
-        assert_eq!(
-            (c.mode, c.source),
-            (Mode::DindRootless, Source::NamespaceLabel)
-        );
-        let c = with(None, &[], &cfg).unwrap();
-        assert_eq!((c.mode, c.source), (Mode::None, Source::ConfigDefault));
-    }
-
-    #[test]
-    fn enforce_blocks_other_modes_including_opting_in_under_none() {
-        let cfg = Config::default();
-        let e = with(
-            Some(Mode::Dind),
-            &[(LABEL_MODE, "none"), (LABEL_ENFORCE, "true")],
-            &cfg,
-        )
-        .unwrap_err();
-        assert_eq!(e.code, 403);
-        assert!(e.message().contains(LABEL_ENFORCE) && e.message().contains("enforces mode none"));
-        // The enforced mode itself, asked explicitly, is fine.
-        with(
-            Some(Mode::Dind),
-            &[(LABEL_MODE, "dind"), (LABEL_ENFORCE, "true")],
-            &cfg,
-        )
-        .unwrap();
-        // Without a mode label, enforce uses the config default.
-        let e = with(Some(Mode::Dind), &[(LABEL_ENFORCE, "true")], &cfg).unwrap_err();
-        assert!(
-            e.message().contains("config file's defaultMode"),
-            "{}",
-            e.message()
-        );
-    }
-
-    #[test]
-    fn dood_needs_allow_label_or_namespace_mode() {
-        let cfg = Config::default();
-        let e = with(Some(Mode::Dood), &[], &cfg).unwrap_err();
-        assert!(e.message().contains(LABEL_ALLOW_DOOD) && e.message().contains("root"));
-        with(Some(Mode::Dood), &[(LABEL_ALLOW_DOOD, "true")], &cfg).unwrap();
-        with(None, &[(LABEL_MODE, "dood")], &cfg).unwrap();
-    }
-
-    #[test]
-    fn pod_security_levels_name_the_label_and_every_rule() {
-        let cfg = Config::default();
-        let e = with(
-            Some(Mode::Dood),
-            &[
-                (LABEL_PSA_ENFORCE, "baseline"),
-                (LABEL_MODE, "dind"),
-                (LABEL_ENFORCE, "true"),
-            ],
-            &cfg,
-        )
-        .unwrap_err();
-        assert!(e
-            .message()
-            .contains("pod-security.kubernetes.io/enforce=baseline"));
-        assert!(e.message().contains("hostPath"));
-        assert!(e.message().contains("enforces mode dind"));
-        assert!(e.message().contains(LABEL_ALLOW_DOOD));
-        with(Some(Mode::Dind), &[(LABEL_PSA_ENFORCE, "privileged")], &cfg).unwrap();
-        with(Some(Mode::None), &[(LABEL_PSA_ENFORCE, "restricted")], &cfg).unwrap();
-    }
-
-    #[test]
-    fn invalid_labels_are_reported_not_treated_as_none() {
-        let e = with(None, &[(LABEL_MODE, "dnid")], &Config::default()).unwrap_err();
-        assert!(
-            e.message().contains("nestdock.io/mode=\"dnid\""),
-            "{}",
-            e.message()
-        );
-        let e = with(None, &[(LABEL_ENFORCE, "yes")], &Config::default()).unwrap_err();
-        assert!(e.message().contains(LABEL_ENFORCE), "{}", e.message());
+                labels: &labels,
+            };
+            match (resolve(*annotation, policy, &config), want) {
+                (Ok(c), Is(mode, source)) => {
+                    assert_eq!((c.mode, c.source), (*mode, *source), "row {i}: {kv:?}")
+                }
+                (Err(d), Denied(code, words)) => {
+                    assert_eq!(d.code, *code, "row {i}: {}", d.message());
+                    for w in *words {
+                        assert!(
+                            d.message().contains(w),
+                            "row {i}: {w:?} not in {}",
+                            d.message()
+                        );
+                    }
+                }
+                (Ok(c), Denied(..)) => panic!("row {i} {kv:?}: allowed as {c:?}"),
+                (Err(d), Is(..)) => panic!("row {i} {kv:?}: denied: {}", d.message()),
+            }
+        }
     }
 
     #[test]

@@ -46,16 +46,21 @@ pub fn dns_subdomain(s: &str) -> Result<(), String> {
     }
 }
 
-/// An RFC 1123 label (namespace and service names): 1-63 lower-case letters,
-/// digits or '-', starting and ending with a letter or digit.
-pub fn dns_label(s: &str) -> Result<(), String> {
-    let ok = !s.is_empty()
+/// Whether `s` is an RFC 1123 label (namespace and service names): 1-63
+/// lower-case letters, digits or '-', starting and ending with a letter or
+/// digit. The one copy of the rule; callers word the error for their input.
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
         && s.len() <= 63
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
-        && !s.ends_with('-');
-    if ok {
+        && !s.ends_with('-')
+}
+
+/// [`is_dns_label`], with an error naming the value and what is accepted.
+pub fn dns_label(s: &str) -> Result<(), String> {
+    if is_dns_label(s) {
         Ok(())
     } else {
         Err(format!(

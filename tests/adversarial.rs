@@ -1,4 +1,4 @@
-//! Adversarial load against the real binary (SPEC 5, *Who can call*): the
+//! Adversarial load against the real binary (docs/behaviour.md, *Who can call*): the
 //! worst reviews buildable under the 8 MiB body limit, sent concurrently with
 //! slow almost-complete 8 MiB bodies on 40 connections, while `GET /healthz`
 //! is polled. Every healthz answer must come within 1 s, and the server's
@@ -22,7 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The default body limit.
 const BODY_LIMIT: usize = 8 * 1024 * 1024;
-/// SPEC 5: peak RSS under 200 MiB with the default limits.
+/// docs/behaviour.md, *Who can call*: peak RSS under 200 MiB with the default limits.
 const RSS_LIMIT_KIB: u64 = 200 * 1024;
 /// How long the attack runs.
 const ATTACK: Duration = Duration::from_secs(20);

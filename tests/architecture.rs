@@ -5,50 +5,124 @@
 //! the cycle.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-/// `module -> modules it uses`, read from the code (comments skipped).
-fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
+/// The source files of `src/`, each with its module's path: `plan` for
+/// src/plan.rs, `server` for src/server/mod.rs, `server::review` for
+/// src/server/review.rs. Test-only files (`tests.rs`) are left out.
+fn modules() -> BTreeMap<String, PathBuf> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut graph = BTreeMap::new();
+    let mut modules = BTreeMap::new();
     for entry in std::fs::read_dir(&src).expect("src/ is readable") {
         let path = entry.expect("a directory entry").path();
-        if path.extension().and_then(|e| e.to_str()) != Some("rs") {
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        if path.is_dir() {
+            for inner in std::fs::read_dir(&path).expect("a module directory") {
+                let inner = inner.expect("a directory entry").path();
+                if inner.extension().and_then(|e| e.to_str()) != Some("rs") {
+                    continue;
+                }
+                let stem = inner.file_stem().unwrap().to_string_lossy().into_owned();
+                match stem.as_str() {
+                    "mod" => modules.insert(name.clone(), inner),
+                    "tests" => None,
+                    _ => modules.insert(format!("{name}::{stem}"), inner),
+                };
+            }
+        } else if path.extension().and_then(|e| e.to_str()) == Some("rs") {
+            modules.insert(name, path);
+        }
+    }
+    modules
+}
+
+/// The module names that follow `prefix` in a line of code: one, or several
+/// for a group (`crate::{a, b::c}`).
+fn names_after<'a>(code: &'a str, prefix: &str) -> Vec<&'a str> {
+    let mut found = Vec::new();
+    let mut rest = code;
+    while let Some(at) = rest.find(prefix) {
+        // `xsuper::` or `my_crate::` is not the keyword.
+        let before = rest[..at].chars().next_back();
+        rest = &rest[at + prefix.len()..];
+        if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
             continue;
         }
-        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
-        let text = std::fs::read_to_string(&path).expect("a source file");
+        match rest.strip_prefix('{') {
+            Some(group) => found.extend(
+                group
+                    .split([',', '}'])
+                    .map(|part| part.trim().split("::").next().unwrap_or("")),
+            ),
+            None => found.push(
+                rest.split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+                    .next()
+                    .unwrap_or(""),
+            ),
+        }
+    }
+    found
+        .into_iter()
+        .filter(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        .collect()
+}
+
+/// Whether `code` has a path starting with `segment::` (not `xsegment::`,
+/// not `a::segment::`).
+fn starts_path(code: &str, segment: &str) -> bool {
+    let needle = format!("{segment}::");
+    code.match_indices(&needle).any(|(at, _)| {
+        !code[..at]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    })
+}
+
+/// `module -> modules it uses`, read from the code (comments skipped):
+/// `crate::x` names the top-level module `x`; inside a module directory,
+/// `super::x` names a sibling, and its `mod.rs` naming `x::` a child.
+fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
+    let modules = modules();
+    let mut graph = BTreeMap::new();
+    for (name, path) in &modules {
+        let text = std::fs::read_to_string(path).expect("a source file");
+        let (parent, is_dir_root) = match name.split_once("::") {
+            Some((parent, _)) => (Some(parent.to_string()), false),
+            None => (None, path.ends_with("mod.rs")),
+        };
         let mut uses = BTreeSet::new();
         for line in text.lines() {
             let code = line.trim_start();
             if code.starts_with("//") {
                 continue;
             }
-            let mut rest = code;
-            while let Some(at) = rest.find("crate::") {
-                rest = &rest[at + "crate::".len()..];
-                // `crate::{a, b::c}` names several modules at once.
-                let names: Vec<&str> = match rest.strip_prefix('{') {
-                    Some(group) => group
-                        .split([',', '}'])
-                        .map(|part| part.trim().split("::").next().unwrap_or(""))
-                        .collect(),
-                    None => vec![rest
-                        .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
-                        .next()
-                        .unwrap_or("")],
-                };
-                for n in names {
-                    if !n.is_empty()
-                        && n != name
-                        && n.chars().all(|c| c.is_ascii_lowercase() || c == '_')
-                    {
-                        uses.insert(n.to_string());
+            for n in names_after(code, "crate::") {
+                uses.insert(n.to_string());
+            }
+            if let Some(parent) = &parent {
+                for n in names_after(code, "super::") {
+                    let sibling = format!("{parent}::{n}");
+                    uses.insert(if modules.contains_key(&sibling) {
+                        sibling
+                    } else {
+                        parent.clone()
+                    });
+                }
+            }
+            if is_dir_root {
+                for child in modules
+                    .keys()
+                    .filter_map(|m| m.strip_prefix(&format!("{name}::")))
+                {
+                    if starts_path(code, child) {
+                        uses.insert(format!("{name}::{child}"));
                     }
                 }
             }
         }
-        graph.insert(name, uses);
+        uses.remove(name);
+        graph.insert(name.clone(), uses);
     }
     graph
 }
@@ -121,12 +195,12 @@ fn modules_use_each_other_without_cycles() {
 
 #[test]
 fn every_module_says_what_it_is_for() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    for name in module_graph().keys() {
-        let text = std::fs::read_to_string(src.join(format!("{name}.rs"))).unwrap();
+    for (name, path) in modules() {
+        let text = std::fs::read_to_string(&path).unwrap();
         assert!(
             text.trim_start().starts_with("//!"),
-            "src/{name}.rs has no module comment (//!) saying what it owns"
+            "{} ({name}) has no module comment (//!) saying what it owns",
+            path.display()
         );
     }
 }

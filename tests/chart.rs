@@ -1,5 +1,5 @@
 //! The Helm chart (charts/nestdock), the single source of nestdock's install
-//! (SPEC section 7).
+//! (README, *Install into a cluster*).
 //!
 //! - helm is built from its Go module by scripts/setup-helm.sh (no binary
 //!   download); `helm lint --strict` is clean, with the default values and with

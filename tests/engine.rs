@@ -7,7 +7,7 @@ mod common;
 
 use common::invariants::{self, annotation, container, env, mount, volume};
 use nestdock::config::Config;
-use nestdock::engine::{mutate, Context, Decision, NamespacePolicy, Outcome};
+use nestdock::engine::{mutate, Context, Decision, Effect, NamespacePolicy};
 use serde_json::{json, Value};
 
 /// A pod as the API server sends it to a mutating webhook: the ServiceAccount
@@ -60,8 +60,8 @@ fn decide(p: &Value, config: &Config) -> Decision {
 /// that a second pass changes nothing. Returns the patched pod and warnings.
 fn injected(p: &Value, config: &Config) -> (Value, Vec<String>) {
     let d = decide(p, config);
-    let Outcome::Patched(patch) = &d.outcome else {
-        panic!("expected a patch, got {:?}", d.outcome);
+    let Effect::Patched(patch) = &d.effect else {
+        panic!("expected a patch, got {:?}", d.effect);
     };
     for w in &d.warnings {
         assert!(w.len() < 120, "warning over 120 characters: {w}");
@@ -70,16 +70,16 @@ fn injected(p: &Value, config: &Config) -> (Value, Vec<String>) {
     invariants::check_against(Some(p), &patched, config);
     let again = decide(&patched, config);
     assert_eq!(
-        again.outcome,
-        Outcome::Unchanged,
+        again.effect,
+        Effect::Unchanged,
         "second pass must change nothing"
     );
     (patched, d.warnings)
 }
 
 fn denied(p: &Value, config: &Config) -> (u16, String) {
-    match decide(p, config).outcome {
-        Outcome::Denied(d) => (d.code, d.message()),
+    match decide(p, config).effect {
+        Effect::Denied(d) => (d.code, d.message()),
         other => panic!("expected a denial, got {other:?}"),
     }
 }
@@ -362,9 +362,9 @@ fn mode_none_and_other_kinds_of_no_change() {
         json!({"nestdock.io/mode": "none"}),
         json!({"containers": [app("build")]}),
     );
-    assert_eq!(decide(&p, &Config::default()).outcome, Outcome::Unchanged);
+    assert_eq!(decide(&p, &Config::default()).effect, Effect::Unchanged);
     let p = pod(json!({}), json!({"containers": [app("build")]}));
-    assert_eq!(decide(&p, &Config::default()).outcome, Outcome::Unchanged);
+    assert_eq!(decide(&p, &Config::default()).effect, Effect::Unchanged);
     // Bad values are denied whatever the mode.
     let p = pod(
         json!({"nestdock.io/mode": "none", "nestdock.io/mtu": "9"}),
@@ -550,7 +550,7 @@ fn namespace_labels_feed_the_engine() {
     let p = pod(json!({}), json!({"containers": [app("build")]}));
     let d = mutate(&p, &c);
     assert_eq!(d.mode, nestdock::mode::Mode::Dind);
-    assert!(matches!(d.outcome, Outcome::Patched(_)));
+    assert!(matches!(d.effect, Effect::Patched(_)));
 }
 
 #[test]
@@ -565,7 +565,7 @@ fn sidecar_auto_follows_the_api_server() {
         namespace: NamespacePolicy::Off,
         native_sidecars: false,
     };
-    let Outcome::Patched(patch) = mutate(&p, &c).outcome else {
+    let Effect::Patched(patch) = mutate(&p, &c).effect else {
         panic!()
     };
     let out = common::apply_patch(&p, &serde_json::to_value(&patch).unwrap());
@@ -786,20 +786,17 @@ fn a_forged_injected_marker_is_ignored() {
         );
         let d = with_labels(&p, &cfg, &enforced);
         assert_eq!(d.mode, nestdock::mode::Mode::Dind, "marker {marker}");
-        let Outcome::Patched(patch) = &d.outcome else {
+        let Effect::Patched(patch) = &d.effect else {
             panic!(
                 "marker {marker}: the pod must meet policy, got {:?}",
-                d.outcome
+                d.effect
             );
         };
         let out = common::apply_patch(&p, &serde_json::to_value(patch).unwrap());
         assert_eq!(annotation(&out, "nestdock.io/injected"), Some("dind"));
         assert!(container(&out, "nestdock-dind").is_some());
         // Now it does carry the injection: the next pass leaves it alone.
-        assert_eq!(
-            with_labels(&out, &cfg, &enforced).outcome,
-            Outcome::Unchanged
-        );
+        assert_eq!(with_labels(&out, &cfg, &enforced).effect, Effect::Unchanged);
     }
     // A marker does not skip validation either.
     let p = pod(
@@ -816,7 +813,7 @@ fn a_forged_injected_marker_is_ignored() {
     );
     let d = with_labels(&p, &cfg, &labels(&[]));
     assert!(
-        matches!(d.outcome, Outcome::Denied(ref x) if x.code == 403),
+        matches!(d.effect, Effect::Denied(ref x) if x.code == 403),
         "{d:?}"
     );
 }
@@ -952,7 +949,7 @@ fn a_denial_names_every_bad_annotation_and_every_policy_rule() {
         ("pod-security.kubernetes.io/enforce", "baseline"),
     ]);
     let d = with_labels(&p, &Config::default(), &ns);
-    let Outcome::Denied(denial) = d.outcome else {
+    let Effect::Denied(denial) = d.effect else {
         panic!("{d:?}");
     };
     assert_eq!(denial.code, 400, "a bad value makes it a bad request");

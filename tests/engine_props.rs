@@ -5,7 +5,7 @@
 mod common;
 
 use nestdock::config::Config;
-use nestdock::engine::{mutate, Context, NamespacePolicy, Outcome};
+use nestdock::engine::{mutate, Context, Effect, NamespacePolicy};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
@@ -276,9 +276,9 @@ proptest! {
         let d = mutate(&pod, &ctx);
         // The webhook reads the pod from its JSON text: same decision.
         prop_assert_eq!(&nestdock::engine::mutate_json(&pod.to_string(), &ctx), &d);
-        match &d.outcome {
-            Outcome::Unchanged => prop_assert!(d.mode == nestdock::mode::Mode::None),
-            Outcome::Denied(denial) => {
+        match &d.effect {
+            Effect::Unchanged => prop_assert!(d.mode == nestdock::mode::Mode::None),
+            Effect::Denied(denial) => {
                 prop_assert!(denial.code >= 400);
                 prop_assert!(!denial.message().is_empty());
                 // Only the documented reasons: a mount where the socket goes,
@@ -290,14 +290,14 @@ proptest! {
                     "unexpected denial: {}", denial.message()
                 );
             }
-            Outcome::Patched(patch) => {
+            Effect::Patched(patch) => {
                 let patched = common::apply_patch(&pod, &serde_json::to_value(patch).unwrap());
                 common::invariants::check_against(Some(&pod), &patched, &config);
                 for w in &d.warnings {
                     prop_assert!(w.len() < 120, "long warning: {}", w);
                 }
                 let again = mutate(&patched, &ctx);
-                prop_assert_eq!(again.outcome, Outcome::Unchanged);
+                prop_assert_eq!(again.effect, Effect::Unchanged);
             }
         }
     }

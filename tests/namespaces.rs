@@ -1,10 +1,13 @@
-//! Namespace policy end to end (SPEC sections 3 and 8): the real
-//! `nestdock serve`, with `KUBECONFIG` pointing at a fake Kubernetes API
-//! (tests/common/fake_kube.rs) that serves real Namespace JSON, lists and
-//! watches. Namespace labels decide the mode, enforce it, gate dood and Pod
-//! Security; the cache follows the watch, survives the API going away, fetches
-//! a namespace the watch has not delivered, and the API server's version
-//! decides where `sidecar: auto` puts the daemon.
+//! The namespace cache end to end (docs/behaviour.md, *Namespace policy*):
+//! the real `nestdock serve`, with `KUBECONFIG` pointing at a fake Kubernetes
+//! API (tests/common/fake_kube.rs) that serves real Namespace JSON, lists and
+//! watches, and can fail in ways the real one is hard to make fail. Labels
+//! reach the reviews through the watch; the cache follows label changes,
+//! survives the API going away, fetches a namespace the watch has not
+//! delivered (within a bounded cache), refuses names that are not names, and
+//! the API server's version decides where `sidecar: auto` puts the daemon.
+//! The policy rules themselves are a table in src/policy.rs; the real
+//! kube-apiserver runs them in tests/e2e_apiserver.rs.
 //!
 //! Most tests share one fake API and one server (each test uses namespaces of
 //! its own); the ones that take the API down, hold its list or need another
@@ -255,114 +258,6 @@ async fn namespace_mode_label_injects_unannotated_pods() {
     assert_unchanged(&admit_pod(&c.served, &out).await);
     // A namespace without the label leaves unannotated pods alone.
     assert_unchanged(&admit_pod(&c.served, &pod_in("plain", "untouched", &[])).await);
-}
-
-#[tokio::test]
-async fn enforced_namespace_denies_another_mode_naming_namespace_label_and_mode() {
-    let c = cluster().await;
-    let pod = pod_in("ns-enforced", "rootless", &[(MODE, "dind-rootless")]);
-    let (code, message) = denial(&admit_pod(&c.served, &pod).await);
-    assert_eq!(code, 403, "{message}");
-    assert_mentions(
-        &message,
-        &[
-            "ns-enforced",
-            "nestdock.io/enforce",
-            "mode dind",
-            "dind-rootless",
-        ],
-    );
-
-    // The enforced mode itself, asked or not, is injected.
-    expect_injected(
-        &c.served,
-        Proto::H1,
-        &pod_in("ns-enforced", "asks-dind", &[(MODE, "dind")]),
-    )
-    .await;
-    expect_injected(
-        &c.served,
-        Proto::H1,
-        &pod_in("ns-enforced", "asks-nothing", &[]),
-    )
-    .await;
-
-    // An enforced `none` blocks opting in.
-    let pod = pod_in("ns-enforced-none", "opt-in", &[(MODE, "dind")]);
-    let (code, message) = denial(&admit_pod(&c.served, &pod).await);
-    assert_eq!(code, 403, "{message}");
-    assert_mentions(
-        &message,
-        &["ns-enforced-none", "nestdock.io/enforce", "mode none"],
-    );
-}
-
-#[tokio::test]
-async fn dood_needs_the_allow_label_or_the_namespace_mode() {
-    let c = cluster().await;
-    let pod = pod_in("plain", "dood", &[(MODE, "dood")]);
-    let (code, message) = denial(&admit_pod(&c.served, &pod).await);
-    assert_eq!(code, 403, "{message}");
-    assert_mentions(&message, &["plain", "nestdock.io/allow-dood"]);
-
-    let pod = pod_in("ns-dood-allowed", "dood", &[(MODE, "dood")]);
-    let (patched, response) = expect_injected(&c.served, Proto::H1, &pod).await;
-    assert_eq!(response["auditAnnotations"]["mode"], "dood");
-    assert_eq!(
-        patched["metadata"]["annotations"]["nestdock.io/injected"],
-        "dood"
-    );
-
-    // The namespace's own mode dood needs no allow label.
-    let pod = pod_in("ns-dood", "unannotated", &[]);
-    let (patched, _) = expect_injected(&c.served, Proto::H1, &pod).await;
-    assert_eq!(
-        patched["metadata"]["annotations"]["nestdock.io/injected"],
-        "dood"
-    );
-}
-
-#[tokio::test]
-async fn pod_security_levels_deny_naming_the_label_and_level() {
-    let c = cluster().await;
-    let pod = pod_in("ns-baseline", "dind", &[(MODE, "dind")]);
-    let (code, message) = denial(&admit_pod(&c.served, &pod).await);
-    assert_eq!(code, 403, "{message}");
-    assert_mentions(
-        &message,
-        &[
-            "ns-baseline",
-            "pod-security.kubernetes.io/enforce=baseline",
-            "privileged",
-        ],
-    );
-
-    let pod = pod_in("ns-restricted", "dood", &[(MODE, "dood")]);
-    let (code, message) = denial(&admit_pod(&c.served, &pod).await);
-    assert_eq!(code, 403, "{message}");
-    assert_mentions(
-        &message,
-        &["pod-security.kubernetes.io/enforce=restricted", "hostPath"],
-    );
-
-    // A pod that asks for nothing is not nestdock's business there.
-    assert_unchanged(&admit_pod(&c.served, &pod_in("ns-baseline", "plain", &[])).await);
-    // `privileged` allows the daemon.
-    expect_injected(
-        &c.served,
-        Proto::H1,
-        &pod_in("ns-privileged", "dind", &[(MODE, "dind")]),
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn invalid_namespace_label_is_reported_not_ignored() {
-    let c = cluster().await;
-    let pod = pod_in("ns-typo", "unannotated", &[]);
-    let (code, message) = denial(&admit_pod(&c.served, &pod).await);
-    assert!(code == 400 || code == 403, "{code}: {message}");
-    assert_mentions(&message, &["ns-typo", "nestdock.io/mode=\"dnid\"", "dind"]);
 }
 
 #[tokio::test]

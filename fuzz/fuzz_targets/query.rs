@@ -1,5 +1,5 @@
 //! What the server parses from a request's head before the body: the query
-//! string's `timeout=` (`server::review_deadline`, `server::parse_duration`),
+//! string's `timeout=` (`server::review_deadline`, `duration::parse_duration`),
 //! the `Content-Type` (`server::content_type_problem`), and the review's
 //! namespace name (`namespaces::check_name`, run before any lookup). None
 //! may panic (a panic there was an HTTP 500: `?timeout=` with two huge
@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
 use nestdock::namespaces::{check_name, MAX_NAME_LEN};
-use nestdock::server::{content_type_problem_of, parse_duration, review_deadline};
+use nestdock::duration::parse_duration;
+use nestdock::server::{content_type_problem_of, review_deadline};
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

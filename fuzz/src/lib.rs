@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use nestdock::config::Config;
-use nestdock::engine::{self, Context, NamespacePolicy, Outcome};
+use nestdock::engine::{self, Context, NamespacePolicy, Effect};
 use nestdock::mode::Mode;
 use serde_json::Value;
 
@@ -119,15 +119,15 @@ pub fn check_engine(pod: &Value, ctx: &Context<'_>) {
     // The webhook reads the pod from its JSON text: it must decide alike
     // (a denial's message may differ in where a parse error points).
     let text = engine::mutate_json(&pod.to_string(), ctx);
-    let same = match (&text.outcome, &decision.outcome) {
-        (Outcome::Denied(a), Outcome::Denied(b)) => a.code == b.code,
+    let same = match (&text.effect, &decision.effect) {
+        (Effect::Denied(a), Effect::Denied(b)) => a.code == b.code,
         (a, b) => a == b && text.warnings == decision.warnings,
     };
     assert!(
         same && text.mode == decision.mode,
         "the text path decided differently for {pod}:\n{text:?}\n{decision:?}"
     );
-    let Outcome::Patched(patch) = &decision.outcome else {
+    let Effect::Patched(patch) = &decision.effect else {
         return;
     };
     let mut patched = pod.clone();
@@ -138,9 +138,9 @@ pub fn check_engine(pod: &Value, ctx: &Context<'_>) {
         );
     }
     let again = engine::mutate(&patched, ctx);
-    match &again.outcome {
-        Outcome::Unchanged => {}
-        Outcome::Patched(p) if p.is_empty() => {}
+    match &again.effect {
+        Effect::Unchanged => {}
+        Effect::Patched(p) if p.is_empty() => {}
         other => panic!("a second pass is not unchanged: {other:?}\npatched pod: {patched}"),
     }
 }

@@ -10,6 +10,8 @@
 use super::body::Json;
 use super::owner;
 use super::query::Query;
+#[cfg(test)]
+use super::{body, query};
 
 /// A refusal: the HTTP status and dockerd-style message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -869,8 +871,6 @@ pub fn image_create(query: &Query) -> Result<(), Denied> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::guard::body;
-    use crate::guard::query;
 
     const SCOPE: Scope = Scope {
         uid: "u1",

@@ -9,44 +9,19 @@
 //! Layout, one concern per file: [`path`] (normalised paths and the endpoint
 //! allow list), [`query`] (query strings as Go reads them), [`body`] (JSON
 //! bodies as Go's `encoding/json` reads them), [`create`] (the create rules,
-//! pure), [`owner`] (labels, filters, not-found answers), and `proxy` (the
-//! I/O: the server, the upstream client, hijacked streams).
+//! pure), [`owner`] (labels, filters, names, not-found answers), `config`
+//! ([`GuardConfig`]) and `proxy` (the I/O: the server, the upstream client,
+//! hijacked streams, cleanup and reap).
 
 pub mod body;
+mod config;
 pub mod create;
 pub mod owner;
 pub mod path;
 mod proxy;
 pub mod query;
 
-use std::path::PathBuf;
-
-/// How a guard runs.
-#[derive(Debug, Clone)]
-pub struct GuardConfig {
-    /// The unix socket the pod's containers talk to.
-    pub listen: PathBuf,
-    /// The node's docker socket.
-    pub upstream: PathBuf,
-    /// The pod's uid (the Downward API's `metadata.uid`).
-    pub pod_uid: String,
-    /// The kubelet's root directory on the node; the pod's emptyDirs are
-    /// under `<root>/pods/<uid>/volumes/kubernetes.io~empty-dir/`.
-    pub kubelet_root: String,
-    /// Where the guard sees the pod's emptyDir volumes (one directory per
-    /// volume, by name). With it, paths below a volume's root may be bound
-    /// after a check for symbolic links; without it only whole volumes.
-    pub pod_volumes_dir: Option<PathBuf>,
-    /// Permission bits of the listening socket.
-    pub socket_mode: u32,
-    /// Group of the listening socket (a non-root target joins it through
-    /// `supplementalGroups`, as with dind's `--group`).
-    pub socket_group: Option<u32>,
-    /// On SIGTERM, remove everything the pod owns, for at most this long
-    /// (keep it under the pod's termination grace period); `None`: leave
-    /// it all.
-    pub cleanup_timeout: Option<std::time::Duration>,
-}
+pub use config::GuardConfig;
 
 /// Checks a pod uid: what Kubernetes writes (a UUID): letters, digits and
 /// `-`. It becomes a label value and part of container names, where `_`

@@ -25,11 +25,11 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{UnixListener, UnixStream};
 
 use super::body::{self, Json, MAX_BODY_BYTES};
+use super::config::GuardConfig;
 use super::create::{self, Denied, Need, Scope};
 use super::owner::{self, Kind};
 use super::path::{self, percent_encode, ApiPath};
 use super::query::{self, Query};
-use super::GuardConfig;
 
 type Body = BoxBody<Bytes, hyper::Error>;
 

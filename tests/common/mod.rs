@@ -2,9 +2,11 @@
 //! invariants of docs/behaviour.md every patched pod must satisfy.
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod docs;
 pub mod harness;
 pub mod invariants;
+pub mod kube;
 pub mod schema;
 
 use serde_json::Value;
