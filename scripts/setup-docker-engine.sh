@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real Docker Engine the guard tests (tests/guard.rs) put
 # `nestdock guard` in front of: Debian bookworm's docker.io (dockerd 20.10,
-# its docker CLI, containerd 1.6, runc) and busybox-static, whose single
+# its docker CLI, containerd 1.6, runc), docker-compose, and busybox-static, whose single
 # binary is the root filesystem of the images the tests build locally
 # (nothing can be pulled). Only Debian's archive is used; nothing prebuilt is
 # downloaded.
@@ -23,6 +23,9 @@ missing=()
 [ -x /usr/sbin/dockerd ] || missing+=(docker.io)
 [ -x /usr/bin/docker ] || missing+=(docker.io)
 [ -x /bin/busybox ] || [ -x /usr/bin/busybox ] || missing+=(busybox-static)
+# Debian's docker compose (1.29, Python): the tests run one compose project
+# from two pods at once.
+[ -x /usr/bin/docker-compose ] || missing+=(docker-compose)
 command -v containerd >/dev/null || missing+=(containerd)
 command -v runc >/dev/null || missing+=(runc)
 command -v unshare >/dev/null || missing+=(util-linux)

@@ -1042,6 +1042,62 @@ fn reap_removes_what_a_killed_guard_of_a_gone_pod_left() {
     ok(&b.docker(&["volume", "rm", "data"]));
 }
 
+#[test]
+fn two_pods_run_the_same_compose_project_at_once() {
+    let a = Guard::start();
+    let b = Guard::start();
+    let compose = |g: &Guard, args: &[&str]| {
+        let file = g.empty_dirs.join("work/compose.yaml");
+        std::fs::write(
+            &file,
+            format!(
+                "version: \"2.4\"\nservices:\n  db:\n    image: {IMAGE}\n    command: [\"sleep\", \"600\"]\n    volumes: [\"data:/d\"]\n  web:\n    image: {IMAGE}\n    command: [\"sleep\", \"600\"]\n    depends_on: [db]\nvolumes:\n  data: {{}}\n"
+            ),
+        )
+        .unwrap();
+        let out = Command::new("timeout")
+            .arg("180")
+            .arg("docker-compose")
+            .arg("-f")
+            .arg(&file)
+            .args(["-p", "proj"])
+            .args(args)
+            .env("DOCKER_HOST", format!("unix://{}", g.socket.display()))
+            .env("DOCKER_CONFIG", &engine().cli_config)
+            .output()
+            .expect("run docker-compose (installed by scripts/setup-docker-engine.sh)");
+        out
+    };
+    // Both at once: each pod has its own project of the same name.
+    std::thread::scope(|s| {
+        let up_a = s.spawn(|| compose(&a, &["up", "-d"]));
+        let up_b = s.spawn(|| compose(&b, &["up", "-d"]));
+        ok(&up_a.join().unwrap());
+        ok(&up_b.join().unwrap());
+    });
+    for g in [&a, &b] {
+        let ps = ok(&compose(g, &["ps", "-q"]));
+        assert_eq!(ps.lines().count(), 2, "{ps}");
+        let names = ok(&g.docker(&["ps", "--format", "{{.Names}}"]));
+        assert!(
+            names.contains("proj_db_1") && names.contains("proj_web_1"),
+            "{names}"
+        );
+        assert!(ok(&g.docker(&["network", "ls"])).contains("proj_default"));
+        assert!(ok(&g.docker(&["volume", "ls"])).contains("proj_data"));
+    }
+    let raw = ok(&engine().raw(&["ps", "--format", "{{.Names}}"]));
+    for g in [&a, &b] {
+        assert!(raw.contains(&format!("nd_{}_proj_db_1", g.uid)), "{raw}");
+    }
+    ok(&compose(&a, &["down", "-v", "-t", "1"]));
+    // A's project is gone; B's is untouched.
+    assert_eq!(ok(&a.docker(&["ps", "-aq"])).trim(), "");
+    assert_eq!(ok(&compose(&b, &["ps", "-q"])).lines().count(), 2);
+    ok(&compose(&b, &["down", "-v", "-t", "1"]));
+    assert_eq!(ok(&b.docker(&["ps", "-aq"])).trim(), "");
+}
+
 /// A container create body for the battery.
 fn create_body(host_config: Value) -> Vec<u8> {
     serde_json::to_vec(&json!({"Image": IMAGE, "Cmd": ["true"], "HostConfig": host_config}))
