@@ -1098,6 +1098,113 @@ fn two_pods_run_the_same_compose_project_at_once() {
     assert_eq!(ok(&b.docker(&["ps", "-aq"])).trim(), "");
 }
 
+#[test]
+fn bad_requests_get_clear_answers() {
+    let g = Guard::start();
+    let cases: Vec<(&str, String, Vec<u8>, u16, &str)> = vec![
+        (
+            "POST",
+            "/v1.41/containers/create".into(),
+            vec![b' '; 5 << 20],
+            413,
+            "over 4194304 bytes",
+        ),
+        (
+            "POST",
+            "/v1.41/containers/create".into(),
+            b"{\"Image\":".to_vec(),
+            400,
+            "not one JSON value",
+        ),
+        (
+            "POST",
+            "/v1.41/containers/create".into(),
+            b"[1]".to_vec(),
+            400,
+            "expected a JSON object",
+        ),
+        (
+            "POST",
+            "/v1.41/containers/create?name=a%2Fb".into(),
+            br#"{"Image":"x"}"#.to_vec(),
+            400,
+            "name",
+        ),
+        (
+            "GET",
+            "/v1.41/containers/a%00b/json".into(),
+            vec![],
+            400,
+            "control characters",
+        ),
+        (
+            "GET",
+            "/v1.41/containers/%zz/json".into(),
+            vec![],
+            400,
+            "percent escape",
+        ),
+        (
+            "GET",
+            "/../../etc/passwd".into(),
+            vec![],
+            400,
+            "climbs above /",
+        ),
+        (
+            "GET",
+            "/v1.41/containers/json?filters=%7B".into(),
+            vec![],
+            400,
+            "filters parameter is not JSON",
+        ),
+        (
+            "POST",
+            "/v1.41/networks/create".into(),
+            br#"{"Name":"a b"}"#.to_vec(),
+            400,
+            "Name",
+        ),
+    ];
+    for (method, path, body, status, want) in &cases {
+        let (got, answer) = http(&g.socket, method, path, &[], body);
+        assert_eq!(got, *status, "{method} {path}: {answer}");
+        let message = json_of(&answer)["message"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        assert!(message.contains(want), "{method} {path}: {message}");
+        assert!(message.starts_with("nestdock guard: "), "{message}");
+    }
+    // The daemon gone: 502, naming the socket.
+    let dir = tempfile::Builder::new()
+        .prefix("ndg-guard-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let socket = dir.path().join("g.sock");
+    let missing = dir.path().join("no-daemon.sock");
+    let mut child = Command::new(common::bin())
+        .arg("guard")
+        .arg("--listen")
+        .arg(&socket)
+        .arg("--upstream")
+        .arg(&missing)
+        .args(["--pod-uid", "u1", "--cleanup-timeout", "0s"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !socket.exists() {
+        assert!(started.elapsed() < Duration::from_secs(20), "no socket");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, answer) = http(&socket, "GET", "/_ping", &[], b"");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(status, 502, "{answer}");
+    assert!(answer.contains("no-daemon.sock"), "{answer}");
+}
+
 /// A container create body for the battery.
 fn create_body(host_config: Value) -> Vec<u8> {
     serde_json::to_vec(&json!({"Image": IMAGE, "Cmd": ["true"], "HostConfig": host_config}))
