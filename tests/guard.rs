@@ -79,6 +79,7 @@ fn engine() -> &'static Engine {
                     continue;
                 };
                 if !Path::new("/proc").join(pid.to_string()).exists() {
+                    unmount_below(&e.path());
                     let _ = std::fs::remove_dir_all(e.path());
                 }
             }
@@ -93,13 +94,18 @@ fn engine() -> &'static Engine {
         let log = std::fs::File::create(data.join("dockerd.log")).unwrap();
         let mut process = Command::new("sh")
             .arg("-c")
-            // dockerd stops its containers and its containerd on SIGTERM;
-            // then its directories go.
-            .arg(
-                r#""$@" & pid=$!; read _line; kill $pid; wait $pid; rm -rf "$NDG_RUN" "$NDG_DATA""#,
-            )
+            // When the test process ends: the containers first, forcibly
+            // (dockerd's own shutdown gives each its stop timeout, and a
+            // `sleep` as PID 1 ignores SIGTERM, so dockerd could exit before
+            // them and leave their shims and mounts behind), then dockerd
+            // and its containerd, then whatever is still mounted below the
+            // run's directories, then the directories.
+            .arg(KEEPER)
             .env("NDG_RUN", &run)
             .env("NDG_DATA", &data)
+            .env("NDG_SOCK", run.join("docker.sock"))
+            .env("NDG_DOCKER", DOCKER)
+            .env("DOCKER_CONFIG", data.join("cli"))
             .arg("keeper")
             .args(["unshare", "--net", "--", &dockerd])
             .arg(format!("--host=unix://{}", socket.display()))
@@ -111,6 +117,7 @@ fn engine() -> &'static Engine {
                 "--ip6tables=false",
                 "--ip-forward=false",
                 "--ip-masq=false",
+                "--shutdown-timeout=5",
             ])
             .arg(format!("--cgroup-parent=nestdock-guard-test-{pid}"))
             .stdin(Stdio::piped())
@@ -142,6 +149,36 @@ fn engine() -> &'static Engine {
         import_image(&engine, &data);
         engine
     })
+}
+
+/// The shell that starts dockerd and tears it down when its stdin (a pipe
+/// from the test process) closes.
+const KEEPER: &str = r#""$@" & pid=$!
+read _line
+ids=$("$NDG_DOCKER" -H "unix://$NDG_SOCK" ps -aq 2>/dev/null)
+[ -z "$ids" ] || timeout 60 "$NDG_DOCKER" -H "unix://$NDG_SOCK" rm -f $ids >/dev/null 2>&1
+kill $pid
+wait $pid
+awk -v a="$NDG_RUN" -v b="$NDG_DATA" 'index($2, a) == 1 || index($2, b) == 1 { print $2 }' /proc/mounts |
+	sort -r | while read -r m; do umount -l "$m"; done
+rm -rf "$NDG_RUN" "$NDG_DATA""#;
+
+/// Lazily unmounts what an earlier run left mounted below `dir` (a dockerd
+/// killed hard leaves overlay and network namespace mounts).
+fn unmount_below(dir: &Path) {
+    let Ok(mounts) = std::fs::read_to_string("/proc/mounts") else {
+        return;
+    };
+    let prefix = dir.to_string_lossy().into_owned();
+    let mut points: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|m| m.starts_with(&prefix))
+        .collect();
+    points.sort_unstable_by(|a, b| b.cmp(a));
+    for m in points {
+        let _ = Command::new("umount").args(["-l", m]).status();
+    }
 }
 
 /// Imports the busybox image: Debian's static binary and a link per applet.
