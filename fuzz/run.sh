@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fuzzes nestdock with libFuzzer on the stable toolchain (see fuzz/README.md).
 #
-#   bash fuzz/run.sh                    # CI: 30 s per target, 4 targets
+#   bash fuzz/run.sh                    # CI: 30 s per target, 6 targets
 #   FUZZ_SECONDS=3600 bash fuzz/run.sh  # a longer run
 #   FUZZ_TARGETS="engine" FUZZ_SECONDS=600 bash fuzz/run.sh
 #
@@ -18,7 +18,7 @@ caller="$PWD"
 cd "$(dirname "$0")"
 
 seconds="${FUZZ_SECONDS:-30}"
-targets="${FUZZ_TARGETS:-review engine inject query}"
+targets="${FUZZ_TARGETS:-review engine inject query guard_body guard_path}"
 host="$(rustc -vV | sed -n 's/^host: //p')"
 
 # --target keeps RUSTFLAGS off build scripts and proc macros, as cargo fuzz does.

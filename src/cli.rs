@@ -49,6 +49,9 @@ enum Command {
     /// Exit 0 once a Docker API answers on a unix socket (the guard's
     /// startup probe).
     Probe(ProbeArgs),
+    /// Serve a guarded Docker API on the pod's socket, forwarding to the node's
+    /// daemon (guarded DooD; see the README).
+    Guard(GuardArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -59,6 +62,88 @@ struct ProbeArgs {
     /// How long to wait for the answer.
     #[arg(long, default_value = "4s", value_parser = parse_positive_duration, value_name = "DURATION")]
     timeout: Duration,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct GuardArgs {
+    #[command(subcommand)]
+    action: Option<GuardAction>,
+    /// The unix socket to serve the guarded API on (the pod's socket volume).
+    #[arg(long, value_name = "PATH", required = true)]
+    listen: Option<PathBuf>,
+    /// The node's docker socket.
+    #[arg(long, default_value = "/var/run/docker.sock", value_name = "PATH")]
+    upstream: PathBuf,
+    /// The pod's uid, from the Downward API (metadata.uid).
+    #[arg(long, env = "NESTDOCK_POD_UID", value_parser = parse_pod_uid, value_name = "UID", required = true)]
+    pod_uid: Option<String>,
+    /// The kubelet's root directory on the node (where the pod's emptyDir
+    /// volumes are: <root>/pods/<uid>/volumes/kubernetes.io~empty-dir/).
+    #[arg(long, default_value = "/var/lib/kubelet", value_parser = parse_absolute, value_name = "DIR")]
+    kubelet_root: String,
+    /// Where the guard sees the pod's emptyDir volumes, one directory per
+    /// volume name. With it, directories below a volume's root may be bound
+    /// (checked for symbolic links); without it, only whole volumes.
+    #[arg(long, value_name = "DIR")]
+    pod_volumes_dir: Option<PathBuf>,
+    /// Permission bits of the socket, in octal.
+    #[arg(long, default_value = "660", value_parser = parse_mode_bits, value_name = "OCTAL")]
+    socket_mode: u32,
+    /// Group of the socket (dind's daemon uses the same, --group=2375).
+    #[arg(long, default_value_t = 2375, value_name = "GID")]
+    socket_group: u32,
+    /// On SIGTERM (the pod ending), force-remove the pod's containers,
+    /// networks and volumes, taking at most this long; 0s leaves them.
+    /// Keep it under the pod's terminationGracePeriodSeconds.
+    #[arg(long, default_value = "20s", value_parser = parse_duration, value_name = "DURATION")]
+    cleanup_timeout: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+enum GuardAction {
+    /// Remove what the guards of pods that are gone left behind on this node.
+    ///
+    /// The containers, networks and volumes labelled with a pod uid that has
+    /// no directory under the kubelet's root any more (the pod is gone; its
+    /// guard died with SIGKILL or with the node). Run it from the node's
+    /// DaemonSet, now and then.
+    Reap(ReapArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ReapArgs {
+    /// The node's docker socket.
+    #[arg(long, default_value = "/var/run/docker.sock", value_name = "PATH")]
+    upstream: PathBuf,
+    /// The kubelet's root directory on the node (the pods are its pods/<uid>).
+    #[arg(long, default_value = "/var/lib/kubelet", value_parser = parse_absolute, value_name = "DIR")]
+    kubelet_root: String,
+    /// Print what would be removed, remove nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+fn parse_pod_uid(s: &str) -> Result<String, String> {
+    crate::guard::check_pod_uid(s)?;
+    Ok(s.to_string())
+}
+
+fn parse_absolute(s: &str) -> Result<String, String> {
+    if s.starts_with('/') && !s.split('/').any(|p| p == "..") {
+        Ok(s.to_string())
+    } else {
+        Err(format!("{s:?} is not an absolute path without .."))
+    }
+}
+
+fn parse_mode_bits(s: &str) -> Result<u32, String> {
+    match u32::from_str_radix(s, 8) {
+        Ok(m) if m <= 0o777 => Ok(m),
+        _ => Err(format!(
+            "{s:?} is not octal permission bits (expected e.g. 660)"
+        )),
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -221,7 +306,16 @@ pub fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             let rendered = e.render().to_string();
-            let first = rendered.lines().next().unwrap_or("error: bad usage");
+            let mut lines = rendered.lines();
+            let mut first = lines.next().unwrap_or("error: bad usage").to_string();
+            // "the following required arguments were not provided:" names
+            // them on the lines below; they belong on the one line.
+            if first.ends_with(':') {
+                for more in lines.take_while(|l| !l.trim().is_empty()) {
+                    first.push(' ');
+                    first.push_str(more.trim());
+                }
+            }
             eprintln!("{first} (see 'nestdock --help')");
             return ExitCode::from(2);
         }
@@ -239,6 +333,7 @@ pub fn main() -> ExitCode {
                 Ok(ExitCode::FAILURE)
             }
         },
+        Command::Guard(args) => guard(args),
     };
     match result {
         Ok(code) => code,
@@ -394,6 +489,58 @@ fn inject(args: InjectArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+fn guard(args: GuardArgs) -> anyhow::Result<ExitCode> {
+    if let Some(GuardAction::Reap(reap)) = args.action {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let removed = rt.block_on(crate::guard::reap(
+            &reap.upstream,
+            Path::new(&reap.kubelet_root),
+            reap.dry_run,
+        ))?;
+        let verb = if reap.dry_run {
+            "would remove"
+        } else {
+            "removed"
+        };
+        for what in &removed {
+            println!("{verb} {what}");
+        }
+        eprintln!("reap: {verb} {} objects", removed.len());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (Some(listen), Some(pod_uid)) = (args.listen, args.pod_uid) else {
+        // clap requires both without a subcommand.
+        eprintln!("error: --listen and --pod-uid are required (see 'nestdock guard --help')");
+        return Ok(ExitCode::from(2));
+    };
+    if let Some(dir) = &args.pod_volumes_dir {
+        if !dir.is_dir() {
+            eprintln!(
+                "error: --pod-volumes-dir {} is not a directory (see 'nestdock guard --help')",
+                dir.display()
+            );
+            return Ok(ExitCode::from(2));
+        }
+    }
+    let config = crate::guard::GuardConfig {
+        listen,
+        upstream: args.upstream,
+        pod_uid,
+        kubelet_root: args.kubelet_root,
+        pod_volumes_dir: args.pod_volumes_dir,
+        socket_mode: args.socket_mode,
+        socket_group: Some(args.socket_group),
+        cleanup_timeout: Some(args.cleanup_timeout).filter(|d| !d.is_zero()),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(crate::guard::run(config))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn certs(args: CertsArgs) -> anyhow::Result<ExitCode> {

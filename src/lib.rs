@@ -3,7 +3,8 @@
 //! The crate is laid out by concern: [`engine`] decides (pure), [`config`] and
 //! [`annotations`] read what users wrote, [`policy`] applies namespace rules,
 //! and the edges ([`admission`], [`server`], [`tls`], [`inject`], [`certs`],
-//! [`cli`]) do the I/O.
+//! [`cli`]) do the I/O. [`guard`] is `nestdock guard`, the Docker API proxy of
+//! guarded DooD.
 
 pub mod admission;
 pub mod annotations;
@@ -14,6 +15,7 @@ pub mod denial;
 pub mod duration;
 pub mod engine;
 pub mod explain;
+pub mod guard;
 pub mod inject;
 pub mod metrics;
 pub mod mode;

@@ -204,3 +204,41 @@ fn every_module_says_what_it_is_for() {
         );
     }
 }
+
+/// `nestdock guard` (src/guard/) stands apart from the webhook: its files
+/// use each other (`super::`) and `validate` (how a value is quoted), and
+/// nothing else of the crate, so the webhook's modules can change without
+/// touching the proxy. Each file says what it owns.
+#[test]
+fn the_guard_stands_apart() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/guard");
+    let mut files = 0;
+    for entry in std::fs::read_dir(&dir).expect("src/guard/ is readable") {
+        let path = entry.expect("a directory entry").path();
+        if path.extension().and_then(|e| e.to_str()) != Some("rs") {
+            continue;
+        }
+        files += 1;
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.trim_start().starts_with("//!"),
+            "{} has no module comment (//!) saying what it owns",
+            path.display()
+        );
+        for line in text.lines().filter(|l| !l.trim_start().starts_with("//")) {
+            let mut rest = line;
+            while let Some(at) = rest.find("crate::") {
+                rest = &rest[at + "crate::".len()..];
+                assert!(
+                    rest.starts_with("validate::") || rest.starts_with("guard::"),
+                    "{} uses crate::{} (the guard may use only itself and validate)",
+                    path.display(),
+                    rest.split(|c: char| !c.is_alphanumeric() && c != '_' && c != ':')
+                        .next()
+                        .unwrap_or("")
+                );
+            }
+        }
+    }
+    assert!(files >= 5, "src/guard/ has {files} files");
+}

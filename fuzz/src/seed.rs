@@ -29,11 +29,13 @@ fn main() -> ExitCode {
     match run(root, corpus) {
         Ok(counts) => {
             println!(
-                "seed corpus: {} review, {} engine, {} inject, {} query inputs in {}",
+                "seed corpus: {} review, {} engine, {} inject, {} query, {} guard_body, {} guard_path inputs in {}",
                 counts[0],
                 counts[1],
                 counts[2],
                 counts[3],
+                counts[4],
+                counts[5],
                 corpus.display()
             );
             ExitCode::SUCCESS
@@ -45,7 +47,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(root: &Path, corpus: &Path) -> Result<[usize; 4], String> {
+fn run(root: &Path, corpus: &Path) -> Result<[usize; 6], String> {
     let mut files = Vec::new();
     for dir in ["examples", "tests/fixtures"] {
         collect(&root.join(dir), &mut files)?;
@@ -98,11 +100,38 @@ fn run(root: &Path, corpus: &Path) -> Result<[usize; 4], String> {
     ] {
         out.write("query", query.as_bytes())?;
     }
+    // What nestdock guard reads: create bodies (the escape battery's shapes
+    // among them) and filters; request paths with their queries.
+    for body in [
+        &br#"{"Image":"busybox","Cmd":["true"],"HostConfig":{"Privileged":true}}"#[..],
+        br#"{"Image":"b","hostconfig":{"privileged":false,"Privileged":true}}"#,
+        br#"{"HostConfig":{"Binds":["/var/lib/kubelet/pods/u1/volumes/kubernetes.io~empty-dir/w/src:/src"],"PortBindings":{"80/tcp":[{"HostPort":"0"}]},"SecurityOpt":["no-new-privileges"],"NetworkMode":"container:x"}}"#,
+        br#"{"HostConfig":{"Mounts":[{"Type":"volume","Source":"v","VolumeOptions":{"DriverConfig":{"Options":{"type":"tmpfs","device":"tmpfs"}}}}]},"NetworkingConfig":{"EndpointsConfig":{"n":{}}}}"#,
+        br#"{"Name":"v","Driver":"local","DriverOpts":{"type":"none","o":"bind","device":"/"},"Labels":{"a":"b"}}"#,
+        br#"{"label":["a=b"],"status":{"exited":true}}"#,
+    ] {
+        out.write("guard_body", body)?;
+    }
+    for path in [
+        "/v1.41/containers/json?all=1&filters=%7B%22label%22%3A%5B%22a%3Db%22%5D%7D",
+        "//v1.41//containers/../swarm",
+        "/v1.41/%73warm",
+        "/v1.41/containers%2Fjson",
+        "/v1.41/images/library%2Fbusybox/json",
+        "/v1.41/containers/abc/attach?stream=1&stdout=1",
+        "/build?t=x&labels=%7B%7D&networkmode=host",
+        "/x/%2e%2e/%2E%2E/..",
+        "/a?b=1;c=2&%zz",
+    ] {
+        out.write("guard_path", path.as_bytes())?;
+    }
     Ok([
         out.count("review"),
         out.count("engine"),
         out.count("inject"),
         out.count("query"),
+        out.count("guard_body"),
+        out.count("guard_path"),
     ])
 }
 
@@ -250,7 +279,14 @@ struct Out {
 
 impl Out {
     fn new(root: &Path) -> Result<Out, String> {
-        for target in ["review", "engine", "inject", "query"] {
+        for target in [
+            "review",
+            "engine",
+            "inject",
+            "query",
+            "guard_body",
+            "guard_path",
+        ] {
             let dir = root.join(target);
             std::fs::create_dir_all(&dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;

@@ -1,0 +1,31 @@
+//! How a guard runs: its socket, the node's socket, the pod it serves, and
+//! what it may see of the pod's volumes.
+
+use std::path::PathBuf;
+
+/// How a guard runs.
+#[derive(Debug, Clone)]
+pub struct GuardConfig {
+    /// The unix socket the pod's containers talk to.
+    pub listen: PathBuf,
+    /// The node's docker socket.
+    pub upstream: PathBuf,
+    /// The pod's uid (the Downward API's `metadata.uid`).
+    pub pod_uid: String,
+    /// The kubelet's root directory on the node; the pod's emptyDirs are
+    /// under `<root>/pods/<uid>/volumes/kubernetes.io~empty-dir/`.
+    pub kubelet_root: String,
+    /// Where the guard sees the pod's emptyDir volumes (one directory per
+    /// volume, by name). With it, paths below a volume's root may be bound
+    /// after a check for symbolic links; without it only whole volumes.
+    pub pod_volumes_dir: Option<PathBuf>,
+    /// Permission bits of the listening socket.
+    pub socket_mode: u32,
+    /// Group of the listening socket (a non-root target joins it through
+    /// `supplementalGroups`, as with dind's `--group`).
+    pub socket_group: Option<u32>,
+    /// On SIGTERM, remove everything the pod owns, for at most this long
+    /// (keep it under the pod's termination grace period); `None`: leave
+    /// it all.
+    pub cleanup_timeout: Option<std::time::Duration>,
+}

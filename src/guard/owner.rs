@@ -1,0 +1,458 @@
+//! Ownership: the pod-uid label every object the pod creates carries, the
+//! label filter added to lists, prunes and events, and the answers dockerd
+//! gives for an object that does not exist (which is what another pod's
+//! object must look like).
+
+use super::body::{self, Json};
+
+/// The label that says which pod an object belongs to.
+pub const POD_UID_LABEL: &str = "io.nestdock.pod-uid";
+
+/// Kinds of objects a pod owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Container,
+    Network,
+    Volume,
+    Exec,
+}
+
+/// dockerd's own message for an object that does not exist (20.10 wording),
+/// so that another pod's object is indistinguishable from none.
+pub fn not_found(kind: Kind, id: &str) -> String {
+    match kind {
+        Kind::Container => format!("No such container: {id}"),
+        Kind::Network => format!("network {id} not found"),
+        Kind::Volume => format!("get {id}: no such volume"),
+        Kind::Exec => format!("No such exec instance: {id}"),
+    }
+}
+
+/// The prefix a pod's container, network and volume names are stored with,
+/// so that two pods can both run `--name db` or create network `ci`:
+/// `nd_<uid>_`. A pod uid has no `_` (see
+/// `check_pod_uid`), so no two pods' prefixes overlap.
+pub fn name_prefix(uid: &str) -> String {
+    format!("nd_{uid}_")
+}
+
+/// Whether `name` is an object name the guard stores privately
+/// (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`, one leading `/` allowed: dockerd's rule
+/// for container and volume names; network names are held to it too).
+pub fn is_name(name: &str) -> bool {
+    let name = name.strip_prefix('/').unwrap_or(name);
+    let mut bytes = name.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// The name dockerd stores for the pod's container `name`.
+pub fn private_name(uid: &str, name: &str) -> String {
+    format!(
+        "{}{}",
+        name_prefix(uid),
+        name.strip_prefix('/').unwrap_or(name)
+    )
+}
+
+/// A stored name (`/nd_<uid>_db`, or a link's `/nd_<uid>_web/nd_<uid>_db`)
+/// as the pod knows it (`/db`, `/web/db`).
+pub fn public_name(uid: &str, stored: &str) -> String {
+    let prefix = name_prefix(uid);
+    stored
+        .split('/')
+        .map(|part| part.strip_prefix(prefix.as_str()).unwrap_or(part))
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn publish_string(v: &mut Json, uid: &str) {
+    if let Json::String(s) = v {
+        *s = public_name(uid, s);
+    }
+}
+
+/// The names a container answer carries besides its own: the networks it
+/// is on (keys of `NetworkSettings.Networks`, `HostConfig.NetworkMode`) and
+/// the volumes it mounts (`Mounts[].Name`).
+fn publish_container_refs(c: &mut Json, uid: &str) {
+    if let Some(Json::Object(nets)) = c
+        .field_mut("NetworkSettings")
+        .and_then(|n| n.field_mut("Networks"))
+    {
+        for (k, _) in nets.iter_mut() {
+            *k = public_name(uid, k);
+        }
+    }
+    if let Some(mode) = c
+        .field_mut("HostConfig")
+        .and_then(|h| h.field_mut("NetworkMode"))
+    {
+        publish_string(mode, uid);
+    }
+    if let Some(Json::Array(mounts)) = c.field_mut("Mounts") {
+        for m in mounts {
+            if let Some(name) = m.field_mut("Name") {
+                publish_string(name, uid);
+            }
+        }
+    }
+}
+
+/// Rewrites the names in a container list (`Names`) or inspect (`Name`)
+/// answer, and the network and volume names in it, to the pod's own.
+pub fn publish_container_names(value: &mut Json, uid: &str) {
+    match value {
+        Json::Array(items) => {
+            for item in items {
+                if let Some(Json::Array(names)) = item.field_mut("Names") {
+                    names.iter_mut().for_each(|n| publish_string(n, uid));
+                }
+                publish_container_refs(item, uid);
+            }
+        }
+        Json::Object(_) => {
+            if let Some(name) = value.field_mut("Name") {
+                publish_string(name, uid);
+            }
+            publish_container_refs(value, uid);
+        }
+        _ => {}
+    }
+}
+
+/// A network list (`[].Name`) or inspect (`Name`) answer, with the pod's
+/// own names; an inspect's `Containers` map names containers too.
+pub fn publish_network_names(value: &mut Json, uid: &str) {
+    let one = |n: &mut Json| {
+        if let Some(name) = n.field_mut("Name") {
+            publish_string(name, uid);
+        }
+        if let Some(Json::Object(members)) = n.field_mut("Containers") {
+            for (_, m) in members.iter_mut() {
+                if let Some(name) = m.field_mut("Name") {
+                    publish_string(name, uid);
+                }
+            }
+        }
+    };
+    match value {
+        Json::Array(items) => items.iter_mut().for_each(one),
+        Json::Object(_) => one(value),
+        _ => {}
+    }
+}
+
+/// A volume list (`Volumes[].Name`) or inspect (`Name`) answer, with the
+/// pod's own names.
+pub fn publish_volume_names(value: &mut Json, uid: &str) {
+    if let Some(Json::Array(items)) = value.field_mut("Volumes") {
+        for v in items {
+            if let Some(name) = v.field_mut("Name") {
+                publish_string(name, uid);
+            }
+        }
+    } else if let Some(name) = value.field_mut("Name") {
+        publish_string(name, uid);
+    }
+}
+
+/// `key=value` of the pod's label, as filters write it.
+pub fn label_filter(uid: &str) -> String {
+    format!("{POD_UID_LABEL}={uid}")
+}
+
+/// The `filters` parameter with the pod's label added to what the client
+/// asked for (filters of one key are ANDed with filters of another, and
+/// several `label` values must all match, so the pod's own constraint can
+/// only narrow the client's). Both of dockerd's forms are read
+/// (`{"label":["a=b"]}` and `{"label":{"a=b":true}}`); the map form is
+/// written.
+pub fn with_pod_filter(filters: Option<&str>, uid: &str) -> Result<String, String> {
+    let mut merged: Vec<(String, Vec<String>)> = Vec::new();
+    let raw = filters.unwrap_or("").trim();
+    if !raw.is_empty() {
+        let value: Json = serde_json::from_str(raw)
+            .map_err(|e| format!("nestdock guard: the filters parameter is not JSON: {e}"))?;
+        let bad = || {
+            "nestdock guard: the filters parameter must be a JSON object of \
+             {\"key\": [\"value\", ...]} or {\"key\": {\"value\": true}}"
+                .to_string()
+        };
+        let Json::Object(entries) = value else {
+            return Err(bad());
+        };
+        for (key, values) in entries {
+            if merged.iter().any(|(k, _)| *k == key) {
+                return Err(format!(
+                    "nestdock guard: the filters parameter names {key:?} twice; name each key once"
+                ));
+            }
+            let list = match values {
+                Json::Array(items) => items
+                    .into_iter()
+                    .map(|v| match v {
+                        Json::String(s) => Ok(s),
+                        _ => Err(bad()),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+                Json::Object(items) => {
+                    let mut list: Vec<String> = Vec::with_capacity(items.len());
+                    for (v, _) in items {
+                        if list.contains(&v) {
+                            return Err(format!(
+                                "nestdock guard: the filters parameter repeats {v:?}"
+                            ));
+                        }
+                        list.push(v);
+                    }
+                    list
+                }
+                Json::Null => Vec::new(),
+                _ => return Err(bad()),
+            };
+            merged.push((key, list));
+        }
+    }
+    let ours = label_filter(uid);
+    match merged.iter_mut().find(|(k, _)| k == "label") {
+        Some((_, list)) => {
+            if !list.contains(&ours) {
+                list.push(ours)
+            }
+        }
+        None => merged.push(("label".into(), vec![ours])),
+    }
+    let out = Json::Object(
+        merged
+            .into_iter()
+            .map(|(k, list)| {
+                let set = list.into_iter().map(|v| (v, Json::Bool(true))).collect();
+                (k, Json::Object(set))
+            })
+            .collect(),
+    );
+    Ok(String::from_utf8_lossy(&out.to_bytes()).into_owned())
+}
+
+/// Puts the pod's label into the `Labels` map of a create body (a
+/// container's, a network's or a volume's), over any value the client gave
+/// that key.
+pub fn label_body(body: &mut Json, uid: &str) {
+    if !matches!(body, Json::Object(_)) {
+        return;
+    }
+    if body.field("Labels").is_none() {
+        body.set_field("Labels", Json::Null);
+    }
+    if let Some(labels) = body.field_mut("Labels") {
+        if !matches!(labels, Json::Object(_) | Json::Null) {
+            *labels = Json::Null;
+        }
+        labels.set_entry(POD_UID_LABEL, Json::String(uid.to_string()));
+    }
+}
+
+/// The `labels` parameter of an image build with the pod's label added.
+pub fn with_pod_label_param(labels: Option<&str>, uid: &str) -> Result<String, String> {
+    let mut value = match labels.map(str::trim).filter(|l| !l.is_empty()) {
+        Some(raw) => body::parse_map(raw.as_bytes())
+            .map_err(|e| format!("nestdock guard: the labels parameter: {e}"))?,
+        None => Json::Null,
+    };
+    if !matches!(value, Json::Object(_) | Json::Null) {
+        return Err(
+            "nestdock guard: the labels parameter must be a JSON object of strings".to_string(),
+        );
+    }
+    value.set_entry(POD_UID_LABEL, Json::String(uid.to_string()));
+    Ok(String::from_utf8_lossy(&value.to_bytes()).into_owned())
+}
+
+/// Whether an inspect answer (a container's `Config.Labels`, a network's or
+/// a volume's `Labels`) carries the pod's label.
+pub fn owned_by(inspect: &Json, kind: Kind, uid: &str) -> bool {
+    let labels = match kind {
+        Kind::Container => inspect.field("Config").and_then(|c| c.field("Labels")),
+        Kind::Network | Kind::Volume => inspect.field("Labels"),
+        Kind::Exec => None,
+    };
+    labels
+        .and_then(|l| l.entry(POD_UID_LABEL))
+        .and_then(Json::as_str)
+        == Some(uid)
+}
+
+/// `GET /system/df` trimmed to the pod's containers and volumes. Images and
+/// the build cache are shared, and stay.
+pub fn filter_df(df: &mut Json, uid: &str) {
+    for field in ["Containers", "Volumes"] {
+        if let Some(Json::Array(items)) = df.field_mut(field) {
+            items.retain(|item| {
+                item.field("Labels")
+                    .and_then(|l| l.entry(POD_UID_LABEL))
+                    .and_then(Json::as_str)
+                    == Some(uid)
+            });
+        }
+    }
+    if let Some(containers) = df.field_mut("Containers") {
+        publish_container_names(containers, uid);
+    }
+    if let Some(Json::Array(volumes)) = df.field_mut("Volumes") {
+        for v in volumes {
+            publish_volume_names(v, uid);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pod_filter_narrows_what_was_asked() {
+        let uid = "u1";
+        let cases = [
+            (None, r#"{"label":{"io.nestdock.pod-uid=u1":true}}"#),
+            (Some(""), r#"{"label":{"io.nestdock.pod-uid=u1":true}}"#),
+            (
+                Some(r#"{"status":["exited"]}"#),
+                r#"{"status":{"exited":true},"label":{"io.nestdock.pod-uid=u1":true}}"#,
+            ),
+            (
+                Some(r#"{"label":{"a=b":true}}"#),
+                r#"{"label":{"a=b":true,"io.nestdock.pod-uid=u1":true}}"#,
+            ),
+            // Asking for another pod's objects asks for nothing.
+            (
+                Some(r#"{"label":["io.nestdock.pod-uid=u2"]}"#),
+                r#"{"label":{"io.nestdock.pod-uid=u2":true,"io.nestdock.pod-uid=u1":true}}"#,
+            ),
+        ];
+        for (given, want) in cases {
+            assert_eq!(with_pod_filter(given, uid).unwrap(), want, "{given:?}");
+        }
+        for bad in [
+            "[]",
+            "{",
+            r#"{"label":1}"#,
+            r#"{"label":[1]}"#,
+            r#"{"label":[],"label":["x"]}"#,
+            r#"{"label":{"a":true,"a":false}}"#,
+        ] {
+            let e = with_pod_filter(Some(bad), uid).expect_err(bad);
+            assert!(
+                e.starts_with("nestdock guard: the filters parameter"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn labels_are_set_over_what_the_client_gave() {
+        let cases = [
+            (
+                r#"{"Image":"x"}"#,
+                r#"{"Image":"x","Labels":{"io.nestdock.pod-uid":"u1"}}"#,
+            ),
+            (
+                r#"{"labels":null}"#,
+                r#"{"labels":{"io.nestdock.pod-uid":"u1"}}"#,
+            ),
+            (
+                r#"{"Labels":{"a":"b","io.nestdock.pod-uid":"u2"}}"#,
+                r#"{"Labels":{"a":"b","io.nestdock.pod-uid":"u1"}}"#,
+            ),
+        ];
+        for (given, want) in cases {
+            let mut b = body::parse(given.as_bytes()).unwrap();
+            label_body(&mut b, "u1");
+            assert_eq!(String::from_utf8(b.to_bytes()).unwrap(), want);
+        }
+        assert_eq!(
+            with_pod_label_param(Some(r#"{"a":"b"}"#), "u1").unwrap(),
+            r#"{"a":"b","io.nestdock.pod-uid":"u1"}"#
+        );
+        assert!(with_pod_label_param(Some("[]"), "u1").is_err());
+    }
+
+    #[test]
+    fn ownership_is_read_from_inspect() {
+        let c = body::parse(br#"{"Config":{"Labels":{"io.nestdock.pod-uid":"u1"}}}"#).unwrap();
+        assert!(owned_by(&c, Kind::Container, "u1"));
+        assert!(!owned_by(&c, Kind::Container, "u2"));
+        let n = body::parse(br#"{"Labels":{"io.nestdock.pod-uid":"u1"}}"#).unwrap();
+        assert!(owned_by(&n, Kind::Network, "u1"));
+        assert!(!owned_by(&n, Kind::Container, "u1"));
+        let none = body::parse(br#"{"Labels":null}"#).unwrap();
+        assert!(!owned_by(&none, Kind::Volume, "u1"));
+    }
+
+    #[test]
+    fn container_names_are_private_to_the_pod() {
+        assert_eq!(private_name("u1", "db"), "nd_u1_db");
+        assert_eq!(private_name("u1", "/db"), "nd_u1_db");
+        assert_eq!(public_name("u1", "/nd_u1_db"), "/db");
+        assert_eq!(public_name("u1", "/nd_u1_web/nd_u1_db"), "/web/db");
+        assert_eq!(public_name("u1", "/nd_u2_db"), "/nd_u2_db");
+        for ok in ["db", "/db", "a.b-c_d", "0"] {
+            assert!(is_name(ok), "{ok}");
+        }
+        for bad in ["", "/", "-a", "_a", "a/b", "a b", "a:b", "é"] {
+            assert!(!is_name(bad), "{bad}");
+        }
+        let mut list =
+            body::parse(br#"[{"Id":"x","Names":["/nd_u1_db","/nd_u1_web/nd_u1_db"]}]"#).unwrap();
+        publish_container_names(&mut list, "u1");
+        assert_eq!(
+            String::from_utf8(list.to_bytes()).unwrap(),
+            r#"[{"Id":"x","Names":["/db","/web/db"]}]"#
+        );
+        let mut one = body::parse(br#"{"Id":"x","Name":"/nd_u1_db"}"#).unwrap();
+        publish_container_names(&mut one, "u1");
+        assert_eq!(one.field("Name"), Some(&Json::String("/db".into())));
+    }
+
+    #[test]
+    fn network_and_volume_names_are_published() {
+        let mut c = body::parse(
+            br#"{"Name":"/nd_u1_web","HostConfig":{"NetworkMode":"nd_u1_ci"},"NetworkSettings":{"Networks":{"nd_u1_ci":{},"bridge":{}}},"Mounts":[{"Name":"nd_u1_data"},{"Type":"bind"}]}"#,
+        )
+        .unwrap();
+        publish_container_names(&mut c, "u1");
+        assert_eq!(
+            String::from_utf8(c.to_bytes()).unwrap(),
+            r#"{"Name":"/web","HostConfig":{"NetworkMode":"ci"},"NetworkSettings":{"Networks":{"ci":{},"bridge":{}}},"Mounts":[{"Name":"data"},{"Type":"bind"}]}"#
+        );
+        let mut n =
+            body::parse(br#"[{"Name":"nd_u1_ci","Containers":{"x":{"Name":"nd_u1_web"}}}]"#)
+                .unwrap();
+        publish_network_names(&mut n, "u1");
+        assert_eq!(
+            String::from_utf8(n.to_bytes()).unwrap(),
+            r#"[{"Name":"ci","Containers":{"x":{"Name":"web"}}}]"#
+        );
+        let mut v =
+            body::parse(br#"{"Volumes":[{"Name":"nd_u1_data"},{"Name":"anon"}],"Warnings":null}"#)
+                .unwrap();
+        publish_volume_names(&mut v, "u1");
+        assert_eq!(
+            String::from_utf8(v.to_bytes()).unwrap(),
+            r#"{"Volumes":[{"Name":"data"},{"Name":"anon"}],"Warnings":null}"#
+        );
+    }
+
+    #[test]
+    fn df_keeps_the_pods_own() {
+        let mut df = body::parse(
+            br#"{"Images":[{"Id":"i"}],"Containers":[{"Id":"a","Labels":{"io.nestdock.pod-uid":"u1"}},{"Id":"b","Labels":{}}],"Volumes":[{"Name":"v","Labels":null}]}"#,
+        )
+        .unwrap();
+        filter_df(&mut df, "u1");
+        assert_eq!(
+            String::from_utf8(df.to_bytes()).unwrap(),
+            r#"{"Images":[{"Id":"i"}],"Containers":[{"Id":"a","Labels":{"io.nestdock.pod-uid":"u1"}}],"Volumes":[]}"#
+        );
+    }
+}

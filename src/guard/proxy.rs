@@ -1,0 +1,1104 @@
+//! The guard's I/O: an HTTP/1.1 server on the pod's unix socket, a client to
+//! the node's socket, and the per-endpoint handling that applies the rules.
+//!
+//! Bodies stream through untouched except the few the rules must read
+//! (creates, exec, update, network connect), which are read up to
+//! `body::MAX_BODY_BYTES`, checked, and written out again. Hijacked
+//! connections (attach, exec start, BuildKit's `/session` and `/grpc`) are
+//! answered `101 Switching Protocols` by dockerd; the guard then joins the
+//! two upgraded connections and copies bytes both ways, half-closes
+//! included (docker closes its write side to signal the end of stdin).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Bytes;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{UnixListener, UnixStream};
+
+use super::body::{self, Json, MAX_BODY_BYTES};
+use super::config::GuardConfig;
+use super::create::{self, Denied, Need, Scope};
+use super::owner::{self, Kind};
+use super::path::{self, percent_encode, ApiPath};
+use super::query::{self, Query};
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Connections served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 1024;
+/// Time allowed for a request head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest response the guard reads to filter or to decide ownership.
+const MAX_RESPONSE_BYTES: usize = 32 << 20;
+
+struct State {
+    cfg: GuardConfig,
+}
+
+pub async fn serve(cfg: GuardConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+    if let Ok(meta) = std::fs::symlink_metadata(&cfg.listen) {
+        // A socket left by an earlier guard of this pod (a restart) is
+        // replaced; anything else at that path is not ours to remove.
+        if meta.file_type().is_socket() {
+            std::fs::remove_file(&cfg.listen)?;
+        } else {
+            anyhow::bail!(
+                "{} exists and is not a socket; refusing to replace it",
+                cfg.listen.display()
+            );
+        }
+    }
+    let listener = UnixListener::bind(&cfg.listen)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen.display()))?;
+    std::fs::set_permissions(
+        &cfg.listen,
+        std::fs::Permissions::from_mode(cfg.socket_mode),
+    )?;
+    if let Some(gid) = cfg.socket_group {
+        if let Err(e) = std::os::unix::fs::chown(&cfg.listen, None, Some(gid)) {
+            tracing::warn!(
+                "cannot give {} to group {gid}: {e}; only its owner can use it",
+                cfg.listen.display()
+            );
+        }
+    }
+    tracing::info!(
+        listen = %cfg.listen.display(),
+        upstream = %cfg.upstream.display(),
+        pod_uid = %cfg.pod_uid,
+        "guard serving"
+    );
+    let listen_path = cfg.listen.clone();
+    let state = Arc::new(State { cfg });
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    tokio::pin!(shutdown);
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let stream = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            serve_connection(state, stream).await;
+        });
+    }
+    // No new connections from here on; the pod is ending.
+    let _ = std::fs::remove_file(&listen_path);
+    if let Some(limit) = state.cfg.cleanup_timeout {
+        match tokio::time::timeout(limit, cleanup(&state)).await {
+            Ok(removed) => tracing::info!(removed, "guard cleanup done"),
+            Err(_) => tracing::warn!(
+                "guard cleanup did not finish within {limit:?}; what is left is for `reap`"
+            ),
+        }
+    }
+    tracing::info!("guard stopped");
+    Ok(())
+}
+
+/// Removes the objects whose pod is not `alive` (see `guard::reap`).
+pub async fn reap(
+    upstream: &Path,
+    alive: &dyn Fn(&str) -> bool,
+    dry_run: bool,
+) -> anyhow::Result<Vec<String>> {
+    let state = State {
+        cfg: GuardConfig {
+            listen: Default::default(),
+            upstream: upstream.to_path_buf(),
+            pod_uid: String::new(),
+            kubelet_root: String::new(),
+            pod_volumes_dir: None,
+            socket_mode: 0,
+            socket_group: None,
+            cleanup_timeout: None,
+        },
+    };
+    // Every object that carries the label, whatever its value.
+    let filters = percent_encode(
+        &format!(r#"{{"label":{{"{}":true}}}}"#, owner::POD_UID_LABEL),
+        b"",
+    );
+    let mut removed = Vec::new();
+    for (kind, list, delete) in [
+        (
+            "container",
+            format!("/containers/json?all=1&filters={filters}"),
+            "/containers/{}?force=1&v=1",
+        ),
+        (
+            "network",
+            format!("/networks?filters={filters}"),
+            "/networks/{}",
+        ),
+        (
+            "volume",
+            format!("/volumes?filters={filters}"),
+            "/volumes/{}",
+        ),
+    ] {
+        let (status, bytes) = ask(&state, Method::GET, &list, None).await.map_err(|_| {
+            anyhow::anyhow!("the docker daemon at {} did not answer", upstream.display())
+        })?;
+        if !status.is_success() {
+            anyhow::bail!(
+                "listing {kind}s: {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+        let value: Json = serde_json::from_slice(&bytes)
+            .map_err(|e| anyhow::anyhow!("listing {kind}s: not JSON: {e}"))?;
+        let items = match &value {
+            Json::Array(items) => items.clone(),
+            other => match other.field("Volumes") {
+                Some(Json::Array(items)) => items.clone(),
+                _ => Vec::new(),
+            },
+        };
+        for item in &items {
+            let uid = item
+                .field("Labels")
+                .and_then(|l| l.entry(owner::POD_UID_LABEL))
+                .and_then(Json::as_str)
+                .unwrap_or("");
+            if alive(uid) {
+                continue;
+            }
+            let key = if kind == "volume" { "Name" } else { "Id" };
+            let Some(id) = item.field(key).and_then(Json::as_str) else {
+                continue;
+            };
+            let what = format!("{kind} {id} (pod {uid})");
+            if !dry_run {
+                let path = delete.replace("{}", &percent_encode(id, b""));
+                match ask(&state, Method::DELETE, &path, None).await {
+                    Ok((status, _)) if status.is_success() => {}
+                    Ok((status, body)) => {
+                        tracing::warn!(
+                            "reap: {what} not removed: {status}: {}",
+                            String::from_utf8_lossy(&body).trim()
+                        );
+                        continue;
+                    }
+                    Err(_) => {
+                        tracing::warn!("reap: {what}: the daemon did not answer");
+                        continue;
+                    }
+                }
+            }
+            removed.push(what);
+        }
+    }
+    Ok(removed)
+}
+
+/// Removes everything the pod owns: containers (forced, with their
+/// anonymous volumes), then networks, then volumes. Two passes, since a
+/// request that was in flight when the listener closed may still create
+/// something. Images stay: they are the node's shared cache. Returns how
+/// many objects were removed.
+async fn cleanup(state: &State) -> usize {
+    let filters = match owner::with_pod_filter(None, &state.cfg.pod_uid) {
+        Ok(f) => percent_encode(&f, b""),
+        Err(_) => return 0,
+    };
+    let mut removed = 0;
+    for _pass in 0..2 {
+        for (list, field, delete) in [
+            (
+                format!("/containers/json?all=1&filters={filters}"),
+                "Id",
+                "/containers/{}?force=1&v=1",
+            ),
+            (format!("/networks?filters={filters}"), "Id", "/networks/{}"),
+            (format!("/volumes?filters={filters}"), "Name", "/volumes/{}"),
+        ] {
+            let Ok((status, bytes)) = ask(state, Method::GET, &list, None).await else {
+                continue;
+            };
+            let Ok(value) = serde_json::from_slice::<Json>(&bytes) else {
+                continue;
+            };
+            if !status.is_success() {
+                continue;
+            }
+            let items = match &value {
+                Json::Array(items) => items.as_slice(),
+                other => match other.field("Volumes") {
+                    Some(Json::Array(items)) => items.as_slice(),
+                    _ => &[],
+                },
+            };
+            for item in items {
+                let Some(id) = item.field(field).and_then(Json::as_str) else {
+                    continue;
+                };
+                let path = delete.replace("{}", &percent_encode(id, b""));
+                match ask(state, Method::DELETE, &path, None).await {
+                    Ok((status, _)) if status.is_success() => removed += 1,
+                    Ok((status, body)) => tracing::warn!(
+                        id,
+                        status = status.as_u16(),
+                        "cleanup: not removed: {}",
+                        String::from_utf8_lossy(&body).trim()
+                    ),
+                    Err(_) => tracing::warn!(id, "cleanup: the daemon did not answer"),
+                }
+            }
+        }
+    }
+    removed
+}
+
+async fn serve_connection(state: Arc<State>, stream: UnixStream) {
+    let service = hyper::service::service_fn(move |req| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(handle(&state, req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        tracing::debug!("connection ended: {e}");
+    }
+}
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed()
+}
+
+/// An answer in dockerd's shape: `{"message": "..."}`.
+fn error(status: StatusCode, message: &str) -> Response<Body> {
+    let body = serde_json::json!({ "message": message }).to_string();
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn refused(method: &Method, path: &str, status: StatusCode, message: &str) -> Response<Body> {
+    tracing::info!(%method, path, status = status.as_u16(), "guard refused: {message}");
+    error(status, message)
+}
+
+fn denied(method: &Method, path: &str, d: Denied) -> Response<Body> {
+    let status = StatusCode::from_u16(d.status).unwrap_or(StatusCode::FORBIDDEN);
+    refused(method, path, status, &d.message)
+}
+
+/// Why a request's headers are refused: form bodies, whose fields Go's
+/// `ParseForm` puts *before* the query string's (a `filters` in the body
+/// would replace the pod's filter in the query), and repeated
+/// `Content-Type` headers.
+fn header_problem(headers: &hyper::HeaderMap) -> Option<String> {
+    let mut types = headers.get_all(CONTENT_TYPE).iter();
+    let first = types.next();
+    if types.next().is_some() {
+        return Some("nestdock guard: more than one Content-Type header".into());
+    }
+    // Read as bytes: Go takes the media type even when the parameters after
+    // it do not parse, so a value with odd bytes must not slip past.
+    let media = first
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    if media == "application/x-www-form-urlencoded" || media == "multipart/form-data" {
+        return Some(format!(
+            "nestdock guard: Content-Type {media} is refused: dockerd reads a form body's fields \
+             as query parameters, ahead of the query string (send parameters in the query)"
+        ));
+    }
+    None
+}
+
+async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
+    // Boxed once, so that a body read for the rules can be put back.
+    let mut req = req.map(|b| b.boxed());
+    let method = req.method().clone();
+    let raw_path = req.uri().path().to_string();
+    let path = match path::normalise(&raw_path) {
+        Ok(p) => p,
+        Err(e) => return refused(&method, &raw_path, StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    let shown = path.canonical();
+    // `docker inspect NAME` tries every object type in turn and reports "No
+    // such object" only if each answers 404: a plugin lookup answers as
+    // dockerd does for a plugin that is not installed.
+    if let (&Method::GET, ["plugins", name, "json"]) = (
+        &method,
+        path.segments
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice(),
+    ) {
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!("plugin {:?} not found", name),
+        );
+    }
+    if let Some(why) = path::refused_endpoint(&path) {
+        return refused(&method, &shown, StatusCode::FORBIDDEN, &why);
+    }
+    let mut query = match query::parse(req.uri().query()) {
+        Ok(q) => q,
+        Err(e) => return refused(&method, &shown, StatusCode::BAD_REQUEST, &e),
+    };
+    if let Some(why) = header_problem(req.headers()) {
+        return refused(&method, &shown, StatusCode::BAD_REQUEST, &why);
+    }
+    let uid = state.cfg.pod_uid.clone();
+    let segments: Vec<&str> = path.segments.iter().map(String::as_str).collect();
+    let mut path_out = path.clone();
+    match (&method, segments.as_slice()) {
+        // Lists, prunes and events: narrowed to the pod's own objects.
+        (&Method::GET, ["containers", "json"])
+        | (&Method::POST, ["containers", "prune"])
+        | (&Method::GET, ["networks"])
+        | (&Method::POST, ["networks", "prune"])
+        | (&Method::GET, ["volumes"])
+        | (&Method::POST, ["volumes", "prune"])
+        | (&Method::POST, ["images", "prune"])
+        | (&Method::GET, ["events"]) => {
+            let filters = match query.single("filters") {
+                Ok(f) => f,
+                Err(e) => return refused(&method, &shown, StatusCode::BAD_REQUEST, &e),
+            };
+            match owner::with_pod_filter(filters, &uid) {
+                Ok(f) => query.set("filters", f),
+                Err(e) => return refused(&method, &shown, StatusCode::BAD_REQUEST, &e),
+            }
+            let list = (method == Method::GET).then(|| segments[0]);
+            let resp = forward(state, req, &path_out, &query, None).await;
+            match list {
+                Some("containers") => publish_names(resp, &uid).await,
+                Some("networks") => publish(resp, &uid, owner::publish_network_names).await,
+                Some("volumes") => publish(resp, &uid, owner::publish_volume_names).await,
+                _ => resp,
+            }
+        }
+        (&Method::GET, ["system", "df"]) => system_df(state, req, &path_out, &query).await,
+        // The build cache is shared by every pod on the node: pruning it
+        // through the guard is accepted and does nothing.
+        (&Method::POST, ["build", "prune"]) => {
+            tracing::info!("guard: build cache prune answered without pruning (shared cache)");
+            let mut resp = Response::new(full(r#"{"CachesDeleted":null,"SpaceReclaimed":0}"#));
+            resp.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            resp
+        }
+        (&Method::POST, ["containers", "create"]) => {
+            let mut body = match read_json(&mut req).await {
+                Ok(b) => b,
+                Err(resp) => return resp,
+            };
+            let scope = Scope {
+                uid: &uid,
+                kubelet_root: &state.cfg.kubelet_root,
+                subpaths: state.cfg.pod_volumes_dir.is_some(),
+            };
+            let public = query.single("name").ok().flatten().map(str::to_string);
+            if let Err(d) = create::container_name(&mut query, &uid) {
+                return denied(&method, &shown, d);
+            }
+            if let Some(name) = public {
+                create::alias_public_name(&mut body, &name);
+            }
+            let needs = match create::container_create(&mut body, &scope) {
+                Ok(n) => n,
+                Err(d) => return denied(&method, &shown, d),
+            };
+            let ids = match resolve(state, &needs).await {
+                Ok(ids) => ids,
+                Err(resp) => return resp,
+            };
+            create::pin_refs(&mut body, &|kind, r: &str| {
+                ids.get(&(kind, r.to_string())).cloned()
+            });
+            let resp = forward(state, req, &path_out, &query, Some(body.to_bytes())).await;
+            publish_errors(resp, &uid).await
+        }
+        (_, ["containers", id, rest @ ..]) => {
+            let full_id = match owned(state, Kind::Container, id).await {
+                Ok(Some(full)) => full,
+                Ok(None) => {
+                    return refused(
+                        &method,
+                        &shown,
+                        StatusCode::NOT_FOUND,
+                        &owner::not_found(Kind::Container, id),
+                    )
+                }
+                Err(resp) => return resp,
+            };
+            path_out.segments[1] = full_id;
+            let body = match (&method, rest) {
+                (&Method::POST, ["exec"]) => match read_json(&mut req).await {
+                    Ok(b) => match create::exec_create(&b) {
+                        Ok(()) => Some(b.to_bytes()),
+                        Err(d) => return denied(&method, &shown, d),
+                    },
+                    Err(resp) => return resp,
+                },
+                (&Method::POST, ["rename"]) => {
+                    if let Err(d) = create::container_name(&mut query, &uid) {
+                        return denied(&method, &shown, d);
+                    }
+                    None
+                }
+                (&Method::POST, ["update"]) => match read_json(&mut req).await {
+                    Ok(b) => match create::container_update(&b) {
+                        Ok(()) => Some(b.to_bytes()),
+                        Err(d) => return denied(&method, &shown, d),
+                    },
+                    Err(resp) => return resp,
+                },
+                _ => None,
+            };
+            let inspect = method == Method::GET && rest == ["json"];
+            let resp = forward(state, req, &path_out, &query, body).await;
+            if inspect {
+                publish_names(resp, &uid).await
+            } else {
+                publish_errors(resp, &uid).await
+            }
+        }
+        (_, ["exec", id, ..]) => match owned(state, Kind::Exec, id).await {
+            Ok(Some(_)) => forward(state, req, &path_out, &query, None).await,
+            Ok(None) => refused(
+                &method,
+                &shown,
+                StatusCode::NOT_FOUND,
+                &owner::not_found(Kind::Exec, id),
+            ),
+            Err(resp) => resp,
+        },
+        (&Method::POST, ["networks", "create"]) => {
+            let mut body = match read_json(&mut req).await {
+                Ok(b) => b,
+                Err(resp) => return resp,
+            };
+            if let Err(d) = create::network_create(&mut body, &uid) {
+                return denied(&method, &shown, d);
+            }
+            let resp = forward(state, req, &path_out, &query, Some(body.to_bytes())).await;
+            publish_errors(resp, &uid).await
+        }
+        (_, ["networks", id, rest @ ..]) => {
+            match owned(state, Kind::Network, id).await {
+                Ok(Some(full_id)) => path_out.segments[1] = full_id,
+                Ok(None) => {
+                    return refused(
+                        &method,
+                        &shown,
+                        StatusCode::NOT_FOUND,
+                        &owner::not_found(Kind::Network, id),
+                    )
+                }
+                Err(resp) => return resp,
+            }
+            let body = if method == Method::POST && matches!(rest, ["connect"] | ["disconnect"]) {
+                let b = match read_json(&mut req).await {
+                    Ok(b) => b,
+                    Err(resp) => return resp,
+                };
+                let mut b = b;
+                let needs = match create::network_connect(&b) {
+                    Ok(n) => n,
+                    Err(d) => return denied(&method, &shown, d),
+                };
+                let ids = match resolve(state, &needs).await {
+                    Ok(ids) => ids,
+                    Err(resp) => return resp,
+                };
+                if let Some(full_id) = ids.values().next().filter(|_| ids.len() == 1) {
+                    b.set_field("Container", Json::String(full_id.clone()));
+                }
+                Some(b.to_bytes())
+            } else {
+                None
+            };
+            let inspect = method == Method::GET && rest.is_empty();
+            let resp = forward(state, req, &path_out, &query, body).await;
+            if inspect {
+                publish(resp, &uid, owner::publish_network_names).await
+            } else {
+                publish_errors(resp, &uid).await
+            }
+        }
+        (&Method::POST, ["volumes", "create"]) => {
+            let mut body = match read_json(&mut req).await {
+                Ok(b) => b,
+                Err(resp) => return resp,
+            };
+            if let Err(d) = create::volume_create(&mut body, &uid) {
+                return denied(&method, &shown, d);
+            }
+            let resp = forward(state, req, &path_out, &query, Some(body.to_bytes())).await;
+            publish(resp, &uid, owner::publish_volume_names).await
+        }
+        (_, ["volumes", name, rest @ ..]) => match owned(state, Kind::Volume, name).await {
+            Ok(Some(stored)) => {
+                path_out.segments[1] = stored;
+                let inspect = method == Method::GET && rest.is_empty();
+                let resp = forward(state, req, &path_out, &query, None).await;
+                if inspect {
+                    publish(resp, &uid, owner::publish_volume_names).await
+                } else {
+                    publish_errors(resp, &uid).await
+                }
+            }
+            Ok(None) => refused(
+                &method,
+                &shown,
+                StatusCode::NOT_FOUND,
+                &owner::not_found(Kind::Volume, name),
+            ),
+            Err(resp) => resp,
+        },
+        (&Method::POST, ["images", "create"]) => {
+            if let Err(d) = create::image_create(&query) {
+                return denied(&method, &shown, d);
+            }
+            forward(state, req, &path_out, &query, None).await
+        }
+        (&Method::POST, ["build"]) => {
+            if let Err(d) = create::build(&mut query, &uid) {
+                return denied(&method, &shown, d);
+            }
+            forward(state, req, &path_out, &query, None).await
+        }
+        (_, ["commit"]) => {
+            let container = match query.single("container") {
+                Ok(Some(c)) => c.to_string(),
+                Ok(None) => String::new(),
+                Err(e) => return refused(&method, &shown, StatusCode::BAD_REQUEST, &e),
+            };
+            match owned(state, Kind::Container, &container).await {
+                Ok(Some(full_id)) => {
+                    query.set("container", full_id);
+                    forward(state, req, &path_out, &query, None).await
+                }
+                Ok(None) => refused(
+                    &method,
+                    &shown,
+                    StatusCode::NOT_FOUND,
+                    &owner::not_found(Kind::Container, &container),
+                ),
+                Err(resp) => resp,
+            }
+        }
+        // Everything else the allow list admits (ping, version, info,
+        // images, distribution, auth, session, grpc) passes as it is.
+        _ => forward(state, req, &path_out, &query, None).await,
+    }
+}
+
+/// Reads a request body the rules must see.
+async fn read_json(req: &mut Request<Body>) -> Result<Json, Response<Body>> {
+    let method = req.method().clone();
+    let shown = req.uri().path().to_string();
+    let body = std::mem::replace(req.body_mut(), full(Bytes::new()));
+    let bytes = match Limited::new(body, MAX_BODY_BYTES).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) => {
+            let (status, msg) = if e.is::<http_body_util::LengthLimitError>() {
+                (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    body::BodyError::TooLarge(MAX_BODY_BYTES).to_string(),
+                )
+            } else {
+                (
+                    StatusCode::BAD_REQUEST,
+                    format!("nestdock guard: cannot read the request body: {e}"),
+                )
+            };
+            return Err(refused(&method, &shown, status, &msg));
+        }
+    };
+    // dockerd reads an empty body as "no options".
+    let bytes = if bytes.iter().all(u8::is_ascii_whitespace) {
+        Bytes::from_static(b"{}")
+    } else {
+        bytes
+    };
+    body::parse(&bytes).map_err(|e| {
+        let status = match e {
+            body::BodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        refused(&method, &shown, status, &e.to_string())
+    })
+}
+
+/// Sends one request to the node's daemon on a connection of its own (so a
+/// hijacked stream never shares one).
+async fn send(state: &State, req: Request<Body>) -> Result<Response<Incoming>, Response<Body>> {
+    let unreachable = |e: &dyn std::fmt::Display| {
+        tracing::warn!("upstream {}: {e}", state.cfg.upstream.display());
+        error(
+            StatusCode::BAD_GATEWAY,
+            &format!(
+                "nestdock guard: cannot reach the node's docker daemon at {}: {e}",
+                state.cfg.upstream.display()
+            ),
+        )
+    };
+    let stream = UnixStream::connect(&state.cfg.upstream)
+        .await
+        .map_err(|e| unreachable(&e))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| unreachable(&e))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!("upstream connection ended: {e}");
+        }
+    });
+    sender.send_request(req).await.map_err(|e| unreachable(&e))
+}
+
+fn upstream_uri(path: &ApiPath, query: &Query) -> String {
+    let q = query.encode();
+    if q.is_empty() {
+        path.upstream()
+    } else {
+        format!("{}?{q}", path.upstream())
+    }
+}
+
+/// Forwards a request (its body streamed, or `body` in its place) and
+/// streams the answer back; joins the two sides of a hijacked connection.
+async fn forward(
+    state: &State,
+    mut req: Request<Body>,
+    path: &ApiPath,
+    query: &Query,
+    body: Option<Vec<u8>>,
+) -> Response<Body> {
+    let client_upgrade = hyper::upgrade::on(&mut req);
+    let (parts, incoming) = req.into_parts();
+    let mut builder = Request::builder()
+        .method(parts.method)
+        .uri(upstream_uri(path, query));
+    let mut headers = parts.headers;
+    // Headers about this hop only. The upstream connection is used for this
+    // one request; `Connection` and `Upgrade` stay (hijacks need them).
+    for name in ["keep-alive", "proxy-connection", "te", "trailer"] {
+        headers.remove(name);
+    }
+    // hyper has already framed the body it hands over; one framing header
+    // goes on, never both (a request with both is read differently by
+    // different servers).
+    if headers.contains_key(TRANSFER_ENCODING) {
+        headers.remove(CONTENT_LENGTH);
+    }
+    if !headers.contains_key(HOST) {
+        headers.insert(HOST, HeaderValue::from_static("docker"));
+    }
+    let body = match body {
+        Some(bytes) => {
+            headers.remove(TRANSFER_ENCODING);
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+            full(bytes)
+        }
+        None => incoming,
+    };
+    if let Some(h) = builder.headers_mut() {
+        *h = headers;
+    }
+    let upstream_req = match builder.body(body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("nestdock guard: cannot forward the request: {e}"),
+            )
+        }
+    };
+    let mut resp = match send(state, upstream_req).await {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                Ok((client, upstream)) => {
+                    let mut client = TokioIo::new(client);
+                    let mut upstream = TokioIo::new(upstream);
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+                    {
+                        tracing::debug!("hijacked stream ended: {e}");
+                    }
+                }
+                Err(e) => tracing::warn!("hijacked stream not joined: {e}"),
+            }
+        });
+    }
+    resp.map(|b| b.boxed())
+}
+
+/// A request of the guard's own to the node's daemon, its answer read whole.
+async fn ask(
+    state: &State,
+    method: Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> Result<(StatusCode, Bytes), Response<Body>> {
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(HOST, "docker");
+    let body = match body {
+        Some(b) => {
+            builder = builder.header(CONTENT_TYPE, "application/json");
+            full(b)
+        }
+        None => full(Bytes::new()),
+    };
+    let req = builder.body(body).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            &format!("nestdock guard: bad object reference: {e}"),
+        )
+    })?;
+    let resp = send(state, req).await?;
+    let status = resp.status();
+    let bytes = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
+        .collect()
+        .await
+        .map_err(|e| {
+            error(
+                StatusCode::BAD_GATEWAY,
+                &format!("nestdock guard: cannot read the daemon's answer: {e}"),
+            )
+        })?
+        .to_bytes();
+    Ok((status, bytes))
+}
+
+/// What the daemon says of an object the pod names.
+enum Found {
+    /// The pod's own: its full id (a volume's: its name) and its stored
+    /// name.
+    Owned(String, String),
+    /// Another pod's, or nobody's.
+    Foreign,
+    Missing,
+}
+
+async fn find(state: &State, kind: Kind, id: &str) -> Result<Found, Response<Body>> {
+    if id.is_empty() {
+        return Ok(Found::Missing);
+    }
+    // A container is named as the pod named it (stored with the pod's
+    // prefix); an id or id prefix is looked up as it is.
+    if kind != Kind::Exec && owner::is_name(id) {
+        let private = owner::private_name(&state.cfg.pod_uid, id);
+        if let found @ Found::Owned(..) = Box::pin(find_as_is(state, kind, &private)).await? {
+            return Ok(found);
+        }
+    }
+    find_as_is(state, kind, id).await
+}
+
+async fn find_as_is(state: &State, kind: Kind, id: &str) -> Result<Found, Response<Body>> {
+    let enc = percent_encode(id, b":@");
+    let path = match kind {
+        Kind::Container => format!("/containers/{enc}/json"),
+        Kind::Network => format!("/networks/{enc}"),
+        Kind::Volume => format!("/volumes/{enc}"),
+        Kind::Exec => format!("/exec/{enc}/json"),
+    };
+    let (status, bytes) = ask(state, Method::GET, &path, None).await?;
+    if status == StatusCode::NOT_FOUND {
+        return Ok(Found::Missing);
+    }
+    if !status.is_success() {
+        let mut resp = Response::new(full(bytes));
+        *resp.status_mut() = status;
+        resp.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        return Err(resp);
+    }
+    let Ok(value) = serde_json::from_slice::<Json>(&bytes) else {
+        return Err(error(
+            StatusCode::BAD_GATEWAY,
+            "nestdock guard: the daemon's inspect answer is not JSON",
+        ));
+    };
+    if kind == Kind::Exec {
+        let container = value
+            .field("ContainerID")
+            .and_then(Json::as_str)
+            .unwrap_or("")
+            .to_string();
+        return Ok(
+            match Box::pin(find(state, Kind::Container, &container)).await? {
+                Found::Owned(..) => Found::Owned(id.to_string(), id.to_string()),
+                _ => Found::Foreign,
+            },
+        );
+    }
+    if !owner::owned_by(&value, kind, &state.cfg.pod_uid) {
+        return Ok(Found::Foreign);
+    }
+    let text = |key: &str| {
+        value
+            .field(key)
+            .and_then(Json::as_str)
+            .unwrap_or(id)
+            .trim_start_matches('/')
+            .to_string()
+    };
+    let key = if kind == Kind::Volume { "Name" } else { "Id" };
+    Ok(Found::Owned(text(key), text("Name")))
+}
+
+/// The pod's object `id`, by its full id, or `None` when it is not the pod's.
+async fn owned(state: &State, kind: Kind, id: &str) -> Result<Option<String>, Response<Body>> {
+    Ok(match find(state, kind, id).await? {
+        Found::Owned(full, _) => Some(full),
+        _ => None,
+    })
+}
+
+/// Checks the objects a create names; creates the named volumes that do not
+/// exist yet, labelled (dockerd would create them unlabelled).
+/// What each reference of a request resolved to: a container's full id, a
+/// network's or volume's stored name.
+type Pins = std::collections::HashMap<(Kind, String), String>;
+
+async fn resolve(state: &State, needs: &[Need]) -> Result<Pins, Response<Body>> {
+    let mut pins = Pins::new();
+    let refuse = |field: &str, what: String| {
+        error(
+            StatusCode::FORBIDDEN,
+            &format!("nestdock guard: {field}: {what} (only this pod's objects may be used)"),
+        )
+    };
+    for need in needs {
+        match need {
+            Need::Container { field, id } => match owned(state, Kind::Container, id).await? {
+                Some(full) => {
+                    pins.insert((Kind::Container, id.clone()), full);
+                }
+                None => return Err(refuse(field, owner::not_found(Kind::Container, id))),
+            },
+            Need::Network { field, name } => match find(state, Kind::Network, name).await? {
+                Found::Owned(_, stored) => {
+                    pins.insert((Kind::Network, name.clone()), stored);
+                }
+                _ => return Err(refuse(field, owner::not_found(Kind::Network, name))),
+            },
+            Need::Volume { field, name } => match find(state, Kind::Volume, name).await? {
+                Found::Owned(_, stored) => {
+                    pins.insert((Kind::Volume, name.clone()), stored);
+                }
+                Found::Foreign => return Err(refuse(field, owner::not_found(Kind::Volume, name))),
+                Found::Missing => {
+                    if !owner::is_name(name) {
+                        return Err(error(
+                            StatusCode::BAD_REQUEST,
+                            &format!(
+                                "nestdock guard: {field}: volume name {} cannot be read \
+                                 (expected [a-zA-Z0-9][a-zA-Z0-9_.-]*)",
+                                crate::validate::shown(name)
+                            ),
+                        ));
+                    }
+                    let stored = owner::private_name(&state.cfg.pod_uid, name);
+                    pins.insert((Kind::Volume, name.clone()), stored.clone());
+                    let mut body = Json::Object(vec![("Name".into(), Json::String(stored))]);
+                    owner::label_body(&mut body, &state.cfg.pod_uid);
+                    let (status, bytes) = ask(
+                        state,
+                        Method::POST,
+                        "/volumes/create",
+                        Some(body.to_bytes()),
+                    )
+                    .await?;
+                    if !status.is_success() {
+                        let mut resp = Response::new(full(bytes));
+                        *resp.status_mut() = status;
+                        return Err(resp);
+                    }
+                }
+            },
+            Need::HostPath {
+                field,
+                volume,
+                rest,
+            } => {
+                if let Some(dir) = &state.cfg.pod_volumes_dir {
+                    if let Some(why) = symlink_on_the_way(dir, volume, rest) {
+                        return Err(error(
+                            StatusCode::FORBIDDEN,
+                            &format!("nestdock guard: {field}: {why}"),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(pins)
+}
+
+/// A symbolic link (or a missing volume) on the way from the pod's volume
+/// to the bound path: dockerd would follow the link on the node.
+fn symlink_on_the_way(dir: &Path, volume: &str, rest: &[String]) -> Option<String> {
+    let mut at = dir.join(volume);
+    match std::fs::symlink_metadata(&at) {
+        Ok(m) if m.is_dir() => {}
+        _ => return Some(format!("the pod has no emptyDir volume {volume:?}")),
+    }
+    for part in rest {
+        at.push(part);
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Some(format!(
+                    "{} is a symbolic link, which dockerd would follow on the node",
+                    at.display()
+                ))
+            }
+            Ok(_) => {}
+            // dockerd creates what is missing, as directories.
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+/// Reads a JSON answer whole (bounded) to rewrite it; an answer that is not
+/// JSON, or too large, is an error of the guard's.
+async fn rewrite_json(resp: Response<Body>, f: impl FnOnce(&mut Json)) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    let bytes = match Limited::new(body, MAX_RESPONSE_BYTES).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_GATEWAY,
+                &format!("nestdock guard: cannot read the daemon's answer: {e}"),
+            )
+        }
+    };
+    let Ok(mut value) = serde_json::from_slice::<Json>(&bytes) else {
+        return error(
+            StatusCode::BAD_GATEWAY,
+            "nestdock guard: the daemon's answer is not JSON",
+        );
+    };
+    f(&mut value);
+    let out = value.to_bytes();
+    parts.headers.remove(TRANSFER_ENCODING);
+    parts
+        .headers
+        .insert(CONTENT_LENGTH, HeaderValue::from(out.len()));
+    Response::from_parts(parts, full(out))
+}
+
+/// A successful answer's names, as the pod named them.
+async fn publish(resp: Response<Body>, uid: &str, f: fn(&mut Json, &str)) -> Response<Body> {
+    if !resp.status().is_success() {
+        return publish_errors(resp, uid).await;
+    }
+    rewrite_json(resp, |v| f(v, uid)).await
+}
+
+/// Container names in a list or inspect answer, as the pod named them.
+async fn publish_names(resp: Response<Body>, uid: &str) -> Response<Body> {
+    if !resp.status().is_success() {
+        return publish_errors(resp, uid).await;
+    }
+    rewrite_json(resp, |v| owner::publish_container_names(v, uid)).await
+}
+
+/// dockerd's error messages quote stored names (`The container name
+/// "/nd_<uid>_db" is already in use`): the pod sees its own.
+async fn publish_errors(resp: Response<Body>, uid: &str) -> Response<Body> {
+    let is_json = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(resp.status().is_client_error() || resp.status().is_server_error()) || !is_json {
+        return resp;
+    }
+    let prefix = owner::name_prefix(uid);
+    rewrite_json(resp, |v| {
+        if let Some(Json::String(m)) = v.field_mut("message") {
+            *m = m.replace(&prefix, "");
+        }
+    })
+    .await
+}
+
+/// `GET /system/df`: the pod's containers and volumes, and the shared images
+/// and build cache.
+async fn system_df(
+    state: &State,
+    req: Request<Body>,
+    path: &ApiPath,
+    query: &Query,
+) -> Response<Body> {
+    let resp = forward(state, req, path, query, None).await;
+    if !resp.status().is_success() {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let bytes = match Limited::new(body, MAX_RESPONSE_BYTES).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_GATEWAY,
+                &format!("nestdock guard: cannot read the daemon's answer: {e}"),
+            )
+        }
+    };
+    let Ok(mut df) = serde_json::from_slice::<Json>(&bytes) else {
+        return error(
+            StatusCode::BAD_GATEWAY,
+            "nestdock guard: the daemon's disk usage answer is not JSON",
+        );
+    };
+    owner::filter_df(&mut df, &state.cfg.pod_uid);
+    let out = df.to_bytes();
+    parts.headers.remove(TRANSFER_ENCODING);
+    parts
+        .headers
+        .insert(CONTENT_LENGTH, HeaderValue::from(out.len()));
+    Response::from_parts(parts, full(out))
+}
