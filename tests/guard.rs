@@ -459,6 +459,150 @@ fn json_of(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
 
+/// The guard container the webhook writes into a dood pod, run as the
+/// kubelet would run it (its args through the image's entrypoint, its pod
+/// uid from the Downward API, its startup probe as an exec), with the
+/// paths of its mounts moved to this test's directories: the flags the
+/// plan writes are the ones `nestdock guard` takes, the probe passes once
+/// the node's daemon answers through it, and the targets' docker works.
+#[test]
+fn the_guard_container_nestdock_writes_runs_and_its_probe_passes() {
+    use nestdock::config::Config;
+    use nestdock::engine::{mutate, Context, Effect, NamespacePolicy};
+
+    let engine = engine();
+    let mut config = Config::default();
+    config.dood.allow_without_namespace_policy = true;
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "job", "namespace": "ci",
+                     "annotations": {"nestdock.io/mode": "dood"}},
+        "spec": {
+            "containers": [{"name": "build", "image": "docker:28-cli",
+                            "volumeMounts": [{"name": "work", "mountPath": "/work"}]}],
+            "volumes": [{"name": "work", "emptyDir": {}}],
+        },
+    });
+    let ctx = Context {
+        config: &config,
+        namespace: NamespacePolicy::Off,
+        native_sidecars: true,
+    };
+    let Effect::Patched(patch) = mutate(&pod, &ctx).effect else {
+        panic!("dood pod not injected");
+    };
+    let patch: Value = serde_json::from_slice(patch.as_json()).unwrap();
+    let patched = common::apply_patch(&pod, &patch);
+    let guard = &patched["spec"]["initContainers"][0];
+    assert_eq!(guard["name"], "nestdock-guard");
+
+    // The pod's directories, where the kubelet would mount them.
+    let uid = unique("pod");
+    let dir = tempfile::Builder::new()
+        .prefix("ndg-pod-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let sock_dir = dir.path().join("sock");
+    std::fs::create_dir_all(&sock_dir).unwrap();
+    let volumes = engine
+        .kubelet_root
+        .join("pods")
+        .join(&uid)
+        .join("volumes/kubernetes.io~empty-dir");
+    std::fs::create_dir_all(volumes.join("work")).unwrap();
+    let moved = |s: &str| {
+        s.replace("/run/nestdock/sock", sock_dir.to_str().unwrap())
+            .replace(
+                "/run/nestdock/node/docker.sock",
+                engine.socket.to_str().unwrap(),
+            )
+            .replace("/run/nestdock/volumes", volumes.to_str().unwrap())
+            .replace(
+                "=/var/lib/kubelet",
+                &format!("={}", engine.kubelet_root.display()),
+            )
+    };
+    // Every mount of the guard is one this test provides.
+    for m in guard["volumeMounts"].as_array().unwrap() {
+        let path = m["mountPath"].as_str().unwrap();
+        assert_ne!(moved(path), path, "unmapped mount {path}");
+    }
+    let args: Vec<String> = guard["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| moved(a.as_str().unwrap()))
+        .collect();
+    let env = guard["env"].as_array().unwrap();
+    assert_eq!(env[0]["name"], "NESTDOCK_POD_UID");
+    assert_eq!(env[0]["valueFrom"]["fieldRef"]["fieldPath"], "metadata.uid");
+    let log = dir.path().join("guard.log");
+    let mut child = Command::new(common::bin())
+        .args(&args)
+        .env("NESTDOCK_POD_UID", &uid)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start the guard container's command");
+    // The startup probe, as the kubelet runs it: `nestdock` from PATH.
+    let probe: Vec<String> = guard["startupProbe"]["exec"]["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| moved(a.as_str().unwrap()))
+        .collect();
+    let bin_dir = common::bin().parent().unwrap().to_path_buf();
+    let path = format!("{}:/usr/bin:/bin", bin_dir.display());
+    let started = Instant::now();
+    loop {
+        let out = Command::new(&probe[0])
+            .args(&probe[1..])
+            .env("PATH", &path)
+            .output()
+            .expect("run the startup probe");
+        if out.status.success() {
+            break;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "the guard exited ({status}): {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the startup probe did not pass within 20 s: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // What the target sees at /var/run/docker.sock: the guard's socket,
+    // group 2375 (the pod's supplementalGroups), the pod's own objects only.
+    let socket = sock_dir.join("docker.sock");
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert_eq!(meta.gid(), 2375);
+    assert_eq!(meta.mode() & 0o777, 0o660);
+    let name = unique("vol");
+    ok(&docker_at(
+        &socket,
+        &engine.cli_config,
+        &["volume", "create", &name],
+        None,
+    ));
+    let listed = ok(&docker_at(
+        &socket,
+        &engine.cli_config,
+        &["volume", "ls", "-q"],
+        None,
+    ));
+    assert!(listed.lines().any(|l| l == name), "{listed}");
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = engine.raw(&["volume", "rm", "-f", &format!("nd_{uid}_{name}")]);
+}
+
 #[test]
 fn bad_usage_exits_2_with_one_line() {
     let cases: &[(&[&str], Option<&str>, &str)] = &[
