@@ -830,10 +830,6 @@ fn dood_with_a_custom_host_socket_tells_testcontainers_the_node_path() {
     );
     cfg.dood.host_socket = "/var/run/docker.sock".into();
     cfg.dood.guard.enabled = false;
-    let p = pod(
-        json!({"nestdock.io/mode": "dood"}),
-        json!({"containers": [app("build")]}),
-    );
     let (out, _) = injected(&p, &cfg);
     assert_eq!(
         env(

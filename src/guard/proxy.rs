@@ -1078,27 +1078,5 @@ async fn system_df(
     if !resp.status().is_success() {
         return resp;
     }
-    let (mut parts, body) = resp.into_parts();
-    let bytes = match Limited::new(body, MAX_RESPONSE_BYTES).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e) => {
-            return error(
-                StatusCode::BAD_GATEWAY,
-                &format!("nestdock guard: cannot read the daemon's answer: {e}"),
-            )
-        }
-    };
-    let Ok(mut df) = serde_json::from_slice::<Json>(&bytes) else {
-        return error(
-            StatusCode::BAD_GATEWAY,
-            "nestdock guard: the daemon's disk usage answer is not JSON",
-        );
-    };
-    owner::filter_df(&mut df, &state.cfg.pod_uid);
-    let out = df.to_bytes();
-    parts.headers.remove(TRANSFER_ENCODING);
-    parts
-        .headers
-        .insert(CONTENT_LENGTH, HeaderValue::from(out.len()));
-    Response::from_parts(parts, full(out))
+    rewrite_json(resp, |df| owner::filter_df(df, &state.cfg.pod_uid)).await
 }
