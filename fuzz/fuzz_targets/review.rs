@@ -23,7 +23,14 @@ fuzz_target!(|data: &[u8]| {
     let answer: Value = serde_json::from_slice(&reviewed.body).expect("the answer is JSON");
     assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
     assert_eq!(answer["kind"], "AdmissionReview");
-    let sent: Value = serde_json::from_slice(data).expect("a review that was answered is JSON");
+    // nestdock reads only the fields it needs and skips the rest unchecked,
+    // as Go's encoding/json reads what the API server sends: a lone
+    // surrogate escape (`\ude3e`) in a skipped key is no reason to refuse a
+    // review, but serde_json's Value refuses the whole body. Then there is
+    // nothing to compare the answer with.
+    let Ok(sent) = serde_json::from_slice::<Value>(data) else {
+        return;
+    };
     assert_eq!(answer["response"]["uid"], sent["request"]["uid"]);
     let response = &answer["response"];
     let allowed = response["allowed"].as_bool().expect("allowed is a boolean");
