@@ -98,6 +98,12 @@ struct GuardArgs {
     /// Keep it under the pod's terminationGracePeriodSeconds.
     #[arg(long, default_value = "20s", value_parser = parse_duration, value_name = "DURATION")]
     cleanup_timeout: Duration,
+    /// Where the pod's containers mount one of its emptyDir volumes, as
+    /// PATH=VOLUME or PATH=VOLUME/SUBPATH (repeat for each): a bind source at
+    /// or below PATH is moved to that volume's directory on the node, so
+    /// `docker run -v $PWD:/src` works as in dind. The webhook writes these.
+    #[arg(long, value_name = "PATH=VOLUME[/SUBPATH]", value_parser = crate::guard::binds::parse_mount)]
+    mount: Vec<crate::guard::binds::PodMount>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -535,6 +541,7 @@ fn guard(args: GuardArgs) -> anyhow::Result<ExitCode> {
         socket_mode: args.socket_mode,
         socket_group: Some(args.socket_group),
         cleanup_timeout: Some(args.cleanup_timeout).filter(|d| !d.is_zero()),
+        mounts: args.mount,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

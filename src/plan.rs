@@ -239,9 +239,11 @@ pub const VOL_CERTS: &str = "nestdock-docker-certs";
 pub const VOL_HOST_SOCKET: &str = "nestdock-host-docker";
 /// Name of the guard container (dood with `dood.guard` on).
 pub const GUARD_CONTAINER: &str = "nestdock-guard";
-/// Where the guard mounts the pod's socket volume and listens.
-const GUARD_SOCKET_DIR: &str = "/run/nestdock/sock";
-const GUARD_SOCKET: &str = "/run/nestdock/sock/docker.sock";
+/// Where the guard mounts the pod's socket volume and listens: among the
+/// pod's volumes, so that a bind of the targets' socket, moved to the
+/// volume's directory on the node, passes the guard's check like any other.
+const GUARD_SOCKET_DIR: &str = "/run/nestdock/volumes/nestdock-docker-sock";
+const GUARD_SOCKET: &str = "/run/nestdock/volumes/nestdock-docker-sock/docker.sock";
 /// Where the guard mounts the node's docker socket (and nothing else does).
 const GUARD_NODE_SOCKET: &str = "/run/nestdock/node/docker.sock";
 /// Where the guard sees the targets' emptyDir volumes, one directory each.
@@ -895,8 +897,12 @@ impl<'v, 'a> Planner<'v, 'a> {
         ];
         // The targets' emptyDir volumes, read-only, one directory each: the
         // guard checks a bind below one for symbolic links before the node's
-        // daemon follows it.
+        // daemon follows it. And where the targets mount them (`--mount`),
+        // so that a bind source as a target sees it moves to the node's path;
+        // a path two targets fill differently is left out (no one answer).
         let mut seen = HashSet::new();
+        let mut at: BTreeMap<Cow<'a, str>, Option<(&'a str, &'a str)>> = BTreeMap::new();
+        at.insert(Cow::Borrowed(socket_dir), Some((VOL_SOCKET, "")));
         for t in targets {
             for m in t.obj.volume_mounts.items() {
                 let name = m.name.as_ref();
@@ -904,7 +910,10 @@ impl<'v, 'a> Planner<'v, 'a> {
                     .view
                     .volume(name)
                     .is_some_and(|v| v.empty_dir.is_some());
-                if empty_dir && seen.insert(name) {
+                if !empty_dir || m.sub_path_expr.is_some() {
+                    continue;
+                }
+                if seen.insert(name) {
                     mounts.push(MountOut {
                         name,
                         mount_path: Cow::Owned(format!("{GUARD_VOLUMES_DIR}/{name}")),
@@ -912,9 +921,28 @@ impl<'v, 'a> Planner<'v, 'a> {
                         read_only: Some(true),
                     });
                 }
+                let this = Some((name, m.sub_path.as_deref().unwrap_or("")));
+                at.entry(m.path())
+                    .and_modify(|e| {
+                        if *e != this {
+                            *e = None;
+                        }
+                    })
+                    .or_insert(this);
             }
         }
-        let guard = self.guard_container(sidecar, mounts);
+        let bind_paths: Vec<String> = at
+            .into_iter()
+            .filter_map(|(path, to)| {
+                let (volume, sub) = to?;
+                Some(if sub.is_empty() {
+                    format!("--mount={path}={volume}")
+                } else {
+                    format!("--mount={path}={volume}/{sub}")
+                })
+            })
+            .collect();
+        let guard = self.guard_container(sidecar, mounts, bind_paths);
         let volumes = vec![
             json!({ "name": VOL_SOCKET, "emptyDir": {} }),
             json!({
@@ -952,7 +980,12 @@ impl<'v, 'a> Planner<'v, 'a> {
     /// The `nestdock-guard` container: nestdock's own image, no privileges,
     /// root (uid 0) only to open the node's socket, with the socket group as
     /// its group so that its socket is the targets'.
-    fn guard_container(&self, sidecar: Sidecar, mounts: Vec<MountOut<'a>>) -> DaemonOut<'a> {
+    fn guard_container(
+        &self,
+        sidecar: Sidecar,
+        mounts: Vec<MountOut<'a>>,
+        bind_paths: Vec<String>,
+    ) -> DaemonOut<'a> {
         let cfg = self.cfg();
         let guard = &cfg.dood.guard;
         let image = match &guard.image {
@@ -974,14 +1007,17 @@ impl<'v, 'a> Planner<'v, 'a> {
             name: GUARD_CONTAINER,
             image,
             command: None,
-            args: vec![
+            args: [
                 "guard".to_string(),
                 format!("--listen={GUARD_SOCKET}"),
                 format!("--upstream={GUARD_NODE_SOCKET}"),
                 format!("--socket-group={}", cfg.socket_group),
                 format!("--kubelet-root={}", cfg.dood.kubelet_root),
                 format!("--pod-volumes-dir={GUARD_VOLUMES_DIR}"),
-            ],
+            ]
+            .into_iter()
+            .chain(bind_paths)
+            .collect(),
             env: vec![EnvOut {
                 name: "NESTDOCK_POD_UID",
                 value: Cow::Borrowed(""),

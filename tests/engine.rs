@@ -304,6 +304,19 @@ fn guarded_dood_gives_the_node_socket_to_the_guard_alone() {
     // It sees the targets' emptyDirs (read-only) to check what is bound.
     let src = mount(guard, "src").expect("the guard sees the src emptyDir");
     assert_eq!(src["readOnly"], true);
+    // And knows where the targets mount them (same paths for docker run -v),
+    // the socket volume among them (a bind of the socket reaches the guard).
+    let args: Vec<&str> = guard["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert!(args.contains(&"--mount=/src=src"), "{args:?}");
+    assert!(
+        args.contains(&"--mount=/var/run=nestdock-docker-sock"),
+        "{args:?}"
+    );
     for name in ["warm", "build"] {
         let c = container(&out, name).unwrap();
         assert!(mount(c, "nestdock-host-docker").is_none(), "{name}");

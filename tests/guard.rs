@@ -502,25 +502,24 @@ fn the_guard_container_nestdock_writes_runs_and_its_probe_passes() {
         .prefix("ndg-pod-")
         .tempdir_in("/tmp")
         .unwrap();
-    let sock_dir = dir.path().join("sock");
-    std::fs::create_dir_all(&sock_dir).unwrap();
     let volumes = engine
         .kubelet_root
         .join("pods")
         .join(&uid)
         .join("volumes/kubernetes.io~empty-dir");
     std::fs::create_dir_all(volumes.join("work")).unwrap();
+    std::fs::create_dir_all(volumes.join("nestdock-docker-sock")).unwrap();
+    std::fs::write(volumes.join("work/hello.txt"), "from the pod's volume\n").unwrap();
     let moved = |s: &str| {
-        s.replace("/run/nestdock/sock", sock_dir.to_str().unwrap())
-            .replace(
-                "/run/nestdock/node/docker.sock",
-                engine.socket.to_str().unwrap(),
-            )
-            .replace("/run/nestdock/volumes", volumes.to_str().unwrap())
-            .replace(
-                "=/var/lib/kubelet",
-                &format!("={}", engine.kubelet_root.display()),
-            )
+        s.replace(
+            "/run/nestdock/node/docker.sock",
+            engine.socket.to_str().unwrap(),
+        )
+        .replace("/run/nestdock/volumes", volumes.to_str().unwrap())
+        .replace(
+            "=/var/lib/kubelet",
+            &format!("={}", engine.kubelet_root.display()),
+        )
     };
     // Every mount of the guard is one this test provides.
     for m in guard["volumeMounts"].as_array().unwrap() {
@@ -579,7 +578,7 @@ fn the_guard_container_nestdock_writes_runs_and_its_probe_passes() {
     }
     // What the target sees at /var/run/docker.sock: the guard's socket,
     // group 2375 (the pod's supplementalGroups), the pod's own objects only.
-    let socket = sock_dir.join("docker.sock");
+    let socket = volumes.join("nestdock-docker-sock/docker.sock");
     use std::os::unix::fs::MetadataExt as _;
     let meta = std::fs::metadata(&socket).unwrap();
     assert_eq!(meta.gid(), 2375);
@@ -598,6 +597,32 @@ fn the_guard_container_nestdock_writes_runs_and_its_probe_passes() {
         None,
     ));
     assert!(listed.lines().any(|l| l == name), "{listed}");
+    // Same paths: what the target has at /work is what the container gets,
+    // and a bind of the target's docker socket lands on the guard's socket.
+    let docker = |args: &[&str]| docker_at(&socket, &engine.cli_config, args, None);
+    let out = ok(&docker(&[
+        "run",
+        "--rm",
+        "-v",
+        "/work:/src",
+        IMAGE,
+        "cat",
+        "/src/hello.txt",
+    ]));
+    assert_eq!(out.trim(), "from the pod's volume");
+    ok(&docker(&[
+        "run",
+        "--rm",
+        "-v",
+        "/var/run/docker.sock:/var/run/docker.sock",
+        IMAGE,
+        "test",
+        "-S",
+        "/var/run/docker.sock",
+    ]));
+    // A path the pod does not mount stays refused.
+    let err = fails(&docker(&["run", "--rm", "-v", "/etc:/x", IMAGE, "true"]));
+    assert!(err.contains("HostConfig.Binds"), "{err}");
     let _ = child.kill();
     let _ = child.wait();
     let _ = engine.raw(&["volume", "rm", "-f", &format!("nd_{uid}_{name}")]);

@@ -28,4 +28,7 @@ pub struct GuardConfig {
     /// (keep it under the pod's termination grace period); `None`: leave
     /// it all.
     pub cleanup_timeout: Option<std::time::Duration>,
+    /// Where the pod's containers mount its emptyDir volumes
+    /// (`--mount`): bind sources below them are moved to the node's paths.
+    pub mounts: Vec<super::binds::PodMount>,
 }

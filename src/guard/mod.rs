@@ -13,6 +13,7 @@
 //! ([`GuardConfig`]) and `proxy` (the I/O: the server, the upstream client,
 //! hijacked streams, cleanup and reap).
 
+pub mod binds;
 pub mod body;
 mod config;
 pub mod create;

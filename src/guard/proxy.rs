@@ -133,6 +133,7 @@ pub async fn reap(
             socket_mode: 0,
             socket_group: None,
             cleanup_timeout: None,
+            mounts: Vec::new(),
         },
     };
     // Every object that carries the label, whatever its value.
@@ -436,6 +437,8 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
             if let Some(name) = public {
                 create::alias_public_name(&mut body, &name);
             }
+            // Same paths: sources as the pod sees them, moved to the node's.
+            super::binds::translate(&mut body, &state.cfg.mounts, &scope.empty_dir_root());
             let needs = match create::container_create(&mut body, &scope) {
                 Ok(n) => n,
                 Err(d) => return denied(&method, &shown, d),
