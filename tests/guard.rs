@@ -510,8 +510,17 @@ fn the_guard_container_nestdock_writes_runs_and_its_probe_passes() {
     std::fs::create_dir_all(volumes.join("work")).unwrap();
     std::fs::create_dir_all(volumes.join("nestdock-docker-sock")).unwrap();
     std::fs::write(volumes.join("work/hello.txt"), "from the pod's volume\n").unwrap();
+    // The socket's directory through a short symbolic link: the volume's
+    // path here is longer than a unix socket path may be (108 bytes), which
+    // the guard's own /run/nestdock/volumes/... in a pod is not.
+    let short = dir.path().join("s");
+    std::os::unix::fs::symlink(volumes.join("nestdock-docker-sock"), &short).unwrap();
     let moved = |s: &str| {
         s.replace(
+            "/run/nestdock/volumes/nestdock-docker-sock/docker.sock",
+            short.join("docker.sock").to_str().unwrap(),
+        )
+        .replace(
             "/run/nestdock/node/docker.sock",
             engine.socket.to_str().unwrap(),
         )
@@ -578,7 +587,7 @@ fn the_guard_container_nestdock_writes_runs_and_its_probe_passes() {
     }
     // What the target sees at /var/run/docker.sock: the guard's socket,
     // group 2375 (the pod's supplementalGroups), the pod's own objects only.
-    let socket = volumes.join("nestdock-docker-sock/docker.sock");
+    let socket = short.join("docker.sock");
     use std::os::unix::fs::MetadataExt as _;
     let meta = std::fs::metadata(&socket).unwrap();
     assert_eq!(meta.gid(), 2375);
