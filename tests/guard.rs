@@ -352,6 +352,18 @@ impl Guard {
         docker_at(&self.socket, &engine().cli_config, args, None)
     }
 
+    /// The pod's usual objects: network `ci`, volume `data`, and a running
+    /// container on both (`extra` before the image, e.g. `--name db`);
+    /// returns what `docker run -d` printed (the container's id).
+    fn service_on_ci_with_data(&self, extra: &[&str]) -> String {
+        ok(&self.docker(&["network", "create", "ci"]));
+        ok(&self.docker(&["volume", "create", "data"]));
+        let mut args = vec!["run", "-d"];
+        args.extend_from_slice(extra);
+        args.extend(["--network", "ci", "-v", "data:/d", IMAGE, "sleep", "600"]);
+        ok(&self.docker(&args))
+    }
+
     fn docker_in(&self, args: &[&str], stdin: &[u8]) -> Output {
         docker_at(&self.socket, &engine().cli_config, args, Some(stdin))
     }
@@ -1089,21 +1101,7 @@ fn two_pods_both_run_a_container_named_db() {
     }
     // Networks and volumes too: both pods create `ci` and `data` and use them by name.
     for g in [&a, &b] {
-        ok(&g.docker(&["network", "create", "ci"]));
-        ok(&g.docker(&["volume", "create", "data"]));
-        ok(&g.docker(&[
-            "run",
-            "-d",
-            "--name",
-            "svc",
-            "--network",
-            "ci",
-            "-v",
-            "data:/d",
-            IMAGE,
-            "sleep",
-            "600",
-        ]));
+        g.service_on_ci_with_data(&["--name", "svc"]);
         let c = json_of(&ok(&g.docker(&["inspect", "svc"])));
         assert_eq!(c[0]["HostConfig"]["NetworkMode"], json!("ci"), "{c}");
         let nets = &c[0]["NetworkSettings"]["Networks"];
@@ -1155,19 +1153,7 @@ fn sigterm_removes_what_the_pod_owns_and_nothing_else() {
     let b = Guard::start();
     let mut ids = Vec::new();
     for g in [&a, &b] {
-        ok(&g.docker(&["network", "create", "ci"]));
-        ok(&g.docker(&["volume", "create", "data"]));
-        let running = ok(&g.docker(&[
-            "run",
-            "-d",
-            "--network",
-            "ci",
-            "-v",
-            "data:/d",
-            IMAGE,
-            "sleep",
-            "600",
-        ]));
+        let running = g.service_on_ci_with_data(&[]);
         let stopped = ok(&g.docker(&["create", IMAGE, "true"]));
         ids.push((running.trim().to_string(), stopped.trim().to_string()));
     }
@@ -1205,21 +1191,7 @@ fn reap_removes_what_a_killed_guard_of_a_gone_pod_left() {
     let mut a = Guard::start();
     let b = Guard::start();
     for g in [&a, &b] {
-        ok(&g.docker(&["network", "create", "ci"]));
-        ok(&g.docker(&["volume", "create", "data"]));
-        ok(&g.docker(&[
-            "run",
-            "-d",
-            "--name",
-            "db",
-            "--network",
-            "ci",
-            "-v",
-            "data:/d",
-            IMAGE,
-            "sleep",
-            "600",
-        ]));
+        g.service_on_ci_with_data(&["--name", "db"]);
     }
     // A's guard dies with SIGKILL: no cleanup. While A's pod directory is
     // there, the pod is alive and reap keeps its objects.
