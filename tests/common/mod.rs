@@ -7,6 +7,7 @@ pub mod docs;
 pub mod harness;
 pub mod invariants;
 pub mod kube;
+pub mod node;
 pub mod schema;
 
 use serde_json::Value;

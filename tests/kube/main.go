@@ -34,6 +34,7 @@ import (
 )
 
 func main() {
+	runComponent()
 	if err := run(); err != nil {
 		fmt.Fprintf(os.Stderr, "kube-testplane: %v\n", err)
 		os.Exit(1)
@@ -50,7 +51,18 @@ func run() error {
 	etcdOnly := flag.Bool("etcd-only", false, "run etcd alone and print \"nestdock-testplane etcd ready URL\" (with --state-dir, so that kube-apiserver can be restarted on the same data)")
 	etcdServers := flag.String("etcd-servers", "", "use this etcd (from --etcd-only) instead of an embedded one")
 	saAdmission := flag.Bool("service-account-admission", false, "keep the ServiceAccount admission plugin on (pods then need their ServiceAccount, which no controller creates here)")
+	nodeMode := flag.Bool("node", false, "also run a node (containerd, kubelet, kube-scheduler, kube-controller-manager, kube-proxy; see node.go) and print \"nestdock-testplane node ready\" once it is Ready; run inside netns.sh's network namespace")
+	nodeDir := flag.String("node-dir", "", "the node's state directory (with --node)")
+	nodeBinDir := flag.String("node-bin-dir", "", "directory with containerd, containerd-shim-runc-v2 and ctr (with --node)")
+	runc := flag.String("runc", "/usr/sbin/runc", "the OCI runtime containerd runs (with --node)")
+	cniBinDir := flag.String("cni-bin-dir", "/usr/lib/cni", "the CNI plugins (with --node)")
+	cniMTU := flag.Int("cni-mtu", 1500, "the pod network's MTU (with --node)")
+	images := flag.String("images", "", "comma-separated OCI archives to import into containerd (with --node)")
+	dockerd := flag.String("dockerd", "", "also run this dockerd on the node, its socket at NODE-DIR/docker/docker.sock (with --node)")
 	flag.Parse()
+	if *nodeMode && (*nodeDir == "" || *nodeBinDir == "") {
+		return errors.New("--node needs --node-dir and --node-bin-dir")
+	}
 	if *kubeconfig == "" && !*etcdOnly {
 		return errors.New("--kubeconfig is required")
 	}
@@ -66,7 +78,11 @@ func run() error {
 	} else if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
+	var running *node
 	cleanup := func() {
+		if running != nil {
+			running.stop()
+		}
 		if !*keep && *stateDir == "" {
 			_ = os.RemoveAll(dir)
 		}
@@ -104,13 +120,21 @@ func run() error {
 			return err
 		}
 	}
-	server := "https://127.0.0.1:" + strconv.Itoa(apiPort)
+	host := "127.0.0.1"
+	if *nodeMode {
+		host = nodeIP
+	}
+	server := "https://" + net.JoinHostPort(host, strconv.Itoa(apiPort))
 	if err := writeKubeconfig(*kubeconfig, server, pki); err != nil {
 		return fmt.Errorf("kubeconfig: %w", err)
 	}
 
 	cmd := app.NewAPIServerCommand()
-	cmd.SetArgs(apiserverArgs(apiPort, etcdURL, pki, *verbosity, *saAdmission))
+	args := apiserverArgs(apiPort, etcdURL, pki, *verbosity, *saAdmission || *nodeMode)
+	if *nodeMode {
+		args = append(args, nodeAPIServerArgs(pki)...)
+	}
+	cmd.SetArgs(args)
 	apiErr := make(chan error, 1)
 	go func() { apiErr <- cmd.Execute() }()
 
@@ -120,12 +144,36 @@ func run() error {
 	}
 	fmt.Printf("nestdock-testplane ready %s (state %s, %.1fs)\n", server, dir, time.Since(start).Seconds())
 
+	var nodeExit chan string
+	if *nodeMode {
+		running, err = startNode(nodeOptions{
+			dir: *nodeDir, binDir: *nodeBinDir, runc: *runc, cniBinDir: *cniBinDir, cniMTU: *cniMTU,
+			images: parseImages(*images), dockerd: *dockerd, kubeconfig: *kubeconfig, pki: pki,
+		})
+		if err != nil {
+			return fmt.Errorf("node: %w", err)
+		}
+		nodeStart := time.Now()
+		if err := waitNodeReady(server, pki, *readyTimeout, running.exit); err != nil {
+			return fmt.Errorf("node: %w", err)
+		}
+		fmt.Printf("nestdock-testplane node ready %s (%.1fs)\n", nodeName, time.Since(nodeStart).Seconds())
+		nodeExit = running.exit
+	}
+
 	if etcd == nil {
-		return <-apiErr
+		select {
+		case err := <-apiErr:
+			return err
+		case why := <-nodeExit:
+			return errors.New(why)
+		}
 	}
 	select {
 	case err := <-apiErr:
 		return err
+	case why := <-nodeExit:
+		return errors.New(why)
 	case <-etcd.Server.StopNotify():
 		return errors.New("etcd stopped")
 	case err := <-etcd.Err():
@@ -230,23 +278,9 @@ func freePort() (int, error) {
 // waitReady polls /readyz with the admin client certificate, at most every
 // 250ms, until it answers 200 or the timeout passes.
 func waitReady(server string, pki pkiFiles, timeout time.Duration, apiErr <-chan error) error {
-	cert, err := tls.LoadX509KeyPair(pki.adminCert, pki.adminKey)
+	client, err := adminClient(pki)
 	if err != nil {
 		return err
-	}
-	caPEM, err := os.ReadFile(pki.caCert)
-	if err != nil {
-		return err
-	}
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(caPEM)
-	client := &http.Client{
-		Timeout: 5 * time.Second,
-		Transport: &http.Transport{TLSClientConfig: &tls.Config{
-			RootCAs:      roots,
-			Certificates: []tls.Certificate{cert},
-			MinVersion:   tls.VersionTLS12,
-		}},
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
@@ -278,6 +312,28 @@ func waitReady(server string, pki pkiFiles, timeout time.Duration, apiErr <-chan
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
+}
+
+// adminClient is an HTTPS client with the admin certificate, trusting the CA.
+func adminClient(pki pkiFiles) (*http.Client, error) {
+	cert, err := tls.LoadX509KeyPair(pki.adminCert, pki.adminKey)
+	if err != nil {
+		return nil, err
+	}
+	caPEM, err := os.ReadFile(pki.caCert)
+	if err != nil {
+		return nil, err
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(caPEM)
+	return &http.Client{
+		Timeout: 5 * time.Second,
+		Transport: &http.Transport{TLSClientConfig: &tls.Config{
+			RootCAs:      roots,
+			Certificates: []tls.Certificate{cert},
+			MinVersion:   tls.VersionTLS12,
+		}},
+	}, nil
 }
 
 // watchParent ends the process when its parent dies: the parent's pid changes

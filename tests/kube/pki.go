@@ -75,8 +75,11 @@ func writePKI(dir string) (pkiFiles, error) {
 		NotAfter:     now.Add(7 * 24 * time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		DNSNames:     []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"},
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
+		DNSNames: []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+			"kubernetes.default.svc.cluster.local"},
+		// Loopback; the `kubernetes` Service's cluster IP, which pods use; the
+		// node's address, where the node suite serves (node.go).
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP(kubernetesServiceIP), net.ParseIP(nodeIP)},
 	}
 	if err := issue(serving, ca, caKey, f.servingCert, f.servingKey); err != nil {
 		return f, err
