@@ -15,7 +15,9 @@
 #     nestdock.test/docker:dind-rootless   entrypoint double, as the docker:dind
 #                                          images are configured (below)
 #     nestdock.test/build:1              the same root filesystem for build
-#                                          containers, with /images/tiny.tar
+#                                          containers, with /images/tiny.tar and
+#                                          testcontainers-python (PyPI) in
+#                                          /opt/testcontainers
 #     nestdock:0.1.0                     nestdock's release binary, as the
 #                                          Dockerfile's image (uid 65532)
 #   and /images/tiny.tar itself (nestdock.test/tiny:1, busybox) for
@@ -165,8 +167,58 @@ image nestdock.test/docker:dind \
 image nestdock.test/docker:dind-rootless \
 	"{\"User\":\"rootless\",\"Env\":[$path_env,\"DOCKER_TLS_CERTDIR=/certs\",\"XDG_RUNTIME_DIR=/run/user/1000\",\"DOCKER_HOST=unix:///run/user/1000/docker.sock\",\"HOME=/home/rootless\",\"USER=rootless\",\"DOCKERD_ROOTLESS_ROOTLESSKIT_NET=slirp4netns\"],\"Entrypoint\":[\"dockerd-entrypoint.sh\"],\"Volumes\":{\"/home/rootless/.local/share/docker\":{}}}" \
 	"$base"
+# Testcontainers for the build image: Debian's python3 and testcontainers-python
+# (PyPI) in a venv at /opt/testcontainers, installed on top of the daemon root
+# filesystem through an overlay whose upper directory becomes one layer (its
+# whiteouts, character devices 0:0, turned into OCI `.wh.` entries). Kept
+# between runs, keyed on the root filesystem and the version.
+tc_version=4.15.0
+tc_key=$(printf '%s %s' "$base_key" "$tc_version" | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$out/cache/testcontainers.key" 2>/dev/null)" != "$tc_key" ]; then
+	log "installing python3 and testcontainers $tc_version for the build image (a few minutes, once)"
+	tc=$work/tc
+	mkdir -p "$tc/upper" "$tc/work" "$tc/merged"
+	mount -t overlay overlay -o "lowerdir=$rootfs,upperdir=$tc/upper,workdir=$tc/work" "$tc/merged"
+	mount --bind /etc/resolv.conf "$tc/merged/etc/resolv.conf"
+	mount -t proc proc "$tc/merged/proc"
+	# The wheels are fetched by this machine's pip (for trixie's Python 3.13)
+	# and installed offline: Python 3.13 verifies certificates strictly
+	# (VERIFY_X509_STRICT), which a TLS-inspecting proxy's CA may not pass.
+	mkdir -p "$tc/merged/tmp/wheels"
+	python3 -m pip download -q --dest "$tc/merged/tmp/wheels" --only-binary=:all: \
+		--python-version 3.13 --implementation cp --abi cp313 \
+		--platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
+		"testcontainers==$tc_version" >&2
+	status=0
+	env -u PIP_FIND_LINKS chroot "$tc/merged" sh -ec "
+		export DEBIAN_FRONTEND=noninteractive
+		apt-get update -qq
+		apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+		apt-get clean
+		python3 -m venv /opt/testcontainers
+		/opt/testcontainers/bin/pip install -q --no-cache-dir --no-index --find-links /tmp/wheels testcontainers==$tc_version
+		/opt/testcontainers/bin/python -c 'import testcontainers.core.container'
+	" >&2 || status=$?
+	umount "$tc/merged/proc" "$tc/merged/etc/resolv.conf" "$tc/merged"
+	if [ "$status" != 0 ]; then
+		log "installing testcontainers failed ($status)"
+		exit 1
+	fi
+	find "$tc/upper" -type c | while read -r wh; do
+		rm -f "$wh" && : >"$(dirname "$wh")/.wh.$(basename "$wh")"
+	done
+	rm -rf "$tc/upper/etc/resolv.conf" "$tc/upper/proc" "$tc/upper/tmp"/* "$tc/upper/root/.cache"
+	tar --numeric-owner --xattrs --xattrs-include='security.capability' \
+		--sort=name -C "$tc/upper" -cf "$out/cache/testcontainers.tar" .
+	sha256sum "$out/cache/testcontainers.tar" | cut -d' ' -f1 >"$out/cache/testcontainers.sha256"
+	echo "$tc_key" >"$out/cache/testcontainers.key"
+fi
+tc_layer="sha256:$(cat "$out/cache/testcontainers.sha256") $(stat -c %s "$out/cache/testcontainers.tar")"
+ln "$out/cache/testcontainers.tar" "$oci/blobs/sha256/$(cat "$out/cache/testcontainers.sha256")" 2>/dev/null ||
+	cp "$out/cache/testcontainers.tar" "$oci/blobs/sha256/$(cat "$out/cache/testcontainers.sha256")"
+
 image nestdock.test/build:1 "{\"Env\":[$path_env],\"Cmd\":[\"sh\"],\"WorkingDir\":\"/\"}" \
-	"$base" "$(layer_of "$work/images-dir")"
+	"$base" "$tc_layer" "$(layer_of "$work/images-dir")"
 
 # nestdock: the release binary with the C libraries it links (as the
 # Dockerfile's distroless cc image has them), running as uid 65532.

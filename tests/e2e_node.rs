@@ -342,6 +342,59 @@ fn a_daemon_as_a_plain_container_works_with_a_build_that_waits() {
     assert!(logs.contains("server 26."), "{logs}");
 }
 
+/// A Testcontainers test (testcontainers-python from PyPI, in the build
+/// image): it starts busybox's httpd from a locally loaded image with a
+/// random host port and fetches a page through the mapped port.
+const TESTCONTAINERS_TEST: &str = r#"
+import time, urllib.request
+from testcontainers.core.container import DockerContainer
+
+server = (DockerContainer("nestdock.test/tiny:1")
+          .with_command(["sh", "-c", "mkdir /www && echo served-through-the-mapped-port >/www/index.html && exec httpd -f -p 8080 -h /www"])
+          .with_exposed_ports(8080))
+with server as c:
+    url = "http://%s:%s/" % (c.get_container_host_ip(), c.get_exposed_port(8080))
+    print("url", url)
+    deadline = time.time() + 30
+    while True:
+        try:
+            print(urllib.request.urlopen(url, timeout=5).read().decode().strip())
+            break
+        except OSError as e:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.2)
+"#;
+
+// 9. Testcontainers in dind and dind-rootless. Without Ryuk: its image
+// (github.com/testcontainers/moby-ryuk) cannot be built here, since the Go
+// module proxy does not serve that module and nothing can be pulled.
+#[test]
+fn a_testcontainers_test_reaches_its_mapped_port() {
+    let c = cluster();
+    let ns = c.namespace("e2e-testcontainers", &[]);
+    let script = format!(
+        "docker load -q -i /images/tiny.tar
+cat >/tmp/test_tc.py <<'EOF'
+{TESTCONTAINERS_TEST}
+EOF
+TESTCONTAINERS_RYUK_DISABLED=true /opt/testcontainers/bin/python /tmp/test_tc.py"
+    );
+    for mode in ["dind", "dind-rootless"] {
+        let name = format!("tc-{mode}");
+        let mut build = build_container(&script);
+        build["securityContext"] = json!({"runAsUser": 2000, "runAsNonRoot": true});
+        build["env"] = json!([{"name": "HOME", "value": "/tmp"}]);
+        c.run_pod(&ns, &name, annotations(&[("mode", mode)]), build, json!({}));
+        let (code, logs) = c.wait_container_exit(&ns, &name, "build", 3 * MINUTES);
+        assert_eq!(code, 0, "{mode}: {logs}\n{}", c.describe(&ns, &name));
+        assert!(
+            logs.contains("served-through-the-mapped-port"),
+            "{mode}: {logs}"
+        );
+    }
+}
+
 // 10. Deleting a running pod stops dockerd cleanly within the grace period.
 #[test]
 fn deleting_a_running_pod_stops_dockerd_cleanly() {
