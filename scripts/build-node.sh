@@ -143,7 +143,7 @@ archive "$work/images-dir/images/tiny.tar"
 
 # The base layer (the daemon root filesystem, ~500 MB) is kept between runs,
 # keyed on the root filesystem's stamp.
-base_key=$(sha256sum </var/tmp/nestdock-images/daemon-rootfs.stamp | cut -d' ' -f1)
+base_key=$(sha256sum <"$rootfs.stamp" | cut -d" " -f1)
 if [ "$(cat "$out/cache/base.key" 2>/dev/null)" != "$base_key" ]; then
 	log "packing the daemon root filesystem as a layer"
 	tar --numeric-owner --xattrs --xattrs-include='security.capability' \
