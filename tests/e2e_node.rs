@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use common::node::{build_container, cluster, container_state, now_secs, POD_MTU};
+use common::node::{
+    build_container, cluster, container_state, now_secs, NODE_DOCKER_SOCKET, POD_MTU,
+};
 
 const MINUTES: Duration = Duration::from_secs(60);
 
@@ -276,7 +278,9 @@ test ! -e /var/lib/nestdock-node/docker/docker.sock
 echo from-the-pods-emptydir >file
 docker load -q -i /images/tiny.tar
 docker run --rm -v \"$PWD:/src\" nestdock.test/tiny:1 cat /src/file
-if docker run --rm --privileged nestdock.test/tiny:1 true 2>/tmp/err; then echo PRIVILEGED-RAN; else cat /tmp/err; fi"
+if docker run --rm --privileged nestdock.test/tiny:1 true 2>/tmp/err; then echo PRIVILEGED-RAN; else cat /tmp/err; fi
+docker run -d --name left-running nestdock.test/tiny:1 sleep 600 >/dev/null
+docker ps --format 'running {{{{.Names}}}}'"
     ));
     build["workingDir"] = json!("/work");
     build["volumeMounts"] = json!([{"name": "work", "mountPath": "/work"}]);
@@ -306,6 +310,29 @@ if docker run --rm --privileged nestdock.test/tiny:1 true 2>/tmp/err; then echo 
     assert!(
         logs.contains("Privileged"),
         "the guard names the field: {logs}"
+    );
+    assert!(logs.contains("running left-running"), "{logs}");
+
+    // The pod ends when the build exits: the kubelet stops the guard
+    // (SIGTERM), which removes what the pod left on the node's daemon.
+    let uid = pod["metadata"]["uid"].as_str().unwrap().to_string();
+    c.wait_pod(&ns, "dood", MINUTES, |p| {
+        p["status"]["phase"] == "Succeeded"
+            && container_state(p, "nestdock-guard")
+                .get("terminated")
+                .is_some()
+    });
+    let left = Command::new("/usr/bin/docker")
+        .arg(format!("--host=unix://{NODE_DOCKER_SOCKET}"))
+        .args(["ps", "-a", "-q", "--filter"])
+        .arg(format!("label=io.nestdock.pod-uid={uid}"))
+        .output()
+        .expect("docker ps on the node's socket");
+    assert!(left.status.success(), "{left:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&left.stdout).trim(),
+        "",
+        "containers of the ended pod are still on the node"
     );
 }
 
