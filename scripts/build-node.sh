@@ -88,12 +88,35 @@ blob() {
 	echo "sha256:$digest $size"
 }
 
-# layer_of DIR: an uncompressed layer of DIR's contents (owners numeric, file
-# capabilities kept); prints "sha256:DIGEST SIZE".
-layer_of() {
+# pack DIR FILE: DIR's contents as an uncompressed layer (owners numeric,
+# file capabilities kept, names sorted).
+pack() {
 	tar --numeric-owner --xattrs --xattrs-include='security.capability' \
-		--sort=name --mtime=@0 -C "$1" -cf "$work/layer.tar" .
+		--sort=name -C "$1" -cf "$2" .
+}
+
+# layer_of DIR: DIR as a layer of the layout; prints "sha256:DIGEST SIZE".
+layer_of() {
+	pack "$1" "$work/layer.tar"
 	blob "$work/layer.tar"
+}
+
+# Layers kept between runs in $out/cache, each with the key it was made for:
+# cached NAME KEY succeeds when NAME.tar is current; store_cached NAME KEY DIR
+# packs DIR as NAME.tar; use_cached NAME links it into the layout and prints
+# "sha256:DIGEST SIZE".
+cached() { [ "$(cat "$out/cache/$1.key" 2>/dev/null)" = "$2" ]; }
+store_cached() {
+	pack "$3" "$out/cache/$1.tar"
+	sha256sum "$out/cache/$1.tar" | cut -d' ' -f1 >"$out/cache/$1.sha256"
+	echo "$2" >"$out/cache/$1.key"
+}
+use_cached() {
+	local digest
+	digest=$(cat "$out/cache/$1.sha256")
+	ln "$out/cache/$1.tar" "$oci/blobs/sha256/$digest" 2>/dev/null ||
+		cp "$out/cache/$1.tar" "$oci/blobs/sha256/$digest"
+	echo "sha256:$digest $(stat -c %s "$out/cache/$1.tar")"
 }
 
 # image NAME CONFIG LAYER...: CONFIG is the image config's "config" object
@@ -144,16 +167,11 @@ archive "$work/images-dir/images/tiny.tar"
 # The base layer (the daemon root filesystem, ~500 MB) is kept between runs,
 # keyed on the root filesystem's stamp.
 base_key=$(sha256sum <"$rootfs.stamp" | cut -d" " -f1)
-if [ "$(cat "$out/cache/base.key" 2>/dev/null)" != "$base_key" ]; then
+if ! cached base "$base_key"; then
 	log "packing the daemon root filesystem as a layer"
-	tar --numeric-owner --xattrs --xattrs-include='security.capability' \
-		--sort=name -C "$rootfs" -cf "$out/cache/base.tar" .
-	sha256sum "$out/cache/base.tar" | cut -d' ' -f1 >"$out/cache/base.sha256"
-	echo "$base_key" >"$out/cache/base.key"
+	store_cached base "$base_key" "$rootfs"
 fi
-base="sha256:$(cat "$out/cache/base.sha256") $(stat -c %s "$out/cache/base.tar")"
-ln "$out/cache/base.tar" "$oci/blobs/sha256/$(cat "$out/cache/base.sha256")" 2>/dev/null ||
-	cp "$out/cache/base.tar" "$oci/blobs/sha256/$(cat "$out/cache/base.sha256")"
+base=$(use_cached base)
 
 image nestdock.test/pause:1 '{"Entrypoint":["/pause"]}' "$(layer_of "$work/pause")"
 
@@ -174,7 +192,7 @@ image nestdock.test/docker:dind-rootless \
 # between runs, keyed on the root filesystem and the version.
 tc_version=4.15.0
 tc_key=$(printf '%s %s' "$base_key" "$tc_version" | sha256sum | cut -d' ' -f1)
-if [ "$(cat "$out/cache/testcontainers.key" 2>/dev/null)" != "$tc_key" ]; then
+if ! cached testcontainers "$tc_key"; then
 	log "installing python3 and testcontainers $tc_version for the build image (a few minutes, once)"
 	tc=$work/tc
 	mkdir -p "$tc/upper" "$tc/work" "$tc/merged"
@@ -208,14 +226,9 @@ if [ "$(cat "$out/cache/testcontainers.key" 2>/dev/null)" != "$tc_key" ]; then
 		rm -f "$wh" && : >"$(dirname "$wh")/.wh.$(basename "$wh")"
 	done
 	rm -rf "$tc/upper/etc/resolv.conf" "$tc/upper/proc" "$tc/upper/tmp"/* "$tc/upper/root/.cache"
-	tar --numeric-owner --xattrs --xattrs-include='security.capability' \
-		--sort=name -C "$tc/upper" -cf "$out/cache/testcontainers.tar" .
-	sha256sum "$out/cache/testcontainers.tar" | cut -d' ' -f1 >"$out/cache/testcontainers.sha256"
-	echo "$tc_key" >"$out/cache/testcontainers.key"
+	store_cached testcontainers "$tc_key" "$tc/upper"
 fi
-tc_layer="sha256:$(cat "$out/cache/testcontainers.sha256") $(stat -c %s "$out/cache/testcontainers.tar")"
-ln "$out/cache/testcontainers.tar" "$oci/blobs/sha256/$(cat "$out/cache/testcontainers.sha256")" 2>/dev/null ||
-	cp "$out/cache/testcontainers.tar" "$oci/blobs/sha256/$(cat "$out/cache/testcontainers.sha256")"
+tc_layer=$(use_cached testcontainers)
 
 image nestdock.test/build:1 "{\"Env\":[$path_env],\"Cmd\":[\"sh\"],\"WorkingDir\":\"/\"}" \
 	"$base" "$tc_layer" "$(layer_of "$work/images-dir")"

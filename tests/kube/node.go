@@ -135,6 +135,16 @@ func startNode(o nodeOptions) (*node, error) {
 		}
 	}
 
+	// The scheduler and the controller-manager: the admin kubeconfig, one
+	// instance (no leader election), no serving port of their own.
+	controlLoopArgs := []string{
+		"--kubeconfig=" + o.kubeconfig,
+		"--authentication-kubeconfig=" + o.kubeconfig,
+		"--authorization-kubeconfig=" + o.kubeconfig,
+		"--leader-elect=false",
+		"--bind-address=127.0.0.1",
+		"--secure-port=0",
+	}
 	components := []struct {
 		name string
 		args []string
@@ -148,26 +158,13 @@ func startNode(o nodeOptions) (*node, error) {
 			"--node-ip=" + nodeIP,
 			"--v=1",
 		}},
-		{"kube-scheduler", []string{
-			"--kubeconfig=" + o.kubeconfig,
-			"--authentication-kubeconfig=" + o.kubeconfig,
-			"--authorization-kubeconfig=" + o.kubeconfig,
-			"--leader-elect=false",
-			"--bind-address=127.0.0.1",
-			"--secure-port=0",
-		}},
-		{"kube-controller-manager", []string{
-			"--kubeconfig=" + o.kubeconfig,
-			"--authentication-kubeconfig=" + o.kubeconfig,
-			"--authorization-kubeconfig=" + o.kubeconfig,
-			"--leader-elect=false",
-			"--bind-address=127.0.0.1",
-			"--secure-port=0",
-			"--service-account-private-key-file=" + o.pki.saPrivate,
-			"--root-ca-file=" + o.pki.caCert,
+		{"kube-scheduler", controlLoopArgs},
+		{"kube-controller-manager", append(controlLoopArgs,
+			"--service-account-private-key-file="+o.pki.saPrivate,
+			"--root-ca-file="+o.pki.caCert,
 			"--use-service-account-credentials=false",
 			"--service-cluster-ip-range=10.96.0.0/16",
-		}},
+		)},
 		{"kube-proxy", []string{
 			"--config=" + filepath.Join(o.dir, "kube-proxy.yaml"),
 			"--hostname-override=" + nodeName,
