@@ -20,8 +20,9 @@
 #                                          /opt/testcontainers
 #     nestdock:0.1.0                     nestdock's release binary, as the
 #                                          Dockerfile's image (uid 65532)
-#   and /images/tiny.tar itself (nestdock.test/tiny:1, busybox) for
-#   `docker load` inside a pod.
+#   and in the build image, for `docker load` inside a pod: /images/tiny.tar
+#   (nestdock.test/tiny:1, busybox) and /images/ryuk.tar (nestdock.test/ryuk:1,
+#   the suite's double of Testcontainers' Ryuk, tests/kube/ryuk).
 #
 # Everything is built from source or Debian's archive. Stamps keep the
 # containerd binaries and the base layer; a changed nestdock binary re-makes
@@ -68,7 +69,8 @@ nestdock=$(bash "$root/scripts/build-release.sh")
 work=$(mktemp -d "$out/cache/work.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
-(cd "$root/tests/kube" && CGO_ENABLED=0 go build -ldflags='-s -w' -o "$work/pause/pause" ./pause)
+(cd "$root/tests/kube" && CGO_ENABLED=0 go build -ldflags='-s -w' -o "$work/pause/pause" ./pause &&
+	CGO_ENABLED=0 go build -ldflags='-s -w' -o "$work/ryuk/ryuk" ./ryuk)
 
 # An OCI image layout under $work/oci: content-addressed blobs, one manifest
 # per image, and index.json naming them (io.containerd.image.name, the name
@@ -163,6 +165,9 @@ for cmd in sh echo true cat sleep ls httpd nc wget; do ln -s busybox "$work/tiny
 image nestdock.test/tiny:1 "{\"Env\":[$path_env],\"Cmd\":[\"sh\"]}" "$(layer_of "$work/tiny")"
 mkdir -p "$work/images-dir/images"
 archive "$work/images-dir/images/tiny.tar"
+# ryuk: the suite's double of Testcontainers' Ryuk (tests/kube/ryuk).
+image nestdock.test/ryuk:1 '{"Entrypoint":["/ryuk"]}' "$(layer_of "$work/ryuk")"
+archive "$work/images-dir/images/ryuk.tar"
 
 # The base layer (the daemon root filesystem, ~500 MB) is kept between runs,
 # keyed on the root filesystem's stamp.

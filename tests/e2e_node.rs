@@ -370,11 +370,13 @@ fn a_daemon_as_a_plain_container_works_with_a_build_that_waits() {
 }
 
 /// A Testcontainers test (testcontainers-python from PyPI, in the build
-/// image): it starts busybox's httpd from a locally loaded image with a
-/// random host port and fetches a page through the mapped port.
+/// image), with Ryuk: it starts busybox's httpd from a locally loaded image
+/// with a random host port and fetches a page through the mapped port; then
+/// it starts a container it never stops and dies without cleaning up, which
+/// Ryuk must reap. It prints the socket Ryuk was given.
 const TESTCONTAINERS_TEST: &str = r#"
-import time, urllib.request
-from testcontainers.core.container import DockerContainer
+import os, time, urllib.request
+from testcontainers.core.container import DockerContainer, Reaper
 
 server = (DockerContainer("nestdock.test/tiny:1")
           .with_command(["sh", "-c", "mkdir /www && echo served-through-the-mapped-port >/www/index.html && exec httpd -f -p 8080 -h /www"])
@@ -391,27 +393,48 @@ with server as c:
             if time.time() > deadline:
                 raise
             time.sleep(0.2)
+
+left = DockerContainer("nestdock.test/tiny:1").with_command(["sleep", "600"]).start()
+for m in Reaper._container.get_wrapped_container().attrs["Mounts"]:
+    print("ryuk-socket", m["Source"], "->", m["Destination"])
+print("left running", left.get_wrapped_container().short_id, flush=True)
+os._exit(0)
 "#;
 
-// 9. Testcontainers in dind and dind-rootless. Without Ryuk: its image
-// (github.com/testcontainers/moby-ryuk) cannot be built here, since the Go
-// module proxy does not serve that module and nothing can be pulled.
+// 9. Testcontainers in dind and dind-rootless, with Ryuk. Ryuk is the
+// suite's double (tests/kube/ryuk): the real one's module is not served by
+// the Go module proxy and no image can be pulled. In rootless, Ryuk's socket
+// is the path as the daemon sees it (TESTCONTAINERS_DOCKER_SOCKET_OVERRIDE,
+// set by nestdock), not the pod's /var/run/docker.sock.
 #[test]
-fn a_testcontainers_test_reaches_its_mapped_port() {
+fn a_testcontainers_test_reaches_its_mapped_port_and_ryuk_reaps() {
     let c = cluster();
     let ns = c.namespace("e2e-testcontainers", &[]);
     let script = format!(
         "docker load -q -i /images/tiny.tar
+docker load -q -i /images/ryuk.tar
 cat >/tmp/test_tc.py <<'EOF'
 {TESTCONTAINERS_TEST}
 EOF
-TESTCONTAINERS_RYUK_DISABLED=true /opt/testcontainers/bin/python /tmp/test_tc.py"
+/opt/testcontainers/bin/python /tmp/test_tc.py
+i=0
+while [ -n \"$(docker ps -aq --filter label=org.testcontainers.session-id)\" ]; do
+  i=$((i+1)); [ $i -lt 150 ] || {{ echo NOT-REAPED; docker ps -a; exit 1; }}; sleep 0.2
+done
+echo reaped-by-ryuk"
     );
-    for mode in ["dind", "dind-rootless"] {
+    for (mode, socket) in [
+        ("dind", "/var/run/docker.sock"),
+        ("dind-rootless", "/run/user/1000/docker.sock"),
+    ] {
         let name = format!("tc-{mode}");
         let mut build = build_container(&script);
         build["securityContext"] = json!({"runAsUser": 2000, "runAsNonRoot": true});
-        build["env"] = json!([{"name": "HOME", "value": "/tmp"}]);
+        build["env"] = json!([
+            {"name": "HOME", "value": "/tmp"},
+            {"name": "RYUK_CONTAINER_IMAGE", "value": "nestdock.test/ryuk:1"},
+            {"name": "RYUK_RECONNECTION_TIMEOUT", "value": "1s"},
+        ]);
         c.run_pod(&ns, &name, annotations(&[("mode", mode)]), build, json!({}));
         let (code, logs) = c.wait_container_exit(&ns, &name, "build", 3 * MINUTES);
         assert_eq!(code, 0, "{mode}: {logs}\n{}", c.describe(&ns, &name));
@@ -419,6 +442,12 @@ TESTCONTAINERS_RYUK_DISABLED=true /opt/testcontainers/bin/python /tmp/test_tc.py
             logs.contains("served-through-the-mapped-port"),
             "{mode}: {logs}"
         );
+        assert!(
+            logs.contains(&format!("ryuk-socket {socket} -> /var/run/docker.sock")),
+            "{mode}: {logs}"
+        );
+        assert!(logs.contains("left running"), "{mode}: {logs}");
+        assert!(logs.contains("reaped-by-ryuk"), "{mode}: {logs}");
     }
 }
 
