@@ -1185,6 +1185,139 @@ fn sigterm_removes_what_the_pod_owns_and_nothing_else() {
     ok(&b.docker(&["volume", "rm", "data"]));
 }
 
+/// A small build context in the pod's emptyDir: `FROM` the test image, a
+/// file saying who built it.
+fn context_of(g: &Guard, who: &str) -> String {
+    let ctx = g.empty_dirs.join("work").join(unique("ctx"));
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {IMAGE}\nRUN echo {who} > /who\n"),
+    )
+    .unwrap();
+    ctx.to_string_lossy().into_owned()
+}
+
+#[test]
+fn image_tags_belong_to_the_pod_that_made_them() {
+    let engine = engine();
+    let mut a = Guard::start();
+    let b = Guard::start();
+    let tag = format!("{}:1", unique("owned"));
+    ok(&a.docker(&["build", "-q", "-t", &tag, &context_of(&a, "a")]));
+    let id_of = |t: &str| {
+        ok(&engine.raw(&["image", "inspect", "-f", "{{.Id}}", t]))
+            .trim()
+            .to_string()
+    };
+    let id_a = id_of(&tag);
+    let work = b.empty_dirs.join("work");
+
+    // B reads A's image (runs it, saves it) but never moves, removes or
+    // pushes its tag.
+    assert_eq!(
+        ok(&b.docker(&["run", "--rm", &tag, "cat", "/who"])).trim(),
+        "a"
+    );
+    let archive = work.join("a.tar");
+    ok(&b.docker(&["save", "-o", &archive.to_string_lossy(), &tag]));
+    let empty = work.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let tarball = work.join("empty.tar");
+    ok(&Command::new("tar")
+        .arg("-C")
+        .arg(&empty)
+        .arg("-cf")
+        .arg(&tarball)
+        .arg(".")
+        .output()
+        .unwrap());
+    let stopped = ok(&b.docker(&["create", IMAGE, "true"])).trim().to_string();
+    let ctx_b = context_of(&b, "b");
+    let another = "belongs to another pod";
+    for (args, why) in [
+        (vec!["tag", IMAGE, &tag], another),
+        (vec!["build", "-q", "-t", &tag, &ctx_b], another),
+        (vec!["import", &tarball.to_string_lossy(), &tag], another),
+        (vec!["commit", &stopped, &tag], another),
+        (vec!["load", "-i", &archive.to_string_lossy()], another),
+        (vec!["rmi", &tag], another),
+        (vec!["rmi", "-f", &id_a], another),
+        (vec!["push", &tag], "not pushed"),
+        (vec!["pull", &tag], another),
+        // The node's own tags (the test image was imported on the raw
+        // socket): shared for reading, not the pod's to move or remove.
+        (vec!["tag", &tag, IMAGE], "node's"),
+        (vec!["rmi", IMAGE], "shared image cache"),
+    ] {
+        let err = fails(&b.docker(&args));
+        assert!(err.contains(why), "{args:?}: {err}");
+    }
+    // A second -t naming A's tag refuses the whole build.
+    let mine = format!("{}:1", unique("mine"));
+    let err = fails(&b.docker(&["build", "-q", "-t", &mine, "-t", &tag, &ctx_b]));
+    assert!(err.contains(another), "{err}");
+    assert!(!b.docker(&["image", "inspect", &mine]).status.success());
+    // Prunes through B leave A's image alone.
+    ok(&b.docker(&["image", "prune", "-a", "-f"]));
+    assert_eq!(id_of(&tag), id_a, "A's tag moved");
+    assert_eq!(
+        ok(&a.docker(&["run", "--rm", &tag, "cat", "/who"])).trim(),
+        "a"
+    );
+
+    // B's own tags: built, imported or committed, they are B's to move,
+    // push and remove; tagging again what a tag already names is no change.
+    ok(&b.docker(&["build", "-q", "-t", &mine, &ctx_b]));
+    ok(&b.docker(&["build", "-q", "-t", &mine, &ctx_b]));
+    let imported = format!("{}:1", unique("imported"));
+    ok(&b.docker(&["import", &tarball.to_string_lossy(), &imported]));
+    let committed = format!("{}:1", unique("committed"));
+    ok(&b.docker(&["commit", &stopped, &committed]));
+    for t in [&mine, &imported, &committed] {
+        let image = json_of(&ok(&b.docker(&["image", "inspect", t])));
+        assert_eq!(
+            image[0]["Config"]["Labels"]["io.nestdock.pod-uid"],
+            json!(b.uid),
+            "{t}"
+        );
+    }
+    ok(&b.docker(&["tag", &mine, &imported]));
+    ok(&b.docker(&["tag", &mine, &imported]));
+    ok(&b.docker(&["rmi", &mine, &imported, &committed]));
+    ok(&b.docker(&["rm", &stopped]));
+
+    // A loads its own archive over its own tag, removes it, and loads it
+    // back: loads pass when every tag they set is free or the pod's.
+    ok(&a.docker(&["load", "-i", &archive.to_string_lossy()]));
+    ok(&a.docker(&["rmi", &tag]));
+    ok(&a.docker(&["load", "-i", &archive.to_string_lossy()]));
+    assert_eq!(id_of(&tag), id_a);
+    // A load B could not make moved nothing: B's refused load above did
+    // not reach dockerd's tagging (the tag is still A's image, checked),
+    // and a compressed archive, which the guard cannot read as it streams,
+    // is refused with a way out.
+    let gz = work.join("a.tar.gz");
+    ok(&Command::new("gzip")
+        .arg("-k")
+        .arg(&archive)
+        .output()
+        .unwrap());
+    let err = fails(&a.docker(&["load", "-i", &gz.to_string_lossy()]));
+    assert!(err.contains("compressed"), "{err}");
+
+    // Once A's pod ends, its tags are free: B may take the tag over.
+    let status = a.terminate(Duration::from_secs(30));
+    assert!(status.success(), "{status}");
+    ok(&b.docker(&["build", "-q", "-t", &tag, &ctx_b]));
+    assert_eq!(
+        ok(&b.docker(&["run", "--rm", &tag, "cat", "/who"])).trim(),
+        "b"
+    );
+    ok(&b.docker(&["rmi", &tag]));
+    let _ = engine.raw(&["rmi", &id_a]);
+}
+
 #[test]
 fn reap_removes_what_a_killed_guard_of_a_gone_pod_left() {
     let engine = engine();
@@ -1213,11 +1346,17 @@ fn reap_removes_what_a_killed_guard_of_a_gone_pod_left() {
     std::fs::remove_dir_all(engine.kubelet_root.join("pods").join(&a.uid)).unwrap();
     let dry = reap(true);
     let of_a = |out: &str| out.lines().filter(|l| l.contains(&a.uid)).count();
-    assert_eq!(of_a(&dry), 3, "{dry}");
+    // The container, network `ci`, volume `data`, and the guard's marker
+    // volume (which holds the pod's image tags).
+    assert_eq!(of_a(&dry), 4, "{dry}");
     assert!(!dry.contains(&b.uid), "{dry}");
     assert!(ok(&engine.raw(&["ps", "-a"])).contains(&format!("nd_{}_db", a.uid)));
     let removed = reap(false);
-    assert_eq!(of_a(&removed), 3, "{removed}");
+    assert_eq!(of_a(&removed), 4, "{removed}");
+    assert!(
+        removed.contains(&format!("nestdock-guard-{}", a.uid)),
+        "{removed}"
+    );
     assert!(!removed.contains(&b.uid), "{removed}");
     let ps = ok(&engine.raw(&["ps", "-a", "--format", "{{.Names}}"]));
     assert!(!ps.contains(&format!("nd_{}_db", a.uid)), "{ps}");

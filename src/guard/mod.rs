@@ -17,6 +17,7 @@ pub mod binds;
 pub mod body;
 mod config;
 pub mod create;
+pub mod image;
 pub mod owner;
 pub mod path;
 mod proxy;

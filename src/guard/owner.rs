@@ -8,6 +8,17 @@ use super::body::{self, Json};
 /// The label that says which pod an object belongs to.
 pub const POD_UID_LABEL: &str = "io.nestdock.pod-uid";
 
+/// The label of the volume a guard keeps while its pod lives (its value:
+/// the pod's uid). Not [`POD_UID_LABEL`]: the pod does not see it in its
+/// lists, and its prunes do not remove it.
+pub const GUARD_OF_LABEL: &str = "io.nestdock.guard-of";
+
+/// The `changes` instruction that labels an imported or committed image
+/// with the pod's uid (dockerd applies it after the client's own).
+pub fn label_change(uid: &str) -> String {
+    format!("LABEL {POD_UID_LABEL}={uid}")
+}
+
 /// Kinds of objects a pod owns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {

@@ -9,6 +9,7 @@
 //! two upgraded connections and copies bytes both ways, half-closes
 //! included (docker closes its write side to signal the end of stdin).
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::path::Path;
@@ -27,11 +28,25 @@ use tokio::net::{UnixListener, UnixStream};
 use super::body::{self, Json, MAX_BODY_BYTES};
 use super::config::GuardConfig;
 use super::create::{self, Denied, Need, Scope};
+use super::image;
 use super::owner::{self, Kind};
 use super::path::{self, percent_encode, ApiPath};
 use super::query::{self, Query};
 
-type Body = BoxBody<Bytes, hyper::Error>;
+/// A body error of any kind: the daemon's or the client's connection, or a
+/// refusal the guard makes while a body streams through (`docker load`).
+#[derive(Debug, thiserror::Error)]
+enum BodyError {
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+    #[error("{0}")]
+    Refused(String),
+}
+type Body = BoxBody<Bytes, BodyError>;
+
+fn hyper_error(e: hyper::Error) -> BodyError {
+    BodyError::Hyper(e)
+}
 
 /// Connections served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 1024;
@@ -80,6 +95,7 @@ pub async fn serve(cfg: GuardConfig, shutdown: impl Future<Output = ()>) -> anyh
     );
     let listen_path = cfg.listen.clone();
     let state = Arc::new(State { cfg });
+    create_marker(&state).await;
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
     loop {
@@ -137,26 +153,34 @@ pub async fn reap(
         },
     };
     // Every object that carries the label, whatever its value.
-    let filters = percent_encode(
-        &format!(r#"{{"label":{{"{}":true}}}}"#, owner::POD_UID_LABEL),
-        b"",
-    );
+    let having = |label: &str| percent_encode(&format!(r#"{{"label":{{"{label}":true}}}}"#), b"");
+    let filters = having(owner::POD_UID_LABEL);
     let mut removed = Vec::new();
-    for (kind, list, delete) in [
+    for (kind, list, delete, label) in [
         (
             "container",
             format!("/containers/json?all=1&filters={filters}"),
             "/containers/{}?force=1&v=1",
+            owner::POD_UID_LABEL,
         ),
         (
             "network",
             format!("/networks?filters={filters}"),
             "/networks/{}",
+            owner::POD_UID_LABEL,
         ),
         (
             "volume",
             format!("/volumes?filters={filters}"),
             "/volumes/{}",
+            owner::POD_UID_LABEL,
+        ),
+        // The marker of a guard whose pod is gone: its image tags are free.
+        (
+            "volume",
+            format!("/volumes?filters={}", having(owner::GUARD_OF_LABEL)),
+            "/volumes/{}",
+            owner::GUARD_OF_LABEL,
         ),
     ] {
         let (status, bytes) = ask(&state, Method::GET, &list, None).await.map_err(|_| {
@@ -180,7 +204,7 @@ pub async fn reap(
         for item in &items {
             let uid = item
                 .field("Labels")
-                .and_then(|l| l.entry(owner::POD_UID_LABEL))
+                .and_then(|l| l.entry(label))
                 .and_then(Json::as_str)
                 .unwrap_or("");
             if alive(uid) {
@@ -269,6 +293,16 @@ async fn cleanup(state: &State) -> usize {
             }
         }
     }
+    // Last: the pod's image tags become free for other pods.
+    let marker = format!(
+        "/volumes/{}",
+        percent_encode(&marker_name(&state.cfg.pod_uid), b"")
+    );
+    if let Ok((status, _)) = ask(state, Method::DELETE, &marker, None).await {
+        if status.is_success() {
+            removed += 1;
+        }
+    }
     removed
 }
 
@@ -346,7 +380,7 @@ fn header_problem(headers: &hyper::HeaderMap) -> Option<String> {
 
 async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
     // Boxed once, so that a body read for the rules can be put back.
-    let mut req = req.map(|b| b.boxed());
+    let mut req = req.map(|b| b.map_err(hyper_error).boxed());
     let method = req.method().clone();
     let raw_path = req.uri().path().to_string();
     let path = match path::normalise(&raw_path) {
@@ -595,13 +629,60 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
             if let Err(d) = create::image_create(&query) {
                 return denied(&method, &shown, d);
             }
-            forward(state, req, &path_out, &query, None).await
+            let checked = if param(&query, "fromSrc").is_ok_and(|s| !s.is_empty()) {
+                // An import: labelled with the pod, like a build.
+                query.push("changes", owner::label_change(&uid));
+                tag_write_allowed(state, &query, "repo", "tag").await
+            } else {
+                pull_allowed(state, &query).await
+            };
+            match checked {
+                Ok(()) => forward(state, req, &path_out, &query, None).await,
+                Err(resp) => resp,
+            }
+        }
+        (&Method::POST, ["images", "load"]) => load(state, req, &path_out, &query).await,
+        (&Method::POST, ["images", name @ .., "tag"]) if !name.is_empty() => {
+            match retag_allowed(state, &name.join("/"), &query).await {
+                Ok(()) => forward(state, req, &path_out, &query, None).await,
+                Err(resp) => resp,
+            }
+        }
+        (&Method::POST, ["images", name @ .., "push"]) if !name.is_empty() => {
+            match push_allowed(state, &name.join("/"), &query).await {
+                Ok(()) => forward(state, req, &path_out, &query, None).await,
+                Err(resp) => resp,
+            }
+        }
+        (&Method::DELETE, ["images", name @ ..]) if !name.is_empty() => {
+            let name = name.join("/");
+            match inspect_image(state, &name).await {
+                Ok(Some((_, owner))) => {
+                    let owner = alive_owner(state, owner).await;
+                    if let Some(why) = image::refuse_remove(&name, owner.as_deref(), &uid) {
+                        return refused(&method, &shown, StatusCode::FORBIDDEN, &why);
+                    }
+                    forward(state, req, &path_out, &query, None).await
+                }
+                Ok(None) => forward(state, req, &path_out, &query, None).await,
+                Err(resp) => resp,
+            }
         }
         (&Method::POST, ["build"]) => {
             if let Err(d) = create::build(&mut query, &uid) {
                 return denied(&method, &shown, d);
             }
-            forward(state, req, &path_out, &query, None).await
+            let mut tags = Vec::new();
+            for t in query.all("t") {
+                match image::normalise(t) {
+                    Ok(t) => tags.push(t),
+                    Err(e) => return refused(&method, &shown, StatusCode::BAD_REQUEST, &e),
+                }
+            }
+            match tags_writable(state, &tags, None).await {
+                Ok(()) => forward(state, req, &path_out, &query, None).await,
+                Err(resp) => resp,
+            }
         }
         (_, ["commit"]) => {
             let container = match query.single("container") {
@@ -612,6 +693,10 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
             match owned(state, Kind::Container, &container).await {
                 Ok(Some(full_id)) => {
                     query.set("container", full_id);
+                    query.push("changes", owner::label_change(&uid));
+                    if let Err(resp) = tag_write_allowed(state, &query, "repo", "tag").await {
+                        return resp;
+                    }
                     forward(state, req, &path_out, &query, None).await
                 }
                 Ok(None) => refused(
@@ -626,6 +711,316 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         // Everything else the allow list admits (ping, version, info,
         // images, distribution, auth, session, grpc) passes as it is.
         _ => forward(state, req, &path_out, &query, None).await,
+    }
+}
+
+/// A query parameter given at most once (empty when absent).
+fn param(query: &Query, key: &str) -> Result<String, String> {
+    query.single(key).map(|v| v.unwrap_or("").to_string())
+}
+
+/// The tag the `repo` and `tag` parameters name (see [`image::repo_tag`]).
+fn named_tag(query: &Query, repo: &str, tag: &str) -> Result<Option<String>, String> {
+    image::repo_tag(&param(query, repo)?, &param(query, tag)?)
+}
+
+/// The answer for a parameter or image reference that does not read.
+fn bad_request(why: String) -> Response<Body> {
+    error(StatusCode::BAD_REQUEST, &why)
+}
+
+/// The name of the marker volume a guard keeps while its pod lives: a tag
+/// whose owner has no marker belongs to a pod that is gone, and is free.
+fn marker_name(uid: &str) -> String {
+    format!("nestdock-guard-{uid}")
+}
+
+/// Creates the pod's marker volume (see [`marker_name`]).
+async fn create_marker(state: &State) {
+    let body = serde_json::json!({
+        "Name": marker_name(&state.cfg.pod_uid),
+        "Labels": { owner::GUARD_OF_LABEL: state.cfg.pod_uid },
+    });
+    match ask(
+        state,
+        Method::POST,
+        "/volumes/create",
+        Some(body.to_string().into_bytes()),
+    )
+    .await
+    {
+        Ok((status, _)) if status.is_success() => {}
+        Ok((status, bytes)) => tracing::warn!(
+            status = status.as_u16(),
+            "cannot create the pod's marker volume (its image tags look unowned to other \
+             pods): {}",
+            String::from_utf8_lossy(&bytes).trim()
+        ),
+        Err(_) => {
+            tracing::warn!("cannot create the pod's marker volume: the daemon did not answer")
+        }
+    }
+}
+
+/// `owner` when that pod is alive (its guard's marker volume exists).
+async fn alive_owner(state: &State, owner: Option<String>) -> Option<String> {
+    let uid = owner?;
+    if uid == state.cfg.pod_uid {
+        return Some(uid);
+    }
+    let path = format!("/volumes/{}", percent_encode(&marker_name(&uid), b""));
+    match ask(state, Method::GET, &path, None).await {
+        Ok((status, _)) if status == StatusCode::NOT_FOUND => None,
+        // When in doubt, the tag stays held.
+        _ => Some(uid),
+    }
+}
+
+/// Every tag on the node the pod may not move: the node's own, and those
+/// of pods that are alive.
+async fn held_tags(state: &State) -> Result<HashMap<String, image::Held>, Response<Body>> {
+    let (status, bytes) = ask(state, Method::GET, "/images/json", None).await?;
+    let list = match serde_json::from_slice::<Json>(&bytes) {
+        Ok(list) if status.is_success() => list,
+        _ => {
+            return Err(error(
+                StatusCode::BAD_GATEWAY,
+                &format!("nestdock guard: the daemon's image list did not come ({status})"),
+            ))
+        }
+    };
+    let mut held = image::held_tags(&list, &state.cfg.pod_uid);
+    let mut owners: Vec<String> = held.values().filter_map(|h| h.owner.clone()).collect();
+    owners.sort_unstable();
+    owners.dedup();
+    for uid in owners {
+        if alive_owner(state, Some(uid.clone())).await.is_none() {
+            held.retain(|_, h| h.owner.as_deref() != Some(uid.as_str()));
+        }
+    }
+    Ok(held)
+}
+
+/// An image's id and the pod its label names; `None` when there is no such
+/// image.
+async fn inspect_image(
+    state: &State,
+    name: &str,
+) -> Result<Option<(String, Option<String>)>, Response<Body>> {
+    let path = format!("/images/{}/json", percent_encode(name, b":@/"));
+    let (status, bytes) = ask(state, Method::GET, &path, None).await?;
+    if status == StatusCode::NOT_FOUND {
+        return Ok(None);
+    }
+    match serde_json::from_slice::<Json>(&bytes) {
+        Ok(value) if status.is_success() => {
+            let id = value.field("Id").and_then(Json::as_str).unwrap_or("");
+            let owner = image::owner_of(value.field("Config").and_then(|c| c.field("Labels")));
+            Ok(Some((id.to_string(), owner)))
+        }
+        _ => Err(error(
+            StatusCode::BAD_GATEWAY,
+            &format!("nestdock guard: the daemon's image inspect answer did not come ({status})"),
+        )),
+    }
+}
+
+/// Refuses when one of `tags` (normalised) is held by the node or another
+/// pod, unless it already points at `source` (tagging again is no change).
+async fn tags_writable(
+    state: &State,
+    tags: &[String],
+    source: Option<&str>,
+) -> Result<(), Response<Body>> {
+    if tags.is_empty() {
+        return Ok(());
+    }
+    let held = held_tags(state).await?;
+    for tag in tags {
+        let h = held.get(tag).filter(|h| Some(h.image.as_str()) != source);
+        if let Some(why) = image::refuse_write(tag, h) {
+            return Err(refused(&Method::POST, tag, StatusCode::FORBIDDEN, &why));
+        }
+    }
+    Ok(())
+}
+
+/// The tag named by the `repo` and `tag` parameters (import, commit) may be
+/// set by the pod.
+async fn tag_write_allowed(
+    state: &State,
+    query: &Query,
+    repo: &str,
+    tag: &str,
+) -> Result<(), Response<Body>> {
+    let target = named_tag(query, repo, tag).map_err(bad_request)?;
+    tags_writable(state, &target.into_iter().collect::<Vec<_>>(), None).await
+}
+
+/// `POST /images/{name}/tag`: the target may be set by the pod, or already
+/// points at the same image.
+async fn retag_allowed(state: &State, source: &str, query: &Query) -> Result<(), Response<Body>> {
+    let Some(target) = named_tag(query, "repo", "tag").map_err(bad_request)? else {
+        return Ok(()); // dockerd answers a tag without repo itself.
+    };
+    let Some((id, _)) = inspect_image(state, source).await? else {
+        return Ok(()); // dockerd answers "No such image".
+    };
+    tags_writable(state, &[target], Some(&id)).await
+}
+
+/// The tags a pull or push of `name` with `tag` acts on: one, or with
+/// neither a tag nor a digest, every tag of the repository.
+fn tags_of<'a>(
+    held: &'a HashMap<String, image::Held>,
+    name: &str,
+    tag: &str,
+) -> Result<Vec<(&'a String, &'a image::Held)>, String> {
+    let tail = name.rsplit('/').next().unwrap_or(name);
+    if tag.is_empty() && !tail.contains(':') && !name.contains('@') {
+        let repo = image::normalise(name)?;
+        let repo = image::repository(&repo).to_string();
+        return Ok(held
+            .iter()
+            .filter(|(t, _)| image::repository(t) == repo)
+            .collect());
+    }
+    let target = image::repo_tag(name, tag)?;
+    Ok(target
+        .and_then(|t| held.get_key_value(&t))
+        .into_iter()
+        .collect())
+}
+
+/// A pull may refresh the node's tags, never another pod's.
+async fn pull_allowed(state: &State, query: &Query) -> Result<(), Response<Body>> {
+    let name = param(query, "fromImage").map_err(bad_request)?;
+    if name.is_empty() {
+        return Ok(());
+    }
+    let tag = param(query, "tag").map_err(bad_request)?;
+    let held = held_tags(state).await?;
+    for (t, h) in tags_of(&held, &name, &tag).map_err(bad_request)? {
+        if h.owner.is_some() {
+            let why = image::refuse_write(t, Some(h)).unwrap_or_default();
+            return Err(refused(&Method::POST, t, StatusCode::FORBIDDEN, &why));
+        }
+    }
+    Ok(())
+}
+
+/// A push of another pod's tag is refused.
+async fn push_allowed(state: &State, name: &str, query: &Query) -> Result<(), Response<Body>> {
+    let tag = param(query, "tag").map_err(bad_request)?;
+    let held = held_tags(state).await?;
+    for (t, h) in tags_of(&held, name, &tag).map_err(bad_request)? {
+        if let Some(why) = image::refuse_push(t, Some(h)) {
+            return Err(refused(&Method::POST, t, StatusCode::FORBIDDEN, &why));
+        }
+    }
+    Ok(())
+}
+
+/// `POST /images/load`: the archive streams through while the guard reads
+/// the tags it sets; at the first tag the pod may not set, the upload is cut
+/// off before that part reaches dockerd (which unpacks the whole archive
+/// before it tags anything, so nothing is loaded) and the load is refused.
+async fn load(
+    state: &State,
+    mut req: Request<Body>,
+    path: &ApiPath,
+    query: &Query,
+) -> Response<Body> {
+    let held = match held_tags(state).await {
+        Ok(h) => h,
+        Err(resp) => return resp,
+    };
+    let verdict = Arc::new(std::sync::Mutex::new(None));
+    let body = std::mem::replace(req.body_mut(), full(Bytes::new()));
+    let upload = Arc::new(std::sync::Mutex::new(body));
+    *req.body_mut() = CheckedLoad {
+        inner: upload.clone(),
+        scan: image::TarScan::default(),
+        held,
+        verdict: verdict.clone(),
+    }
+    .boxed();
+    let resp = forward(state, req, path, query, None).await;
+    let why = verdict.lock().ok().and_then(|mut v| v.take());
+    let Some(why) = why else {
+        return resp;
+    };
+    // The rest of the upload is read and dropped, so that the client, still
+    // writing, reads the refusal instead of a broken pipe.
+    loop {
+        let frame = std::future::poll_fn(|cx| match upload.lock() {
+            Ok(mut body) => hyper::body::Body::poll_frame(std::pin::Pin::new(&mut *body), cx),
+            Err(_) => std::task::Poll::Ready(None),
+        })
+        .await;
+        if !matches!(frame, Some(Ok(_))) {
+            break;
+        }
+    }
+    refused(&Method::POST, "/images/load", StatusCode::FORBIDDEN, &why)
+}
+
+/// A `docker load` body, checked as it streams (see [`load`]).
+struct CheckedLoad {
+    /// Shared with [`load`], which drains it after a refusal.
+    inner: Arc<std::sync::Mutex<Body>>,
+    scan: image::TarScan,
+    held: HashMap<String, image::Held>,
+    verdict: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl CheckedLoad {
+    fn check(&mut self, data: &[u8]) -> Result<(), String> {
+        for (file, bytes) in self.scan.feed(data)? {
+            for tag in image::archive_tags(file, &bytes)? {
+                if let Some(why) = image::refuse_write(&tag, self.held.get(&tag)) {
+                    return Err(why);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl hyper::body::Body for CheckedLoad {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        let polled = match this.inner.lock() {
+            Ok(mut body) => std::pin::Pin::new(&mut *body).poll_frame(cx),
+            Err(_) => return std::task::Poll::Ready(None),
+        };
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                if let Err(why) = this.check(data) {
+                    if let Ok(mut v) = this.verdict.lock() {
+                        *v = Some(why.clone());
+                    }
+                    return std::task::Poll::Ready(Some(Err(BodyError::Refused(why))));
+                }
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.lock().map_or(true, |b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner
+            .lock()
+            .map_or_else(|_| hyper::body::SizeHint::default(), |b| b.size_hint())
     }
 }
 
@@ -771,7 +1166,7 @@ async fn forward(
             }
         });
     }
-    resp.map(|b| b.boxed())
+    resp.map(|b| b.map_err(hyper_error).boxed())
 }
 
 /// A request of the guard's own to the node's daemon, its answer read whole.
