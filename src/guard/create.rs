@@ -830,7 +830,8 @@ pub fn build(query: &mut Query, uid: &str) -> Result<(), Denied> {
         return Err(deny(
             "remote",
             &Json::String(remote),
-            "dockerd would fetch the build context from the node's network; send the context              in the request (docker build with a local directory or -)",
+            "dockerd would fetch the build context from the node's network; send the context \
+             in the request (docker build with a local directory or -)",
         ));
     }
     if let Some(parent) = single(query, "cgroupparent")?.filter(|p| !p.is_empty()) {
@@ -863,7 +864,8 @@ pub fn image_create(query: &Query) -> Result<(), Denied> {
         Ok(Some(src)) => Err(deny(
             "fromSrc",
             &Json::String(src.to_string()),
-            "dockerd would fetch the URL from the node's network; import from the request body              (docker import FILE, or -)",
+            "dockerd would fetch the URL from the node's network; import from the request body \
+             (docker import FILE, or -)",
         )),
     }
 }
