@@ -1318,6 +1318,66 @@ fn image_tags_belong_to_the_pod_that_made_them() {
     let _ = engine.raw(&["rmi", &id_a]);
 }
 
+/// A Testcontainers session (testcontainers-python, from PyPI, installed by
+/// scripts/setup-testcontainers.sh) through the guard's socket: it starts
+/// busybox httpd on a random host port, waits for its log line, fetches a
+/// file over the mapped port (from dockerd's network namespace, the "node"),
+/// and removes its container on the way out. Ryuk is off
+/// (`TESTCONTAINERS_RYUK_DISABLED`): its image cannot be built here (README).
+#[test]
+fn testcontainers_runs_through_the_guard() {
+    let engine = engine();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/setup-testcontainers.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run scripts/setup-testcontainers.sh");
+    assert!(
+        out.status.success(),
+        "scripts/setup-testcontainers.sh failed ({}): it installs testcontainers-python from PyPI",
+        out.status
+    );
+    let python = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let g = Guard::start();
+    let run = engine.socket.parent().expect("the run directory");
+    let pid = std::fs::read_to_string(run.join("dockerd.pid")).expect("dockerd's pid file");
+    let session =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/testcontainers/guarded_httpd.py");
+    let out = Command::new("timeout")
+        .arg("180")
+        .arg("nsenter")
+        .arg(format!("--net=/proc/{}/ns/net", pid.trim()))
+        .args(["--", "sh", "-c", "ip link set lo up && exec \"$@\"", "sh"])
+        .arg(&python)
+        .arg(&session)
+        .env("DOCKER_HOST", format!("unix://{}", g.socket.display()))
+        .env("DOCKER_CONFIG", &engine.cli_config)
+        .env("TESTCONTAINERS_RYUK_DISABLED", "true")
+        // Where the test runs, published ports are on localhost; the
+        // machine's /.dockerenv would otherwise make Testcontainers look
+        // for a gateway.
+        .env("TESTCONTAINERS_CONNECTION_MODE", "docker_host")
+        .env("NDG_IMAGE", IMAGE)
+        .output()
+        .unwrap();
+    let printed = ok(&out);
+    let seen = json_of(printed.lines().last().unwrap_or(""));
+    assert_eq!(seen["body"], json!("hello-through-the-guard"), "{seen}");
+    assert_ne!(seen["port"], json!(8080), "a random host port: {seen}");
+    assert_eq!(
+        seen["labels"]["io.nestdock.pod-uid"],
+        json!(g.uid),
+        "{seen}"
+    );
+    let id = seen["id"].as_str().unwrap();
+    let left = ok(&engine.raw(&["ps", "-aq", "--no-trunc"]));
+    assert!(
+        !left.contains(id),
+        "Testcontainers' container is left: {left}"
+    );
+}
+
 #[test]
 fn reap_removes_what_a_killed_guard_of_a_gone_pod_left() {
     let engine = engine();
