@@ -19,6 +19,7 @@ use std::time::Duration;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Bytes;
+use hyper::body::Body as _;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING};
 use hyper::{Method, Request, Response, StatusCode};
@@ -54,6 +55,11 @@ const MAX_CONNECTIONS: usize = 1024;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest response the guard reads to filter or to decide ownership.
 const MAX_RESPONSE_BYTES: usize = 32 << 20;
+/// Frames a streamed body may be read ahead of its writer (each at most
+/// hyper's read buffer, about 400 KiB): 1.6 MiB per direction at most.
+const RELAY_FRAMES: usize = 4;
+/// Buffer of each direction of a hijacked stream (attach, exec, BuildKit).
+const HIJACK_BUFFER: usize = 64 << 10;
 
 struct State {
     cfg: GuardConfig,
@@ -1132,7 +1138,7 @@ async fn forward(
             headers.insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
             full(bytes)
         }
-        None => incoming,
+        None => relay(incoming),
     };
     if let Some(h) = builder.headers_mut() {
         *h = headers;
@@ -1157,7 +1163,13 @@ async fn forward(
                 Ok((client, upstream)) => {
                     let mut client = TokioIo::new(client);
                     let mut upstream = TokioIo::new(upstream);
-                    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+                    if let Err(e) = tokio::io::copy_bidirectional_with_sizes(
+                        &mut client,
+                        &mut upstream,
+                        HIJACK_BUFFER,
+                        HIJACK_BUFFER,
+                    )
+                    .await
                     {
                         tracing::debug!("hijacked stream ended: {e}");
                     }
@@ -1166,7 +1178,52 @@ async fn forward(
             }
         });
     }
-    resp.map(|b| b.map_err(hyper_error).boxed())
+    resp.map(|b| relay(b.map_err(hyper_error).boxed()))
+}
+
+/// A body read by a task of its own, up to [`RELAY_FRAMES`] frames ahead of
+/// the side that writes it out: the connection it comes from keeps reading
+/// while the other writes (hyper hands a body over one frame at a time, so
+/// without this, reading and writing take turns).
+fn relay(mut body: Body) -> Body {
+    if body.is_end_stream() {
+        return body;
+    }
+    let hint = body.size_hint();
+    let (tx, rx) = tokio::sync::mpsc::channel(RELAY_FRAMES);
+    tokio::spawn(async move {
+        while let Some(frame) = body.frame().await {
+            let failed = frame.is_err();
+            // The other side is gone: dropping the body ends this side too.
+            if tx.send(frame).await.is_err() || failed {
+                break;
+            }
+        }
+    });
+    Relayed { rx, hint }.boxed()
+}
+
+struct Relayed {
+    rx: tokio::sync::mpsc::Receiver<Result<hyper::body::Frame<Bytes>, BodyError>>,
+    /// The relayed body's size, as it said when relaying began (hyper frames
+    /// a known length with Content-Length).
+    hint: hyper::body::SizeHint,
+}
+
+impl hyper::body::Body for Relayed {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BodyError>>> {
+        self.rx.poll_recv(cx)
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.hint.clone()
+    }
 }
 
 /// A request of the guard's own to the node's daemon, its answer read whole.
