@@ -1423,6 +1423,39 @@ fn reap_removes_what_a_killed_guard_of_a_gone_pod_left() {
     assert!(ps.contains(&format!("nd_{}_db", b.uid)), "{ps}");
     assert!(!ok(&engine.raw(&["network", "ls"])).contains(&format!("nd_{}_ci", a.uid)));
     assert!(!ok(&engine.raw(&["volume", "ls"])).contains(&format!("nd_{}_data", a.uid)));
+    // The DaemonSet's way: round after round until SIGTERM, a round that
+    // fails (here: the kubelet root is missing for a while) reported and
+    // the next one tried.
+    let moving = tempfile::tempdir().unwrap();
+    let mut every = Command::new(common::bin())
+        // Dry: other tests' pods are not under this root.
+        .args([
+            "guard",
+            "reap",
+            "--dry-run",
+            "--every",
+            "100ms",
+            "--upstream",
+        ])
+        .arg(&engine.socket)
+        .arg("--kubelet-root")
+        .arg(moving.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::create_dir(moving.path().join("pods")).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    ok(&Command::new("kill")
+        .args(["-TERM", &every.id().to_string()])
+        .output()
+        .unwrap());
+    let out = every.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("this round failed"), "{log}");
+    assert!(log.contains("reap: would remove"), "{log}");
     ok(&b.docker(&["rm", "-f", "db"]));
     ok(&b.docker(&["network", "rm", "ci"]));
     ok(&b.docker(&["volume", "rm", "data"]));
