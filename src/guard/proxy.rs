@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt as _, Full, Limited};
-use hyper::body::Bytes;
 use hyper::body::Body as _;
+use hyper::body::Bytes;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING};
 use hyper::{Method, Request, Response, StatusCode};
@@ -1222,7 +1222,7 @@ impl hyper::body::Body for Relayed {
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
-        self.hint.clone()
+        self.hint
     }
 }
 
