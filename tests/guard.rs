@@ -1427,7 +1427,7 @@ fn reap_removes_what_a_killed_guard_of_a_gone_pod_left() {
     // fails (here: the kubelet root is missing for a while) reported and
     // the next one tried.
     let moving = tempfile::tempdir().unwrap();
-    let mut every = Command::new(common::bin())
+    let every = Command::new(common::bin())
         // Dry: other tests' pods are not under this root.
         .args([
             "guard",
