@@ -1147,6 +1147,69 @@ fn two_pods_both_run_a_container_named_db() {
     assert_eq!(ok(&b.docker(&["ps", "-aq"])).trim(), "");
 }
 
+/// A list's `name` filter reads the names the pod sees, as dockerd reads a
+/// name on the raw socket; `network connect` makes the container's name an
+/// alias on the network, as `run --network` does, so siblings resolve it.
+#[test]
+fn name_filters_and_network_connect_use_the_pods_names() {
+    let engine = engine();
+    let g = Guard::start();
+    let id = g
+        .service_on_ci_with_data(&["--name", "db"])
+        .trim()
+        .to_string();
+    let plain = unique("plain");
+    let raw_id = ok(&engine.raw(&["create", "--name", &plain, IMAGE, "true"]))
+        .trim()
+        .to_string();
+    for (pattern, expected) in [
+        ("{}", true),
+        ("^{}$", true),
+        ("^/{}$", true),
+        ("{}x", false),
+    ] {
+        let filter = |name: &str| format!("name={}", pattern.replace("{}", name));
+        let raw = ok(&engine.raw(&["ps", "-aq", "--no-trunc", "-f", &filter(&plain)]));
+        assert_eq!(raw.contains(&raw_id), expected, "raw, {pattern}: {raw}");
+        let guarded = ok(&g.docker(&["ps", "-aq", "--no-trunc", "-f", &filter("db")]));
+        assert_eq!(
+            guarded.contains(&id),
+            expected,
+            "guard, {pattern}: {guarded}"
+        );
+    }
+    // The stored prefix is no name of the pod's.
+    assert_eq!(ok(&g.docker(&["ps", "-aq", "-f", "name=nd_"])).trim(), "");
+    let listed = |args: &[&str]| ok(&g.docker(args)).trim().to_string();
+    assert_eq!(
+        listed(&["network", "ls", "--format", "{{.Name}}", "-f", "name=^ci$"]),
+        "ci"
+    );
+    assert_eq!(
+        listed(&["volume", "ls", "--format", "{{.Name}}", "-f", "name=^data$"]),
+        "data"
+    );
+    assert_eq!(
+        listed(&["volume", "ls", "--format", "{{.Name}}", "-f", "name=^nd_"]),
+        ""
+    );
+
+    ok(&g.docker(&["run", "-d", "--name", "web", IMAGE, "sleep", "600"]));
+    ok(&g.docker(&["network", "connect", "ci", "web"]));
+    let web = json_of(&ok(&g.docker(&["inspect", "web"])));
+    let aliases = &web[0]["NetworkSettings"]["Networks"]["ci"]["Aliases"];
+    assert!(
+        aliases.as_array().unwrap().contains(&json!("web")),
+        "{aliases}"
+    );
+    let looked_up = ok(&g.docker(&["exec", "db", "nslookup", "web"]));
+    assert!(looked_up.contains("Address"), "{looked_up}");
+    ok(&g.docker(&["rm", "-f", "db", "web"]));
+    ok(&g.docker(&["network", "rm", "ci"]));
+    ok(&g.docker(&["volume", "rm", "data"]));
+    ok(&engine.raw(&["rm", &raw_id]));
+}
+
 #[test]
 fn sigterm_removes_what_the_pod_owns_and_nothing_else() {
     let mut a = Guard::start();

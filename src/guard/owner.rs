@@ -168,6 +168,94 @@ pub fn publish_volume_names(value: &mut Json, uid: &str) {
     }
 }
 
+/// The `name` values of a list's `filters`, taken out so that the guard
+/// applies them to the names the pod sees (dockerd would match the stored
+/// `nd_<uid>_` names: `name=^db$` would find nothing, `name=nd_` everything).
+#[derive(Debug, Default)]
+pub struct NameFilter {
+    /// Each value, and its regular expression when it is one.
+    values: Vec<(String, Option<regex::Regex>)>,
+}
+
+/// Splits `filters` into the rest (forwarded) and its `name` values.
+pub fn take_name_filter(filters: Option<&str>) -> Result<(Option<String>, NameFilter), String> {
+    let raw = filters.unwrap_or("").trim();
+    if raw.is_empty() {
+        return Ok((None, NameFilter::default()));
+    }
+    let mut value: Json = serde_json::from_str(raw)
+        .map_err(|e| format!("nestdock guard: the filters parameter is not JSON: {e}"))?;
+    let Json::Object(entries) = &mut value else {
+        // with_pod_filter reports the shape.
+        return Ok((Some(raw.to_string()), NameFilter::default()));
+    };
+    let mut names = Vec::new();
+    entries.retain(|(key, values)| {
+        if key != "name" {
+            return true;
+        }
+        match values {
+            Json::Array(items) => {
+                names.extend(items.iter().filter_map(Json::as_str).map(str::to_string))
+            }
+            Json::Object(items) => names.extend(items.iter().map(|(k, _)| k.clone())),
+            _ => {}
+        }
+        false
+    });
+    let rest = String::from_utf8_lossy(&value.to_bytes()).into_owned();
+    let values = names
+        .into_iter()
+        .map(|n| {
+            // dockerd skips a value that is not a valid expression (it can
+            // still match exactly).
+            let re = regex::Regex::new(&n).ok();
+            (n, re)
+        })
+        .collect();
+    Ok((Some(rest), NameFilter { values }))
+}
+
+impl NameFilter {
+    /// Whether `name` passes, as dockerd's `filters.Match` decides: no
+    /// values, the name itself, or an expression found in it.
+    pub fn matches(&self, name: &str) -> bool {
+        self.values.is_empty()
+            || self
+                .values
+                .iter()
+                .any(|(v, re)| v == name || re.as_ref().is_some_and(|re| re.is_match(name)))
+    }
+
+    /// Keeps the items of a published list the filter lets through: a
+    /// container by any of its names, with or without the leading `/` (as
+    /// dockerd matches them), a network or volume by its name.
+    pub fn apply(&self, list: &mut Json) {
+        if self.values.is_empty() {
+            return;
+        }
+        let keep = |item: &Json| {
+            if let Some(Json::Array(names)) = item.field("Names") {
+                return names
+                    .iter()
+                    .filter_map(Json::as_str)
+                    .any(|n| self.matches(n) || self.matches(n.strip_prefix('/').unwrap_or(n)));
+            }
+            item.field("Name")
+                .and_then(Json::as_str)
+                .is_some_and(|n| self.matches(n))
+        };
+        let items = match list {
+            Json::Array(items) => items,
+            other => match other.field_mut("Volumes") {
+                Some(Json::Array(items)) => items,
+                _ => return,
+            },
+        };
+        items.retain(keep);
+    }
+}
+
 /// `key=value` of the pod's label, as filters write it.
 pub fn label_filter(uid: &str) -> String {
     format!("{POD_UID_LABEL}={uid}")
@@ -320,6 +408,39 @@ pub fn filter_df(df: &mut Json, uid: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn name_filters_are_taken_out_and_read_as_dockerd_reads_them() {
+        let (rest, names) =
+            take_name_filter(Some(r#"{"name":{"^db$":true},"status":["exited"]}"#)).unwrap();
+        assert_eq!(rest.as_deref(), Some(r#"{"status":["exited"]}"#));
+        assert!(names.matches("db") && !names.matches("nd_u1_db") && !names.matches("dbx"));
+        let (_, names) = take_name_filter(Some(r#"{"name":["a+","[x"]}"#)).unwrap();
+        assert!(names.matches("aa") && names.matches("[x") && !names.matches("x"));
+        let mut list: Json = serde_json::from_str(
+            r#"[{"Names":["/db"]},{"Names":["/web","/web/db"]},{"Names":["/other"]}]"#,
+        )
+        .unwrap();
+        take_name_filter(Some(r#"{"name":["^db$"]}"#))
+            .unwrap()
+            .1
+            .apply(&mut list);
+        assert_eq!(list.to_bytes(), br#"[{"Names":["/db"]}]"#.to_vec());
+        let mut volumes: Json =
+            serde_json::from_str(r#"{"Volumes":[{"Name":"data"},{"Name":"cache"}]}"#).unwrap();
+        take_name_filter(Some(r#"{"name":["at"]}"#))
+            .unwrap()
+            .1
+            .apply(&mut volumes);
+        assert_eq!(
+            volumes.to_bytes(),
+            br#"{"Volumes":[{"Name":"data"}]}"#.to_vec()
+        );
+        assert_eq!(take_name_filter(None).unwrap().0, None);
+        assert!(take_name_filter(Some("{"))
+            .unwrap_err()
+            .contains("not JSON"));
+    }
 
     #[test]
     fn the_pod_filter_narrows_what_was_asked() {

@@ -434,20 +434,36 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         | (&Method::POST, ["images", "prune"])
         | (&Method::GET, ["events"]) => {
             let filters = match query.single("filters") {
-                Ok(f) => f,
+                Ok(f) => f.map(str::to_string),
                 Err(e) => return refused(&method, &shown, StatusCode::BAD_REQUEST, &e),
             };
-            match owner::with_pod_filter(filters, &uid) {
+            let list = (method == Method::GET && segments[0] != "events").then(|| segments[0]);
+            // A list's `name` filter is applied here, to the names the pod
+            // sees; prunes and events have none worth keeping from dockerd.
+            let (filters, names) = match list {
+                Some(_) => match owner::take_name_filter(filters.as_deref()) {
+                    Ok(split) => split,
+                    Err(e) => return refused(&method, &shown, StatusCode::BAD_REQUEST, &e),
+                },
+                None => (filters, owner::NameFilter::default()),
+            };
+            match owner::with_pod_filter(filters.as_deref(), &uid) {
                 Ok(f) => query.set("filters", f),
                 Err(e) => return refused(&method, &shown, StatusCode::BAD_REQUEST, &e),
             }
-            let list = (method == Method::GET).then(|| segments[0]);
             let resp = forward(state, req, &path_out, &query, None).await;
+            let publish_list = |v: &mut Json, uid: &str| {
+                match list {
+                    Some("containers") => owner::publish_container_names(v, uid),
+                    Some("networks") => owner::publish_network_names(v, uid),
+                    _ => owner::publish_volume_names(v, uid),
+                }
+                names.apply(v);
+            };
             match list {
-                Some("containers") => publish_names(resp, &uid).await,
-                Some("networks") => publish(resp, &uid, owner::publish_network_names).await,
-                Some("volumes") => publish(resp, &uid, owner::publish_volume_names).await,
-                _ => resp,
+                Some(_) if !resp.status().is_success() => publish_errors(resp, &uid).await,
+                Some(_) => rewrite_json(resp, |v| publish_list(v, &uid)).await,
+                None => resp,
             }
         }
         (&Method::GET, ["system", "df"]) => system_df(state, req, &path_out, &query).await,
@@ -588,6 +604,15 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
                 };
                 if let Some(full_id) = ids.values().next().filter(|_| ids.len() == 1) {
                     b.set_field("Container", Json::String(full_id.clone()));
+                    if rest == ["connect"] {
+                        match find(state, Kind::Container, full_id).await {
+                            Ok(Found::Owned(_, stored)) => {
+                                create::alias_on_connect(&mut b, &owner::public_name(&uid, &stored))
+                            }
+                            Ok(_) => {}
+                            Err(resp) => return resp,
+                        }
+                    }
                 }
                 Some(b.to_bytes())
             } else {
