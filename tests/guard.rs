@@ -1154,6 +1154,13 @@ fn two_pods_both_run_a_container_named_db() {
 fn name_filters_and_network_connect_use_the_pods_names() {
     let engine = engine();
     let g = Guard::start();
+    let epoch = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let since = (epoch() - 1).to_string();
     let id = g
         .service_on_ci_with_data(&["--name", "db"])
         .trim()
@@ -1204,6 +1211,21 @@ fn name_filters_and_network_connect_use_the_pods_names() {
     );
     let looked_up = ok(&g.docker(&["exec", "db", "nslookup", "web"]));
     assert!(looked_up.contains("Address"), "{looked_up}");
+
+    // Events name what the pod named, and their filters take those names.
+    let until = (epoch() + 1).to_string();
+    let events = |filter: &str, format: &str| {
+        ok(&g.docker(&[
+            "events", "--since", &since, "--until", &until, "-f", filter, "--format", format,
+        ]))
+    };
+    let names = events("container=db", "{{.Actor.Attributes.name}}");
+    assert!(
+        !names.is_empty() && names.lines().all(|l| l == "db"),
+        "{names}"
+    );
+    let all = events("type=container", "{{json .}}");
+    assert!(all.contains("\"web\"") && !all.contains("nd_"), "{all}");
     ok(&g.docker(&["rm", "-f", "db", "web"]));
     ok(&g.docker(&["network", "rm", "ci"]));
     ok(&g.docker(&["volume", "rm", "data"]));

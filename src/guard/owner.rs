@@ -256,6 +256,85 @@ impl NameFilter {
     }
 }
 
+/// An events `filters` parameter whose `container`, `network` and `volume`
+/// values also name the stored objects: `-f container=db` is dockerd's
+/// `nd_<uid>_db` (the pod's label filter keeps other pods' events out).
+pub fn with_private_event_names(
+    filters: Option<&str>,
+    uid: &str,
+) -> Result<Option<String>, String> {
+    let raw = filters.unwrap_or("").trim();
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    let mut value: Json = serde_json::from_str(raw)
+        .map_err(|e| format!("nestdock guard: the filters parameter is not JSON: {e}"))?;
+    if let Json::Object(entries) = &mut value {
+        for (key, values) in entries.iter_mut() {
+            if !matches!(key.as_str(), "container" | "network" | "volume") {
+                continue;
+            }
+            let private = |v: &str| is_name(v).then(|| private_name(uid, v));
+            match values {
+                Json::Array(items) => {
+                    let extra: Vec<Json> = items
+                        .iter()
+                        .filter_map(Json::as_str)
+                        .filter_map(private)
+                        .map(Json::String)
+                        .collect();
+                    items.extend(extra);
+                }
+                Json::Object(items) => {
+                    let extra: Vec<(String, Json)> = items
+                        .iter()
+                        .filter_map(|(k, _)| private(k))
+                        .map(|k| (k, Json::Bool(true)))
+                        .collect();
+                    items.extend(extra);
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(Some(
+        String::from_utf8_lossy(&value.to_bytes()).into_owned(),
+    ))
+}
+
+/// One event of dockerd's stream (a JSON object on a line), with the names
+/// the pod knows: the actor's `name` attribute (a container's or a
+/// network's) and a volume's id, which is its name. A line that is not JSON
+/// is left as it is.
+pub fn publish_event(line: &[u8], uid: &str) -> Vec<u8> {
+    let Ok(mut event) = serde_json::from_slice::<Json>(line) else {
+        return line.to_vec();
+    };
+    let volume = event.field("Type").and_then(Json::as_str) == Some("volume");
+    if let Some(actor) = event.field_mut("Actor") {
+        if let Some(name) = actor.field_mut("Attributes").and_then(|a| match a {
+            Json::Object(entries) => entries
+                .iter_mut()
+                .find(|(k, _)| k == "name")
+                .map(|(_, v)| v),
+            _ => None,
+        }) {
+            publish_string(name, uid);
+        }
+        if volume {
+            if let Some(id) = actor.field_mut("ID") {
+                publish_string(id, uid);
+            }
+        }
+    }
+    if volume {
+        if let Some(id) = event.field_mut("id") {
+            publish_string(id, uid);
+        }
+    }
+    event.to_bytes()
+}
+
 /// `key=value` of the pod's label, as filters write it.
 pub fn label_filter(uid: &str) -> String {
     format!("{POD_UID_LABEL}={uid}")
@@ -408,6 +487,31 @@ pub fn filter_df(df: &mut Json, uid: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_show_and_take_the_pods_names() {
+        let event = br#"{"Type":"container","Action":"start","Actor":{"ID":"abc","Attributes":{"name":"nd_u1_db","image":"busybox"}}}"#;
+        let shown = String::from_utf8(publish_event(event, "u1")).unwrap();
+        assert!(
+            shown.contains(r#""name":"db""#) && shown.contains(r#""ID":"abc""#),
+            "{shown}"
+        );
+        let volume = br#"{"Type":"volume","Action":"create","id":"nd_u1_data","Actor":{"ID":"nd_u1_data","Attributes":{"driver":"local"}}}"#;
+        let shown = String::from_utf8(publish_event(volume, "u1")).unwrap();
+        assert!(!shown.contains("nd_u1_"), "{shown}");
+        assert_eq!(publish_event(b"not json", "u1"), b"not json".to_vec());
+        let filters = with_private_event_names(
+            Some(r#"{"container":["db"],"type":{"container":true}}"#),
+            "u1",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            filters,
+            r#"{"container":["db","nd_u1_db"],"type":{"container":true}}"#
+        );
+        assert_eq!(with_private_event_names(None, "u1").unwrap(), None);
+    }
 
     #[test]
     fn name_filters_are_taken_out_and_read_as_dockerd_reads_them() {

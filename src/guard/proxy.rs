@@ -58,6 +58,8 @@ const MAX_RESPONSE_BYTES: usize = 32 << 20;
 /// Frames a streamed body may be read ahead of its writer (each at most
 /// hyper's read buffer, about 400 KiB): 1.6 MiB per direction at most.
 const RELAY_FRAMES: usize = 4;
+/// Longest event line the guard holds to rewrite its names.
+const MAX_EVENT_BYTES: usize = 1 << 20;
 /// Buffer of each direction of a hijacked stream (attach, exec, BuildKit).
 const HIJACK_BUFFER: usize = 64 << 10;
 
@@ -445,6 +447,12 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
                     Ok(split) => split,
                     Err(e) => return refused(&method, &shown, StatusCode::BAD_REQUEST, &e),
                 },
+                None if segments[0] == "events" => {
+                    match owner::with_private_event_names(filters.as_deref(), &uid) {
+                        Ok(f) => (f, owner::NameFilter::default()),
+                        Err(e) => return refused(&method, &shown, StatusCode::BAD_REQUEST, &e),
+                    }
+                }
                 None => (filters, owner::NameFilter::default()),
             };
             match owner::with_pod_filter(filters.as_deref(), &uid) {
@@ -463,6 +471,9 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
             match list {
                 Some(_) if !resp.status().is_success() => publish_errors(resp, &uid).await,
                 Some(_) => rewrite_json(resp, |v| publish_list(v, &uid)).await,
+                None if segments[0] == "events" && resp.status().is_success() => {
+                    publish_events(resp, uid.clone())
+                }
                 None => resp,
             }
         }
@@ -1226,6 +1237,62 @@ fn relay(mut body: Body) -> Body {
         }
     });
     Relayed { rx, hint }.boxed()
+}
+
+/// The events stream, each event (a line of JSON) with the pod's names,
+/// rewritten as it streams: a line is held until its end, up to
+/// [`MAX_EVENT_BYTES`] (past that it goes on as it is).
+fn publish_events(resp: Response<Body>, uid: String) -> Response<Body> {
+    let (mut parts, mut body) = resp.into_parts();
+    parts.headers.remove(CONTENT_LENGTH);
+    let (tx, rx) = tokio::sync::mpsc::channel(RELAY_FRAMES);
+    tokio::spawn(async move {
+        let mut line: Vec<u8> = Vec::new();
+        let mut ended = false;
+        while !ended {
+            let mut out = Vec::new();
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    for piece in data.split_inclusive(|&b| b == b'\n') {
+                        line.extend_from_slice(piece);
+                        if line.ends_with(b"\n") {
+                            out.extend(owner::publish_event(line.trim_ascii_end(), &uid));
+                            out.push(b'\n');
+                            line.clear();
+                        } else if line.len() > MAX_EVENT_BYTES {
+                            out.append(&mut line);
+                        }
+                    }
+                }
+                Some(Err(e)) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+                None => {
+                    ended = true;
+                    if !line.is_empty() {
+                        out.extend(owner::publish_event(&line, &uid));
+                    }
+                }
+            }
+            if !out.is_empty()
+                && tx
+                    .send(Ok(hyper::body::Frame::data(Bytes::from(out))))
+                    .await
+                    .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let body = Relayed {
+        rx,
+        hint: hyper::body::SizeHint::default(),
+    };
+    Response::from_parts(parts, body.boxed())
 }
 
 struct Relayed {
