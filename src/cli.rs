@@ -104,6 +104,17 @@ struct GuardArgs {
     /// `docker run -v $PWD:/src` works as in dind. The webhook writes these.
     #[arg(long, value_name = "PATH=VOLUME[/SUBPATH]", value_parser = crate::guard::binds::parse_mount)]
     mount: Vec<crate::guard::binds::PodMount>,
+    /// Place the pod's containers (and build steps) under the pod's own
+    /// cgroup, which the kubelet names by the pod's QoS class and uid, so
+    /// the pod's limits and `kubectl top` include them (dood.guard.cgroupParent: pod).
+    #[arg(long, value_enum, value_name = "QOS")]
+    pod_cgroup: Option<crate::guard::cgroup::Qos>,
+    /// The kubelet's (and the node dockerd's) cgroup driver.
+    #[arg(long, value_enum, default_value = "cgroupfs", value_name = "DRIVER")]
+    cgroup_driver: crate::guard::cgroup::Driver,
+    /// The kubelet's --cgroup-root (its pods are under <root>/kubepods).
+    #[arg(long, default_value = "/", value_parser = parse_absolute, value_name = "PATH")]
+    cgroup_root: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -564,7 +575,25 @@ fn guard(args: GuardArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     }
+    let cgroup_parent = match args.pod_cgroup {
+        Some(qos) => {
+            match crate::guard::cgroup::pod_parent(
+                &pod_uid,
+                qos,
+                args.cgroup_driver,
+                &args.cgroup_root,
+            ) {
+                Ok(parent) => Some(parent),
+                Err(e) => {
+                    eprintln!("error: {e} (see 'nestdock guard --help')");
+                    return Ok(ExitCode::from(2));
+                }
+            }
+        }
+        None => None,
+    };
     let config = crate::guard::GuardConfig {
+        cgroup_parent,
         listen,
         upstream: args.upstream,
         pod_uid,

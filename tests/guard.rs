@@ -289,6 +289,11 @@ struct Guard {
 
 impl Guard {
     fn start() -> Guard {
+        Guard::start_with(&[])
+    }
+
+    /// A guard given `extra` flags too.
+    fn start_with(extra: &[&str]) -> Guard {
         let engine = engine();
         let uid = unique("pod");
         let dir = tempfile::Builder::new()
@@ -320,6 +325,7 @@ impl Guard {
             // a pod they are mounted into the guard).
             .arg("--pod-volumes-dir")
             .arg(&empty_dirs)
+            .args(extra)
             .env("NESTDOCK_POD_UID", &uid)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -1230,6 +1236,53 @@ fn name_filters_and_network_connect_use_the_pods_names() {
     ok(&g.docker(&["network", "rm", "ci"]));
     ok(&g.docker(&["volume", "rm", "data"]));
     ok(&engine.raw(&["rm", &raw_id]));
+}
+
+/// `--pod-cgroup` (dood.guard.cgroupParent: pod): what the pod creates and
+/// builds runs under the pod's own cgroup, named as the kubelet names it
+/// (cgroupfs here, below a cgroup root of this test's own); the pod still
+/// may not choose a parent itself.
+#[test]
+fn pod_cgroup_places_what_the_pod_runs_under_the_pods_cgroup() {
+    let engine = engine();
+    let root = format!("/nestdock-guard-test-{}", std::process::id());
+    let g = Guard::start_with(&["--pod-cgroup", "burstable", "--cgroup-root", &root]);
+    let parent = format!("{root}/kubepods/burstable/pod{}", g.uid);
+    let id = ok(&g.docker(&["run", "-d", IMAGE, "sleep", "600"]))
+        .trim()
+        .to_string();
+    let c = json_of(&ok(&engine.raw(&["inspect", &id])));
+    assert_eq!(c[0]["HostConfig"]["CgroupParent"], json!(parent));
+    let hierarchies: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    let placed = hierarchies
+        .iter()
+        .filter(|h| h.join(parent.trim_start_matches('/')).join(&id).is_dir())
+        .count();
+    assert!(placed > 0, "no cgroup {parent}/{id} in {hierarchies:?}");
+    // A build's steps too.
+    let ctx = g.empty_dirs.join("work").join(unique("cg"));
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {IMAGE}\nRUN cat /proc/self/cgroup > /cg\n"),
+    )
+    .unwrap();
+    let tag = format!("{}:1", unique("cg"));
+    ok(&g.docker(&["build", "-q", "-t", &tag, &ctx.to_string_lossy()]));
+    let seen = ok(&g.docker(&["run", "--rm", &tag, "cat", "/cg"]));
+    assert!(seen.contains(&format!("pod{}/", g.uid)), "{seen}");
+    let err = fails(&g.docker(&["run", "--rm", "--cgroup-parent", "/x", IMAGE, "true"]));
+    assert!(err.contains("CgroupParent"), "{err}");
+    ok(&g.docker(&["rm", "-f", &id]));
+    ok(&g.docker(&["rmi", &tag]));
+    // dockerd leaves the parents; the pod's is this test's to remove.
+    for h in &hierarchies {
+        let _ = std::fs::remove_dir(h.join(parent.trim_start_matches('/')));
+    }
 }
 
 #[test]

@@ -15,6 +15,7 @@
 
 pub mod binds;
 pub mod body;
+pub mod cgroup;
 mod config;
 pub mod create;
 pub mod image;

@@ -158,6 +158,7 @@ pub async fn reap(
             socket_group: None,
             cleanup_timeout: None,
             mounts: Vec::new(),
+            cgroup_parent: None,
         },
     };
     // Every object that carries the label, whatever its value.
@@ -517,6 +518,9 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
             create::pin_refs(&mut body, &|kind, r: &str| {
                 ids.get(&(kind, r.to_string())).cloned()
             });
+            if let Some(parent) = &state.cfg.cgroup_parent {
+                super::cgroup::place(&mut body, parent);
+            }
             let resp = forward(state, req, &path_out, &query, Some(body.to_bytes())).await;
             publish_errors(resp, &uid).await
         }
@@ -713,6 +717,9 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         (&Method::POST, ["build"]) => {
             if let Err(d) = create::build(&mut query, &uid) {
                 return denied(&method, &shown, d);
+            }
+            if let Some(parent) = &state.cfg.cgroup_parent {
+                query.set("cgroupparent", parent.clone());
             }
             let mut tags = Vec::new();
             for t in query.all("t") {
