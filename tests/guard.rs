@@ -659,6 +659,12 @@ fn the_guard_container_nestdock_writes_runs_and_its_probe_passes() {
 fn bad_usage_exits_2_with_one_line() {
     let cases: &[(&[&str], Option<&str>, &str)] = &[
         (&["guard"], Some("u1"), "--listen"),
+        // This process is in no pod's cgroup: auto finds none, and says so.
+        (
+            &["guard", "--listen", "/tmp/x.sock", "--pod-cgroup", "auto"],
+            Some("u1"),
+            "no cgroup of pod u1",
+        ),
         (&["guard", "--listen", "/tmp/x.sock"], None, "--pod-uid"),
         (
             &["guard", "--listen", "/tmp/x.sock", "--pod-uid", "a b"],
