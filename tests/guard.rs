@@ -859,15 +859,9 @@ fn the_pods_own_objects_work_as_on_the_raw_socket() {
     );
 
     // build (the classic builder: context upload), labelled with the pod.
-    let ctx = g.empty_dirs.join("work/ctx");
-    std::fs::create_dir_all(&ctx).unwrap();
-    std::fs::write(
-        ctx.join("Dockerfile"),
-        format!("FROM {IMAGE}\nRUN echo built > /built\n"),
-    )
-    .unwrap();
+    let ctx = build_context(&g, "echo built > /built");
     let tag = format!("{}:1", unique("built"));
-    ok(&g.docker(&["build", "-q", "-t", &tag, &ctx.to_string_lossy()]));
+    ok(&g.docker(&["build", "-q", "-t", &tag, &ctx]));
     let image = json_of(&ok(&g.docker(&["image", "inspect", &tag])));
     assert_eq!(
         image[0]["Config"]["Labels"]["io.nestdock.pod-uid"],
@@ -1270,15 +1264,9 @@ fn pod_cgroup_places_what_the_pod_runs_under_the_pods_cgroup() {
         .count();
     assert!(placed > 0, "no cgroup {parent}/{id} in {hierarchies:?}");
     // A build's steps too.
-    let ctx = g.empty_dirs.join("work").join(unique("cg"));
-    std::fs::create_dir_all(&ctx).unwrap();
-    std::fs::write(
-        ctx.join("Dockerfile"),
-        format!("FROM {IMAGE}\nRUN cat /proc/self/cgroup > /cg\n"),
-    )
-    .unwrap();
     let tag = format!("{}:1", unique("cg"));
-    ok(&g.docker(&["build", "-q", "-t", &tag, &ctx.to_string_lossy()]));
+    let ctx = build_context(&g, "cat /proc/self/cgroup > /cg");
+    ok(&g.docker(&["build", "-q", "-t", &tag, &ctx]));
     let seen = ok(&g.docker(&["run", "--rm", &tag, "cat", "/cg"]));
     assert!(seen.contains(&format!("pod{}/", g.uid)), "{seen}");
     let err = fails(&g.docker(&["run", "--rm", "--cgroup-parent", "/x", IMAGE, "true"]));
@@ -1329,17 +1317,18 @@ fn sigterm_removes_what_the_pod_owns_and_nothing_else() {
     ok(&b.docker(&["volume", "rm", "data"]));
 }
 
-/// A small build context in the pod's emptyDir: `FROM` the test image, a
-/// file saying who built it.
-fn context_of(g: &Guard, who: &str) -> String {
+/// A build context in the pod's emptyDir: `FROM` the test image and one
+/// `RUN` step.
+fn build_context(g: &Guard, run: &str) -> String {
     let ctx = g.empty_dirs.join("work").join(unique("ctx"));
     std::fs::create_dir_all(&ctx).unwrap();
-    std::fs::write(
-        ctx.join("Dockerfile"),
-        format!("FROM {IMAGE}\nRUN echo {who} > /who\n"),
-    )
-    .unwrap();
+    std::fs::write(ctx.join("Dockerfile"), format!("FROM {IMAGE}\nRUN {run}\n")).unwrap();
     ctx.to_string_lossy().into_owned()
+}
+
+/// A build context whose image says who built it (`/who`).
+fn context_of(g: &Guard, who: &str) -> String {
+    build_context(g, &format!("echo {who} > /who"))
 }
 
 #[test]
@@ -1471,18 +1460,12 @@ fn image_tags_belong_to_the_pod_that_made_them() {
 #[test]
 fn testcontainers_runs_through_the_guard() {
     let engine = engine();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/setup-testcontainers.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run scripts/setup-testcontainers.sh");
-    assert!(
-        out.status.success(),
-        "scripts/setup-testcontainers.sh failed ({}): it installs testcontainers-python from PyPI",
-        out.status
+    static VENV: OnceLock<Result<String, String>> = OnceLock::new();
+    let python = common::docs::tool(
+        &VENV,
+        "scripts/setup-testcontainers.sh",
+        "testcontainers-python (from PyPI)",
     );
-    let python = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let g = Guard::start();
     let run = engine.socket.parent().expect("the run directory");
     let pid = std::fs::read_to_string(run.join("dockerd.pid")).expect("dockerd's pid file");

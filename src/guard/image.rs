@@ -402,28 +402,18 @@ impl TarScan {
             return Ok(());
         }
         let stored = tar_number(&h[148..156]).ok_or_else(|| scan_error("a bad header checksum"))?;
-        let unsigned: u64 = h
-            .iter()
-            .enumerate()
-            .map(|(i, &b)| {
-                if (148..156).contains(&i) {
-                    32
-                } else {
-                    u64::from(b)
-                }
-            })
-            .sum();
-        let signed: i64 = h
-            .iter()
-            .enumerate()
-            .map(|(i, &b)| {
-                if (148..156).contains(&i) {
-                    32
-                } else {
-                    i64::from(b as i8)
-                }
-            })
-            .sum();
+        // Go accepts the sum of the bytes read unsigned or signed, with the
+        // checksum field counted as spaces.
+        let (mut unsigned, mut signed) = (0u64, 0i64);
+        for (i, &b) in h.iter().enumerate() {
+            let (u, s) = if (148..156).contains(&i) {
+                (32, 32)
+            } else {
+                (u64::from(b), i64::from(b as i8))
+            };
+            unsigned += u;
+            signed += s;
+        }
         if stored != unsigned && i64::try_from(stored).ok() != Some(signed) {
             return Err(scan_error("a bad header checksum"));
         }
