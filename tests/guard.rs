@@ -84,6 +84,24 @@ fn engine() -> &'static Engine {
                 }
             }
         }
+        // And the cgroups of earlier runs' containers (cgroup v1 keeps a
+        // directory per hierarchy; empty ones go with rmdir).
+        for h in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for e in std::fs::read_dir(h.path()).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let gone = name
+                    .strip_prefix("nestdock-guard-test-")
+                    .and_then(|p| p.parse::<u32>().ok())
+                    .is_some_and(|pid| !Path::new("/proc").join(pid.to_string()).exists());
+                if gone {
+                    remove_cgroup(&e.path());
+                }
+            }
+        }
         let pid = std::process::id();
         // Short: unix socket paths under the exec root must stay below 108 bytes.
         let run = PathBuf::from(format!("/tmp/ndg-{pid}"));
@@ -105,6 +123,7 @@ fn engine() -> &'static Engine {
             .env("NDG_DATA", &data)
             .env("NDG_SOCK", run.join("docker.sock"))
             .env("NDG_DOCKER", DOCKER)
+            .env("NDG_CGROUP", cgroup_parent(pid))
             .env("DOCKER_CONFIG", data.join("cli"))
             .arg("keeper")
             .args(["unshare", "--net", "--", &dockerd])
@@ -119,7 +138,7 @@ fn engine() -> &'static Engine {
                 "--ip-masq=false",
                 "--shutdown-timeout=5",
             ])
-            .arg(format!("--cgroup-parent=nestdock-guard-test-{pid}"))
+            .arg(format!("--cgroup-parent={}", cgroup_parent(pid)))
             .stdin(Stdio::piped())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -161,7 +180,27 @@ kill $pid
 wait $pid
 awk -v a="$NDG_RUN" -v b="$NDG_DATA" 'index($2, a) == 1 || index($2, b) == 1 { print $2 }' /proc/mounts |
 	sort -r | while read -r m; do umount -l "$m"; done
-rm -rf "$NDG_RUN" "$NDG_DATA""#;
+rm -rf "$NDG_RUN" "$NDG_DATA"
+for d in /sys/fs/cgroup/*/"$NDG_CGROUP" /sys/fs/cgroup/"$NDG_CGROUP"; do
+	[ -d "$d" ] && find "$d" -depth -type d -exec rmdir {} + 2>/dev/null
+done
+true"#;
+
+/// The cgroup parent of this test process's dockerd.
+fn cgroup_parent(pid: u32) -> String {
+    format!("nestdock-guard-test-{pid}")
+}
+
+/// Removes an empty cgroup directory tree, deepest first (a cgroup still
+/// holding a process stays).
+fn remove_cgroup(dir: &Path) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_cgroup(&e.path());
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
 
 /// Lazily unmounts what an earlier run left mounted below `dir` (a dockerd
 /// killed hard leaves overlay and network namespace mounts).
@@ -1245,7 +1284,7 @@ fn name_filters_and_network_connect_use_the_pods_names() {
 #[test]
 fn pod_cgroup_places_what_the_pod_runs_under_the_pods_cgroup() {
     let engine = engine();
-    let root = format!("/nestdock-guard-test-{}", std::process::id());
+    let root = format!("/{}", cgroup_parent(std::process::id()));
     let g = Guard::start_with(&["--pod-cgroup", "burstable", "--cgroup-root", &root]);
     let parent = format!("{root}/kubepods/burstable/pod{}", g.uid);
     let id = ok(&g.docker(&["run", "-d", IMAGE, "sleep", "600"]))
@@ -1273,9 +1312,9 @@ fn pod_cgroup_places_what_the_pod_runs_under_the_pods_cgroup() {
     assert!(err.contains("CgroupParent"), "{err}");
     ok(&g.docker(&["rm", "-f", &id]));
     ok(&g.docker(&["rmi", &tag]));
-    // dockerd leaves the parents; the pod's is this test's to remove.
+    // dockerd leaves the parents: kubepods and below are this test's.
     for h in &hierarchies {
-        let _ = std::fs::remove_dir(h.join(parent.trim_start_matches('/')));
+        remove_cgroup(&h.join(root.trim_start_matches('/')).join("kubepods"));
     }
 }
 
