@@ -985,92 +985,70 @@ async fn load(
         Err(resp) => return resp,
     };
     let verdict = Arc::new(std::sync::Mutex::new(None));
-    let body = std::mem::replace(req.body_mut(), full(Bytes::new()));
-    let upload = Arc::new(std::sync::Mutex::new(body));
-    *req.body_mut() = CheckedLoad {
-        inner: upload.clone(),
-        scan: image::TarScan::default(),
-        held,
-        verdict: verdict.clone(),
-    }
-    .boxed();
+    let mut upload = std::mem::replace(req.body_mut(), full(Bytes::new()));
+    let hint = upload.size_hint();
+    let (tx, rx) = tokio::sync::mpsc::channel(RELAY_FRAMES);
+    let refusal = verdict.clone();
+    // The upload goes through a task that reads each frame before passing
+    // it on (as `relay` does), so a refused one never reaches dockerd.
+    let checker = tokio::spawn(async move {
+        let mut scan = image::TarScan::default();
+        while let Some(frame) = upload.frame().await {
+            let why = match &frame {
+                Ok(f) => f.data_ref().and_then(|d| load_refusal(&mut scan, &held, d)),
+                Err(_) => None,
+            };
+            if let Some(why) = why {
+                if let Ok(mut v) = refusal.lock() {
+                    *v = Some(why.clone());
+                }
+                let _ = tx.send(Err(BodyError::Refused(why))).await;
+                drop(tx);
+                // The rest of the upload is read and dropped, so that the
+                // client, still writing, reads the refusal, not a broken pipe.
+                while let Some(Ok(_)) = upload.frame().await {}
+                return;
+            }
+            let failed = frame.is_err();
+            if tx.send(frame).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    *req.body_mut() = Relayed { rx, hint }.boxed();
     let resp = forward(state, req, path, query, None).await;
     let why = verdict.lock().ok().and_then(|mut v| v.take());
     let Some(why) = why else {
         return resp;
     };
-    // The rest of the upload is read and dropped, so that the client, still
-    // writing, reads the refusal instead of a broken pipe.
-    loop {
-        let frame = std::future::poll_fn(|cx| match upload.lock() {
-            Ok(mut body) => hyper::body::Body::poll_frame(std::pin::Pin::new(&mut *body), cx),
-            Err(_) => std::task::Poll::Ready(None),
-        })
-        .await;
-        if !matches!(frame, Some(Ok(_))) {
-            break;
-        }
-    }
+    let _ = checker.await;
     refused(&Method::POST, "/images/load", StatusCode::FORBIDDEN, &why)
 }
 
-/// A `docker load` body, checked as it streams (see [`load`]).
-struct CheckedLoad {
-    /// Shared with [`load`], which drains it after a refusal.
-    inner: Arc<std::sync::Mutex<Body>>,
-    scan: image::TarScan,
-    held: HashMap<String, image::Held>,
-    verdict: Arc<std::sync::Mutex<Option<String>>>,
-}
-
-impl CheckedLoad {
-    fn check(&mut self, data: &[u8]) -> Result<(), String> {
-        for (file, bytes) in self.scan.feed(data)? {
-            for tag in image::archive_tags(file, &bytes)? {
-                if let Some(why) = image::refuse_write(&tag, self.held.get(&tag)) {
-                    return Err(why);
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-impl hyper::body::Body for CheckedLoad {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BodyError>>> {
-        let this = &mut *self;
-        let polled = match this.inner.lock() {
-            Ok(mut body) => std::pin::Pin::new(&mut *body).poll_frame(cx),
-            Err(_) => return std::task::Poll::Ready(None),
+/// Why the next bytes of a `docker load` archive are refused: a tag it sets
+/// that the pod may not set, or an archive the scan cannot follow.
+fn load_refusal(
+    scan: &mut image::TarScan,
+    held: &HashMap<String, image::Held>,
+    data: &[u8],
+) -> Option<String> {
+    let files = match scan.feed(data) {
+        Ok(files) => files,
+        Err(why) => return Some(why),
+    };
+    for (file, bytes) in files {
+        let tags = match image::archive_tags(file, &bytes) {
+            Ok(tags) => tags,
+            Err(why) => return Some(why),
         };
-        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                if let Err(why) = this.check(data) {
-                    if let Ok(mut v) = this.verdict.lock() {
-                        *v = Some(why.clone());
-                    }
-                    return std::task::Poll::Ready(Some(Err(BodyError::Refused(why))));
-                }
-            }
+        if let Some(why) = tags
+            .iter()
+            .find_map(|tag| image::refuse_write(tag, held.get(tag)))
+        {
+            return Some(why);
         }
-        polled
     }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.lock().map_or(true, |b| b.is_end_stream())
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner
-            .lock()
-            .map_or_else(|_| hyper::body::SizeHint::default(), |b| b.size_hint())
-    }
+    None
 }
 
 /// Reads a request body the rules must see.
