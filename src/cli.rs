@@ -104,6 +104,17 @@ struct GuardArgs {
     /// `docker run -v $PWD:/src` works as in dind. The webhook writes these.
     #[arg(long, value_name = "PATH=VOLUME[/SUBPATH]", value_parser = crate::guard::binds::parse_mount)]
     mount: Vec<crate::guard::binds::PodMount>,
+    /// Place the pod's containers (and build steps) under the pod's own
+    /// cgroup, which the kubelet names by the pod's QoS class and uid, so
+    /// the pod's limits and `kubectl top` include them (dood.guard.cgroupParent: pod).
+    #[arg(long, value_enum, value_name = "QOS")]
+    pod_cgroup: Option<crate::guard::cgroup::Qos>,
+    /// The kubelet's (and the node dockerd's) cgroup driver.
+    #[arg(long, value_enum, default_value = "cgroupfs", value_name = "DRIVER")]
+    cgroup_driver: crate::guard::cgroup::Driver,
+    /// The kubelet's --cgroup-root (its pods are under <root>/kubepods).
+    #[arg(long, default_value = "/", value_parser = parse_absolute, value_name = "PATH")]
+    cgroup_root: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -128,6 +139,11 @@ struct ReapArgs {
     /// Print what would be removed, remove nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Keep running and reap again after each such pause (the node
+    /// DaemonSet's container); without it, reap once and exit. A round that
+    /// fails is logged and the next one tried.
+    #[arg(long, value_parser = parse_positive_duration, value_name = "DURATION")]
+    every: Option<Duration>,
 }
 
 fn parse_pod_uid(s: &str) -> Result<String, String> {
@@ -502,21 +518,48 @@ fn guard(args: GuardArgs) -> anyhow::Result<ExitCode> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let removed = rt.block_on(crate::guard::reap(
-            &reap.upstream,
-            Path::new(&reap.kubelet_root),
-            reap.dry_run,
-        ))?;
         let verb = if reap.dry_run {
             "would remove"
         } else {
             "removed"
         };
-        for what in &removed {
-            println!("{verb} {what}");
+        let round = || -> anyhow::Result<()> {
+            let removed = rt.block_on(crate::guard::reap(
+                &reap.upstream,
+                Path::new(&reap.kubelet_root),
+                reap.dry_run,
+            ))?;
+            let mut stdout = std::io::stdout().lock();
+            for what in &removed {
+                writeln!(stdout, "{verb} {what}")?;
+            }
+            stdout.flush()?;
+            eprintln!("reap: {verb} {} objects", removed.len());
+            Ok(())
+        };
+        let Some(every) = reap.every else {
+            round()?;
+            return Ok(ExitCode::SUCCESS);
+        };
+        // A DaemonSet's container: a round that fails (the daemon restarting)
+        // is reported, and the next one comes; SIGTERM ends the wait.
+        loop {
+            if let Err(e) = round() {
+                eprintln!("reap: this round failed: {e:#}; next in {every:?}");
+            }
+            let stop = rt.block_on(async {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => Ok::<bool, std::io::Error>(false),
+                    _ = term.recv() => Ok(true),
+                    _ = tokio::signal::ctrl_c() => Ok(true),
+                }
+            })?;
+            if stop {
+                return Ok(ExitCode::SUCCESS);
+            }
         }
-        eprintln!("reap: {verb} {} objects", removed.len());
-        return Ok(ExitCode::SUCCESS);
     }
     let (Some(listen), Some(pod_uid)) = (args.listen, args.pod_uid) else {
         // clap requires both without a subcommand.
@@ -532,7 +575,25 @@ fn guard(args: GuardArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     }
+    let cgroup_parent = match args.pod_cgroup {
+        Some(qos) => {
+            match crate::guard::cgroup::pod_parent(
+                &pod_uid,
+                qos,
+                args.cgroup_driver,
+                &args.cgroup_root,
+            ) {
+                Ok(parent) => Some(parent),
+                Err(e) => {
+                    eprintln!("error: {e} (see 'nestdock guard --help')");
+                    return Ok(ExitCode::from(2));
+                }
+            }
+        }
+        None => None,
+    };
     let config = crate::guard::GuardConfig {
+        cgroup_parent,
         listen,
         upstream: args.upstream,
         pod_uid,

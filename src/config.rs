@@ -309,12 +309,28 @@ pub struct GuardConfig {
     pub image: Option<String>,
     /// The guard container's resources (Kubernetes shape).
     pub resources: Resources,
+    /// Where the pod's sibling containers' cgroups go (`pod`: under the
+    /// pod's own, so its limits and `kubectl top` include them).
+    pub cgroup_parent: CgroupParent,
+}
+
+/// `dood.guard.cgroupParent`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum CgroupParent {
+    /// dockerd's default (its own cgroup parent).
+    #[default]
+    None,
+    /// The pod's cgroup, which the guard finds from its own
+    /// (`nestdock guard --pod-cgroup auto`).
+    Pod,
 }
 
 impl Default for GuardConfig {
     fn default() -> Self {
         GuardConfig {
             enabled: true,
+            cgroup_parent: CgroupParent::None,
             image: None,
             resources: Resources {
                 requests: ResourceList {
@@ -337,6 +353,7 @@ struct GuardSettings {
     enabled: bool,
     image: Option<String>,
     resources: Resources,
+    cgroup_parent: CgroupParent,
 }
 
 impl Default for GuardSettings {
@@ -345,11 +362,13 @@ impl Default for GuardSettings {
             enabled,
             image,
             resources,
+            cgroup_parent,
         } = GuardConfig::default();
         GuardSettings {
             enabled,
             image,
             resources,
+            cgroup_parent,
         }
     }
 }
@@ -362,7 +381,7 @@ impl<'de> Deserialize<'de> for GuardConfig {
         impl<'de> serde::de::Visitor<'de> for Visit {
             type Value = GuardConfig;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("true, false, or a map with enabled, image, resources")
+                f.write_str("true, false, or a map with enabled, image, resources, cgroupParent")
             }
             fn visit_bool<E: serde::de::Error>(self, enabled: bool) -> Result<GuardConfig, E> {
                 Ok(GuardConfig {
@@ -380,6 +399,7 @@ impl<'de> Deserialize<'de> for GuardConfig {
                     enabled: s.enabled,
                     image: s.image,
                     resources: s.resources,
+                    cgroup_parent: s.cgroup_parent,
                 })
             }
         }
@@ -755,11 +775,23 @@ dood:
                 "above the limit",
             ),
             ("dood:\n  kubeletRoot: var/lib/kubelet\n", "dood.kubeletRoot", "absolute"),
+            ("dood:\n  guard:\n    cgroupParent: node\n", "dood.guard.cgroupParent", "unknown variant"),
         ] {
             let e = Config::from_yaml(yaml).unwrap_err();
             assert_eq!(e.field.as_deref(), Some(field), "{yaml}: {e}");
             assert!(e.to_string().contains(says), "{yaml}: {e}");
         }
+    }
+
+    #[test]
+    fn the_guards_cgroup_parent_is_opt_in() {
+        assert_eq!(
+            Config::default().dood.guard.cgroup_parent,
+            CgroupParent::None
+        );
+        let pod = Config::from_yaml("dood:\n  guard:\n    cgroupParent: pod\n").unwrap();
+        assert_eq!(pod.dood.guard.cgroup_parent, CgroupParent::Pod);
+        assert!(pod.dood.guard.enabled);
     }
 
     #[test]

@@ -1016,6 +1016,10 @@ impl<'v, 'a> Planner<'v, 'a> {
                 format!("--pod-volumes-dir={GUARD_VOLUMES_DIR}"),
             ]
             .into_iter()
+            .chain(
+                (guard.cgroup_parent == crate::config::CgroupParent::Pod)
+                    .then(|| "--pod-cgroup=auto".to_string()),
+            )
             .chain(bind_paths)
             .collect(),
             env: vec![EnvOut {

@@ -324,12 +324,24 @@ fn guarded_dood_gives_the_node_socket_to_the_guard_alone() {
     }
     assert_eq!(out["spec"]["nodeSelector"]["nestdock.io/docker"], "true");
     assert!(!out.to_string().contains("privileged"));
+    // By default the pod's siblings stay in dockerd's cgroup parent.
+    assert!(
+        !args.iter().any(|a| a.starts_with("--pod-cgroup")),
+        "{args:?}"
+    );
     // A guard image of the platform's choosing.
     cfg.dood.guard.image = Some("registry.example/nestdock:1.2".into());
+    // And the pod's cgroup as its siblings' parent (the guard finds it).
+    cfg.dood.guard.cgroup_parent = nestdock::config::CgroupParent::Pod;
     let (out, _) = injected(&p, &cfg);
-    assert_eq!(
-        out["spec"]["initContainers"][0]["image"],
-        "registry.example/nestdock:1.2"
+    let guard = &out["spec"]["initContainers"][0];
+    assert_eq!(guard["image"], "registry.example/nestdock:1.2");
+    assert!(
+        guard["args"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("--pod-cgroup=auto")),
+        "{guard}"
     );
 }
 

@@ -1508,8 +1508,14 @@ fn node_docker_daemonset_and_the_dood_config_agree() {
         "the daemon's iptables stay in its pod"
     );
     let containers = array(&pod["containers"]);
-    assert_eq!(containers.len(), 1);
-    let dockerd = &containers[0];
+    let container = |n: &str| {
+        containers
+            .iter()
+            .find(|c| c["name"] == n)
+            .unwrap_or_else(|| panic!("no container {n}"))
+    };
+    assert_eq!(containers.len(), 2, "dockerd and reap");
+    let dockerd = container("dockerd");
     assert_eq!(dockerd["securityContext"]["privileged"], true);
     let args = args(dockerd);
     assert_eq!(
@@ -1598,6 +1604,46 @@ fn node_docker_daemonset_and_the_dood_config_agree() {
         .find(|v| v["hostPath"].is_object())
         .expect("a hostPath volume");
     assert_eq!(host["hostPath"]["path"], host_socket);
+
+    // reap runs beside the daemon (SPEC 9): nestdock's image, on that same
+    // socket, reading the pods directory of the kubelet root the guards were
+    // given, now and then; not privileged.
+    let reap = container("reap");
+    assert_eq!(
+        reap["image"],
+        the_container(one(&docs, "Deployment"))["image"]
+    );
+    let reap_args = self::args(reap);
+    assert_eq!(&reap_args[..2], &["guard", "reap"], "{reap_args:?}");
+    assert_eq!(
+        flag(&reap_args, "--upstream").map(str::to_string),
+        Some(socket.to_string()),
+        "{reap_args:?}"
+    );
+    let kubelet_root = config["dood"]["kubeletRoot"]
+        .as_str()
+        .unwrap_or("/var/lib/kubelet");
+    assert_eq!(flag(&reap_args, "--kubelet-root"), Some(kubelet_root));
+    assert!(flag(&reap_args, "--every").is_some(), "{reap_args:?}");
+    assert!(reap["securityContext"]["privileged"].is_null());
+    assert_eq!(
+        reap["securityContext"]["capabilities"]["drop"],
+        json!(["ALL"])
+    );
+    let pods_dir = format!("{kubelet_root}/pods");
+    let pods = array(&reap["volumeMounts"])
+        .iter()
+        .find(|m| m["mountPath"] == pods_dir.as_str())
+        .expect("the kubelet's pods directory is mounted where --kubelet-root says");
+    assert_eq!(pods["readOnly"], true);
+    let vol = array(&pod["volumes"])
+        .iter()
+        .find(|v| v["name"] == pods["name"])
+        .unwrap();
+    assert_eq!(vol["hostPath"]["path"], pods_dir.as_str());
+    assert!(array(&reap["volumeMounts"])
+        .iter()
+        .any(|m| socket.starts_with(&format!("{}/", m["mountPath"].as_str().unwrap()))));
     assert_eq!(host["hostPath"]["type"], "Socket");
     for (k, v) in pod["nodeSelector"].as_object().unwrap() {
         assert_eq!(&injected["spec"]["nodeSelector"][k], v, "{injected:#}");

@@ -31,4 +31,7 @@ pub struct GuardConfig {
     /// Where the pod's containers mount its emptyDir volumes
     /// (`--mount`): bind sources below them are moved to the node's paths.
     pub mounts: Vec<super::binds::PodMount>,
+    /// The cgroup parent every container the pod creates is placed under
+    /// (the pod's own cgroup), or `None`: dockerd's default.
+    pub cgroup_parent: Option<String>,
 }

@@ -700,23 +700,44 @@ pub fn alias_public_name(body: &mut Json, name: &str) {
         }
     }
     for (net, settings) in endpoints.iter_mut() {
-        if builtin(net) {
-            continue;
+        if !builtin(net) {
+            add_alias(settings, name);
         }
-        if matches!(settings, Json::Null) {
-            *settings = Json::Object(Vec::new());
+    }
+}
+
+/// Adds `name` to an endpoint's `Aliases` (creating what is missing).
+fn add_alias(settings: &mut Json, name: &str) {
+    if matches!(settings, Json::Null) {
+        *settings = Json::Object(Vec::new());
+    }
+    if settings
+        .field("Aliases")
+        .is_none_or(|a| matches!(a, Json::Null))
+    {
+        settings.set_field("Aliases", Json::Array(Vec::new()));
+    }
+    if let Some(Json::Array(aliases)) = settings.field_mut("Aliases") {
+        if !aliases.iter().any(|a| a.as_str() == Some(name)) {
+            aliases.push(Json::String(name.to_string()));
         }
-        if settings
-            .field("Aliases")
-            .is_none_or(|a| matches!(a, Json::Null))
-        {
-            settings.set_field("Aliases", Json::Array(Vec::new()));
-        }
-        if let Some(Json::Array(aliases)) = settings.field_mut("Aliases") {
-            if !aliases.iter().any(|a| a.as_str() == Some(name)) {
-                aliases.push(Json::String(name.to_string()));
-            }
-        }
+    }
+}
+
+/// `POST /networks/{id}/connect` of the pod's container `name` (as the pod
+/// names it) to one of the pod's networks: the name becomes an alias there,
+/// as on create, so siblings resolve it (dockerd's DNS knows the stored
+/// name).
+pub fn alias_on_connect(body: &mut Json, name: &str) {
+    let name = name.trim_start_matches('/');
+    if name.is_empty() || !matches!(body, Json::Object(_)) {
+        return;
+    }
+    if body.field("EndpointConfig").is_none() {
+        body.set_field("EndpointConfig", Json::Null);
+    }
+    if let Some(settings) = body.field_mut("EndpointConfig") {
+        add_alias(settings, name);
     }
 }
 
@@ -830,7 +851,8 @@ pub fn build(query: &mut Query, uid: &str) -> Result<(), Denied> {
         return Err(deny(
             "remote",
             &Json::String(remote),
-            "dockerd would fetch the build context from the node's network; send the context              in the request (docker build with a local directory or -)",
+            "dockerd would fetch the build context from the node's network; send the context \
+             in the request (docker build with a local directory or -)",
         ));
     }
     if let Some(parent) = single(query, "cgroupparent")?.filter(|p| !p.is_empty()) {
@@ -863,7 +885,8 @@ pub fn image_create(query: &Query) -> Result<(), Denied> {
         Ok(Some(src)) => Err(deny(
             "fromSrc",
             &Json::String(src.to_string()),
-            "dockerd would fetch the URL from the node's network; import from the request body              (docker import FILE, or -)",
+            "dockerd would fetch the URL from the node's network; import from the request body \
+             (docker import FILE, or -)",
         )),
     }
 }

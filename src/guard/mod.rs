@@ -15,8 +15,10 @@
 
 pub mod binds;
 pub mod body;
+pub mod cgroup;
 mod config;
 pub mod create;
+pub mod image;
 pub mod owner;
 pub mod path;
 mod proxy;
@@ -89,7 +91,17 @@ pub async fn reap(
             pods.display()
         );
     }
-    let alive = |uid: &str| check_pod_uid(uid).is_err() || pods.join(uid).exists();
+    // A pods directory the reaper cannot read would make every pod look
+    // gone: refuse, as for a missing one.
+    if let Err(e) = std::fs::read_dir(&pods) {
+        anyhow::bail!(
+            "cannot read {}: {e} (reap runs as root on the node; nothing removed)",
+            pods.display()
+        );
+    }
+    // A pod whose directory cannot be looked at is taken as alive.
+    let alive =
+        |uid: &str| check_pod_uid(uid).is_err() || pods.join(uid).try_exists().unwrap_or(true);
     proxy::reap(upstream, &alive, dry_run).await
 }
 

@@ -8,6 +8,17 @@ use super::body::{self, Json};
 /// The label that says which pod an object belongs to.
 pub const POD_UID_LABEL: &str = "io.nestdock.pod-uid";
 
+/// The label of the volume a guard keeps while its pod lives (its value:
+/// the pod's uid). Not [`POD_UID_LABEL`]: the pod does not see it in its
+/// lists, and its prunes do not remove it.
+pub const GUARD_OF_LABEL: &str = "io.nestdock.guard-of";
+
+/// The `changes` instruction that labels an imported or committed image
+/// with the pod's uid (dockerd applies it after the client's own).
+pub fn label_change(uid: &str) -> String {
+    format!("LABEL {POD_UID_LABEL}={uid}")
+}
+
 /// Kinds of objects a pod owns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -155,6 +166,173 @@ pub fn publish_volume_names(value: &mut Json, uid: &str) {
     } else if let Some(name) = value.field_mut("Name") {
         publish_string(name, uid);
     }
+}
+
+/// The `name` values of a list's `filters`, taken out so that the guard
+/// applies them to the names the pod sees (dockerd would match the stored
+/// `nd_<uid>_` names: `name=^db$` would find nothing, `name=nd_` everything).
+#[derive(Debug, Default)]
+pub struct NameFilter {
+    /// Each value, and its regular expression when it is one.
+    values: Vec<(String, Option<regex::Regex>)>,
+}
+
+/// Splits `filters` into the rest (forwarded) and its `name` values.
+pub fn take_name_filter(filters: Option<&str>) -> Result<(Option<String>, NameFilter), String> {
+    let raw = filters.unwrap_or("").trim();
+    if raw.is_empty() {
+        return Ok((None, NameFilter::default()));
+    }
+    let mut value: Json = serde_json::from_str(raw)
+        .map_err(|e| format!("nestdock guard: the filters parameter is not JSON: {e}"))?;
+    let Json::Object(entries) = &mut value else {
+        // with_pod_filter reports the shape.
+        return Ok((Some(raw.to_string()), NameFilter::default()));
+    };
+    let mut names = Vec::new();
+    entries.retain(|(key, values)| {
+        if key != "name" {
+            return true;
+        }
+        match values {
+            Json::Array(items) => {
+                names.extend(items.iter().filter_map(Json::as_str).map(str::to_string))
+            }
+            Json::Object(items) => names.extend(items.iter().map(|(k, _)| k.clone())),
+            _ => {}
+        }
+        false
+    });
+    let rest = String::from_utf8_lossy(&value.to_bytes()).into_owned();
+    let values = names
+        .into_iter()
+        .map(|n| {
+            // dockerd skips a value that is not a valid expression (it can
+            // still match exactly).
+            let re = regex::Regex::new(&n).ok();
+            (n, re)
+        })
+        .collect();
+    Ok((Some(rest), NameFilter { values }))
+}
+
+impl NameFilter {
+    /// Whether `name` passes, as dockerd's `filters.Match` decides: no
+    /// values, the name itself, or an expression found in it.
+    pub fn matches(&self, name: &str) -> bool {
+        self.values.is_empty()
+            || self
+                .values
+                .iter()
+                .any(|(v, re)| v == name || re.as_ref().is_some_and(|re| re.is_match(name)))
+    }
+
+    /// Keeps the items of a published list the filter lets through: a
+    /// container by any of its names, with or without the leading `/` (as
+    /// dockerd matches them), a network or volume by its name.
+    pub fn apply(&self, list: &mut Json) {
+        if self.values.is_empty() {
+            return;
+        }
+        let keep = |item: &Json| {
+            if let Some(Json::Array(names)) = item.field("Names") {
+                return names
+                    .iter()
+                    .filter_map(Json::as_str)
+                    .any(|n| self.matches(n) || self.matches(n.strip_prefix('/').unwrap_or(n)));
+            }
+            item.field("Name")
+                .and_then(Json::as_str)
+                .is_some_and(|n| self.matches(n))
+        };
+        let items = match list {
+            Json::Array(items) => items,
+            other => match other.field_mut("Volumes") {
+                Some(Json::Array(items)) => items,
+                _ => return,
+            },
+        };
+        items.retain(keep);
+    }
+}
+
+/// An events `filters` parameter whose `container`, `network` and `volume`
+/// values also name the stored objects: `-f container=db` is dockerd's
+/// `nd_<uid>_db` (the pod's label filter keeps other pods' events out).
+pub fn with_private_event_names(
+    filters: Option<&str>,
+    uid: &str,
+) -> Result<Option<String>, String> {
+    let raw = filters.unwrap_or("").trim();
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    let mut value: Json = serde_json::from_str(raw)
+        .map_err(|e| format!("nestdock guard: the filters parameter is not JSON: {e}"))?;
+    if let Json::Object(entries) = &mut value {
+        for (key, values) in entries.iter_mut() {
+            if !matches!(key.as_str(), "container" | "network" | "volume") {
+                continue;
+            }
+            let private = |v: &str| is_name(v).then(|| private_name(uid, v));
+            match values {
+                Json::Array(items) => {
+                    let extra: Vec<Json> = items
+                        .iter()
+                        .filter_map(Json::as_str)
+                        .filter_map(private)
+                        .map(Json::String)
+                        .collect();
+                    items.extend(extra);
+                }
+                Json::Object(items) => {
+                    let extra: Vec<(String, Json)> = items
+                        .iter()
+                        .filter_map(|(k, _)| private(k))
+                        .map(|k| (k, Json::Bool(true)))
+                        .collect();
+                    items.extend(extra);
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(Some(
+        String::from_utf8_lossy(&value.to_bytes()).into_owned(),
+    ))
+}
+
+/// One event of dockerd's stream (a JSON object on a line), with the names
+/// the pod knows: the actor's `name` attribute (a container's or a
+/// network's) and a volume's id, which is its name. A line that is not JSON
+/// is left as it is.
+pub fn publish_event(line: &[u8], uid: &str) -> Vec<u8> {
+    let Ok(mut event) = serde_json::from_slice::<Json>(line) else {
+        return line.to_vec();
+    };
+    let volume = event.field("Type").and_then(Json::as_str) == Some("volume");
+    if let Some(actor) = event.field_mut("Actor") {
+        if let Some(name) = actor.field_mut("Attributes").and_then(|a| match a {
+            Json::Object(entries) => entries
+                .iter_mut()
+                .find(|(k, _)| k == "name")
+                .map(|(_, v)| v),
+            _ => None,
+        }) {
+            publish_string(name, uid);
+        }
+        if volume {
+            if let Some(id) = actor.field_mut("ID") {
+                publish_string(id, uid);
+            }
+        }
+    }
+    if volume {
+        if let Some(id) = event.field_mut("id") {
+            publish_string(id, uid);
+        }
+    }
+    event.to_bytes()
 }
 
 /// `key=value` of the pod's label, as filters write it.
@@ -309,6 +487,64 @@ pub fn filter_df(df: &mut Json, uid: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_show_and_take_the_pods_names() {
+        let event = br#"{"Type":"container","Action":"start","Actor":{"ID":"abc","Attributes":{"name":"nd_u1_db","image":"busybox"}}}"#;
+        let shown = String::from_utf8(publish_event(event, "u1")).unwrap();
+        assert!(
+            shown.contains(r#""name":"db""#) && shown.contains(r#""ID":"abc""#),
+            "{shown}"
+        );
+        let volume = br#"{"Type":"volume","Action":"create","id":"nd_u1_data","Actor":{"ID":"nd_u1_data","Attributes":{"driver":"local"}}}"#;
+        let shown = String::from_utf8(publish_event(volume, "u1")).unwrap();
+        assert!(!shown.contains("nd_u1_"), "{shown}");
+        assert_eq!(publish_event(b"not json", "u1"), b"not json".to_vec());
+        let filters = with_private_event_names(
+            Some(r#"{"container":["db"],"type":{"container":true}}"#),
+            "u1",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            filters,
+            r#"{"container":["db","nd_u1_db"],"type":{"container":true}}"#
+        );
+        assert_eq!(with_private_event_names(None, "u1").unwrap(), None);
+    }
+
+    #[test]
+    fn name_filters_are_taken_out_and_read_as_dockerd_reads_them() {
+        let (rest, names) =
+            take_name_filter(Some(r#"{"name":{"^db$":true},"status":["exited"]}"#)).unwrap();
+        assert_eq!(rest.as_deref(), Some(r#"{"status":["exited"]}"#));
+        assert!(names.matches("db") && !names.matches("nd_u1_db") && !names.matches("dbx"));
+        let (_, names) = take_name_filter(Some(r#"{"name":["a+","[x"]}"#)).unwrap();
+        assert!(names.matches("aa") && names.matches("[x") && !names.matches("x"));
+        let mut list: Json = serde_json::from_str(
+            r#"[{"Names":["/db"]},{"Names":["/web","/web/db"]},{"Names":["/other"]}]"#,
+        )
+        .unwrap();
+        take_name_filter(Some(r#"{"name":["^db$"]}"#))
+            .unwrap()
+            .1
+            .apply(&mut list);
+        assert_eq!(list.to_bytes(), br#"[{"Names":["/db"]}]"#.to_vec());
+        let mut volumes: Json =
+            serde_json::from_str(r#"{"Volumes":[{"Name":"data"},{"Name":"cache"}]}"#).unwrap();
+        take_name_filter(Some(r#"{"name":["at"]}"#))
+            .unwrap()
+            .1
+            .apply(&mut volumes);
+        assert_eq!(
+            volumes.to_bytes(),
+            br#"{"Volumes":[{"Name":"data"}]}"#.to_vec()
+        );
+        assert_eq!(take_name_filter(None).unwrap().0, None);
+        assert!(take_name_filter(Some("{"))
+            .unwrap_err()
+            .contains("not JSON"));
+    }
 
     #[test]
     fn the_pod_filter_narrows_what_was_asked() {

@@ -9,6 +9,7 @@
 //! two upgraded connections and copies bytes both ways, half-closes
 //! included (docker closes its write side to signal the end of stdin).
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::path::Path;
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Body as _;
 use hyper::body::Bytes;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING};
@@ -27,11 +29,25 @@ use tokio::net::{UnixListener, UnixStream};
 use super::body::{self, Json, MAX_BODY_BYTES};
 use super::config::GuardConfig;
 use super::create::{self, Denied, Need, Scope};
+use super::image;
 use super::owner::{self, Kind};
 use super::path::{self, percent_encode, ApiPath};
 use super::query::{self, Query};
 
-type Body = BoxBody<Bytes, hyper::Error>;
+/// A body error of any kind: the daemon's or the client's connection, or a
+/// refusal the guard makes while a body streams through (`docker load`).
+#[derive(Debug, thiserror::Error)]
+enum BodyError {
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+    #[error("{0}")]
+    Refused(String),
+}
+type Body = BoxBody<Bytes, BodyError>;
+
+fn hyper_error(e: hyper::Error) -> BodyError {
+    BodyError::Hyper(e)
+}
 
 /// Connections served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 1024;
@@ -39,6 +55,13 @@ const MAX_CONNECTIONS: usize = 1024;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest response the guard reads to filter or to decide ownership.
 const MAX_RESPONSE_BYTES: usize = 32 << 20;
+/// Frames a streamed body may be read ahead of its writer (each at most
+/// hyper's read buffer, about 400 KiB): 1.6 MiB per direction at most.
+const RELAY_FRAMES: usize = 4;
+/// Longest event line the guard holds to rewrite its names.
+const MAX_EVENT_BYTES: usize = 1 << 20;
+/// Buffer of each direction of a hijacked stream (attach, exec, BuildKit).
+const HIJACK_BUFFER: usize = 64 << 10;
 
 struct State {
     cfg: GuardConfig,
@@ -80,6 +103,7 @@ pub async fn serve(cfg: GuardConfig, shutdown: impl Future<Output = ()>) -> anyh
     );
     let listen_path = cfg.listen.clone();
     let state = Arc::new(State { cfg });
+    create_marker(&state).await;
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
     loop {
@@ -134,29 +158,38 @@ pub async fn reap(
             socket_group: None,
             cleanup_timeout: None,
             mounts: Vec::new(),
+            cgroup_parent: None,
         },
     };
     // Every object that carries the label, whatever its value.
-    let filters = percent_encode(
-        &format!(r#"{{"label":{{"{}":true}}}}"#, owner::POD_UID_LABEL),
-        b"",
-    );
+    let having = |label: &str| percent_encode(&format!(r#"{{"label":{{"{label}":true}}}}"#), b"");
+    let filters = having(owner::POD_UID_LABEL);
     let mut removed = Vec::new();
-    for (kind, list, delete) in [
+    for (kind, list, delete, label) in [
         (
             "container",
             format!("/containers/json?all=1&filters={filters}"),
             "/containers/{}?force=1&v=1",
+            owner::POD_UID_LABEL,
         ),
         (
             "network",
             format!("/networks?filters={filters}"),
             "/networks/{}",
+            owner::POD_UID_LABEL,
         ),
         (
             "volume",
             format!("/volumes?filters={filters}"),
             "/volumes/{}",
+            owner::POD_UID_LABEL,
+        ),
+        // The marker of a guard whose pod is gone: its image tags are free.
+        (
+            "volume",
+            format!("/volumes?filters={}", having(owner::GUARD_OF_LABEL)),
+            "/volumes/{}",
+            owner::GUARD_OF_LABEL,
         ),
     ] {
         let (status, bytes) = ask(&state, Method::GET, &list, None).await.map_err(|_| {
@@ -180,7 +213,7 @@ pub async fn reap(
         for item in &items {
             let uid = item
                 .field("Labels")
-                .and_then(|l| l.entry(owner::POD_UID_LABEL))
+                .and_then(|l| l.entry(label))
                 .and_then(Json::as_str)
                 .unwrap_or("");
             if alive(uid) {
@@ -269,6 +302,16 @@ async fn cleanup(state: &State) -> usize {
             }
         }
     }
+    // Last: the pod's image tags become free for other pods.
+    let marker = format!(
+        "/volumes/{}",
+        percent_encode(&marker_name(&state.cfg.pod_uid), b"")
+    );
+    if let Ok((status, _)) = ask(state, Method::DELETE, &marker, None).await {
+        if status.is_success() {
+            removed += 1;
+        }
+    }
     removed
 }
 
@@ -346,7 +389,7 @@ fn header_problem(headers: &hyper::HeaderMap) -> Option<String> {
 
 async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
     // Boxed once, so that a body read for the rules can be put back.
-    let mut req = req.map(|b| b.boxed());
+    let mut req = req.map(|b| b.map_err(hyper_error).boxed());
     let method = req.method().clone();
     let raw_path = req.uri().path().to_string();
     let path = match path::normalise(&raw_path) {
@@ -394,20 +437,45 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         | (&Method::POST, ["images", "prune"])
         | (&Method::GET, ["events"]) => {
             let filters = match query.single("filters") {
-                Ok(f) => f,
+                Ok(f) => f.map(str::to_string),
                 Err(e) => return refused(&method, &shown, StatusCode::BAD_REQUEST, &e),
             };
-            match owner::with_pod_filter(filters, &uid) {
+            let list = (method == Method::GET && segments[0] != "events").then(|| segments[0]);
+            // A list's `name` filter is applied here, to the names the pod
+            // sees; prunes and events have none worth keeping from dockerd.
+            let (filters, names) = match list {
+                Some(_) => match owner::take_name_filter(filters.as_deref()) {
+                    Ok(split) => split,
+                    Err(e) => return refused(&method, &shown, StatusCode::BAD_REQUEST, &e),
+                },
+                None if segments[0] == "events" => {
+                    match owner::with_private_event_names(filters.as_deref(), &uid) {
+                        Ok(f) => (f, owner::NameFilter::default()),
+                        Err(e) => return refused(&method, &shown, StatusCode::BAD_REQUEST, &e),
+                    }
+                }
+                None => (filters, owner::NameFilter::default()),
+            };
+            match owner::with_pod_filter(filters.as_deref(), &uid) {
                 Ok(f) => query.set("filters", f),
                 Err(e) => return refused(&method, &shown, StatusCode::BAD_REQUEST, &e),
             }
-            let list = (method == Method::GET).then(|| segments[0]);
             let resp = forward(state, req, &path_out, &query, None).await;
+            let publish_list = |v: &mut Json, uid: &str| {
+                match list {
+                    Some("containers") => owner::publish_container_names(v, uid),
+                    Some("networks") => owner::publish_network_names(v, uid),
+                    _ => owner::publish_volume_names(v, uid),
+                }
+                names.apply(v);
+            };
             match list {
-                Some("containers") => publish_names(resp, &uid).await,
-                Some("networks") => publish(resp, &uid, owner::publish_network_names).await,
-                Some("volumes") => publish(resp, &uid, owner::publish_volume_names).await,
-                _ => resp,
+                Some(_) if !resp.status().is_success() => publish_errors(resp, &uid).await,
+                Some(_) => rewrite_json(resp, |v| publish_list(v, &uid)).await,
+                None if segments[0] == "events" && resp.status().is_success() => {
+                    publish_events(resp, uid.clone())
+                }
+                None => resp,
             }
         }
         (&Method::GET, ["system", "df"]) => system_df(state, req, &path_out, &query).await,
@@ -450,6 +518,9 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
             create::pin_refs(&mut body, &|kind, r: &str| {
                 ids.get(&(kind, r.to_string())).cloned()
             });
+            if let Some(parent) = &state.cfg.cgroup_parent {
+                super::cgroup::place(&mut body, parent);
+            }
             let resp = forward(state, req, &path_out, &query, Some(body.to_bytes())).await;
             publish_errors(resp, &uid).await
         }
@@ -548,6 +619,15 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
                 };
                 if let Some(full_id) = ids.values().next().filter(|_| ids.len() == 1) {
                     b.set_field("Container", Json::String(full_id.clone()));
+                    if rest == ["connect"] {
+                        match find(state, Kind::Container, full_id).await {
+                            Ok(Found::Owned(_, stored)) => {
+                                create::alias_on_connect(&mut b, &owner::public_name(&uid, &stored))
+                            }
+                            Ok(_) => {}
+                            Err(resp) => return resp,
+                        }
+                    }
                 }
                 Some(b.to_bytes())
             } else {
@@ -595,13 +675,63 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
             if let Err(d) = create::image_create(&query) {
                 return denied(&method, &shown, d);
             }
-            forward(state, req, &path_out, &query, None).await
+            let checked = if param(&query, "fromSrc").is_ok_and(|s| !s.is_empty()) {
+                // An import: labelled with the pod, like a build.
+                query.push("changes", owner::label_change(&uid));
+                tag_write_allowed(state, &query, "repo", "tag").await
+            } else {
+                pull_allowed(state, &query).await
+            };
+            match checked {
+                Ok(()) => forward(state, req, &path_out, &query, None).await,
+                Err(resp) => resp,
+            }
+        }
+        (&Method::POST, ["images", "load"]) => load(state, req, &path_out, &query).await,
+        (&Method::POST, ["images", name @ .., "tag"]) if !name.is_empty() => {
+            match retag_allowed(state, &name.join("/"), &query).await {
+                Ok(()) => forward(state, req, &path_out, &query, None).await,
+                Err(resp) => resp,
+            }
+        }
+        (&Method::POST, ["images", name @ .., "push"]) if !name.is_empty() => {
+            match push_allowed(state, &name.join("/"), &query).await {
+                Ok(()) => forward(state, req, &path_out, &query, None).await,
+                Err(resp) => resp,
+            }
+        }
+        (&Method::DELETE, ["images", name @ ..]) if !name.is_empty() => {
+            let name = name.join("/");
+            match inspect_image(state, &name).await {
+                Ok(Some((_, owner))) => {
+                    let owner = alive_owner(state, owner).await;
+                    if let Some(why) = image::refuse_remove(&name, owner.as_deref(), &uid) {
+                        return refused(&method, &shown, StatusCode::FORBIDDEN, &why);
+                    }
+                    forward(state, req, &path_out, &query, None).await
+                }
+                Ok(None) => forward(state, req, &path_out, &query, None).await,
+                Err(resp) => resp,
+            }
         }
         (&Method::POST, ["build"]) => {
             if let Err(d) = create::build(&mut query, &uid) {
                 return denied(&method, &shown, d);
             }
-            forward(state, req, &path_out, &query, None).await
+            if let Some(parent) = &state.cfg.cgroup_parent {
+                query.set("cgroupparent", parent.clone());
+            }
+            let mut tags = Vec::new();
+            for t in query.all("t") {
+                match image::normalise(t) {
+                    Ok(t) => tags.push(t),
+                    Err(e) => return refused(&method, &shown, StatusCode::BAD_REQUEST, &e),
+                }
+            }
+            match tags_writable(state, &tags, None).await {
+                Ok(()) => forward(state, req, &path_out, &query, None).await,
+                Err(resp) => resp,
+            }
         }
         (_, ["commit"]) => {
             let container = match query.single("container") {
@@ -612,6 +742,10 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
             match owned(state, Kind::Container, &container).await {
                 Ok(Some(full_id)) => {
                     query.set("container", full_id);
+                    query.push("changes", owner::label_change(&uid));
+                    if let Err(resp) = tag_write_allowed(state, &query, "repo", "tag").await {
+                        return resp;
+                    }
                     forward(state, req, &path_out, &query, None).await
                 }
                 Ok(None) => refused(
@@ -627,6 +761,294 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         // images, distribution, auth, session, grpc) passes as it is.
         _ => forward(state, req, &path_out, &query, None).await,
     }
+}
+
+/// A query parameter given at most once (empty when absent).
+fn param(query: &Query, key: &str) -> Result<String, String> {
+    query.single(key).map(|v| v.unwrap_or("").to_string())
+}
+
+/// The tag the `repo` and `tag` parameters name (see [`image::repo_tag`]).
+fn named_tag(query: &Query, repo: &str, tag: &str) -> Result<Option<String>, String> {
+    image::repo_tag(&param(query, repo)?, &param(query, tag)?)
+}
+
+/// The answer for a parameter or image reference that does not read.
+fn bad_request(why: String) -> Response<Body> {
+    error(StatusCode::BAD_REQUEST, &why)
+}
+
+/// The name of the marker volume a guard keeps while its pod lives: a tag
+/// whose owner has no marker belongs to a pod that is gone, and is free.
+fn marker_name(uid: &str) -> String {
+    format!("nestdock-guard-{uid}")
+}
+
+/// Creates the pod's marker volume (see [`marker_name`]).
+async fn create_marker(state: &State) {
+    let body = serde_json::json!({
+        "Name": marker_name(&state.cfg.pod_uid),
+        "Labels": { owner::GUARD_OF_LABEL: state.cfg.pod_uid },
+    });
+    match ask(
+        state,
+        Method::POST,
+        "/volumes/create",
+        Some(body.to_string().into_bytes()),
+    )
+    .await
+    {
+        Ok((status, _)) if status.is_success() => {}
+        Ok((status, bytes)) => tracing::warn!(
+            status = status.as_u16(),
+            "cannot create the pod's marker volume (its image tags look unowned to other \
+             pods): {}",
+            String::from_utf8_lossy(&bytes).trim()
+        ),
+        Err(_) => {
+            tracing::warn!("cannot create the pod's marker volume: the daemon did not answer")
+        }
+    }
+}
+
+/// `owner` when that pod is alive (its guard's marker volume exists).
+async fn alive_owner(state: &State, owner: Option<String>) -> Option<String> {
+    let uid = owner?;
+    if uid == state.cfg.pod_uid {
+        return Some(uid);
+    }
+    let path = format!("/volumes/{}", percent_encode(&marker_name(&uid), b""));
+    match ask(state, Method::GET, &path, None).await {
+        Ok((status, _)) if status == StatusCode::NOT_FOUND => None,
+        // When in doubt, the tag stays held.
+        _ => Some(uid),
+    }
+}
+
+/// Every tag on the node the pod may not move: the node's own, and those
+/// of pods that are alive.
+async fn held_tags(state: &State) -> Result<HashMap<String, image::Held>, Response<Body>> {
+    let (status, bytes) = ask(state, Method::GET, "/images/json", None).await?;
+    let list = match serde_json::from_slice::<Json>(&bytes) {
+        Ok(list) if status.is_success() => list,
+        _ => {
+            return Err(error(
+                StatusCode::BAD_GATEWAY,
+                &format!("nestdock guard: the daemon's image list did not come ({status})"),
+            ))
+        }
+    };
+    let mut held = image::held_tags(&list, &state.cfg.pod_uid);
+    let mut owners: Vec<String> = held.values().filter_map(|h| h.owner.clone()).collect();
+    owners.sort_unstable();
+    owners.dedup();
+    for uid in owners {
+        if alive_owner(state, Some(uid.clone())).await.is_none() {
+            held.retain(|_, h| h.owner.as_deref() != Some(uid.as_str()));
+        }
+    }
+    Ok(held)
+}
+
+/// An image's id and the pod its label names; `None` when there is no such
+/// image.
+async fn inspect_image(
+    state: &State,
+    name: &str,
+) -> Result<Option<(String, Option<String>)>, Response<Body>> {
+    let path = format!("/images/{}/json", percent_encode(name, b":@/"));
+    let (status, bytes) = ask(state, Method::GET, &path, None).await?;
+    if status == StatusCode::NOT_FOUND {
+        return Ok(None);
+    }
+    match serde_json::from_slice::<Json>(&bytes) {
+        Ok(value) if status.is_success() => {
+            let id = value.field("Id").and_then(Json::as_str).unwrap_or("");
+            let owner = image::owner_of(value.field("Config").and_then(|c| c.field("Labels")));
+            Ok(Some((id.to_string(), owner)))
+        }
+        _ => Err(error(
+            StatusCode::BAD_GATEWAY,
+            &format!("nestdock guard: the daemon's image inspect answer did not come ({status})"),
+        )),
+    }
+}
+
+/// Refuses when one of `tags` (normalised) is held by the node or another
+/// pod, unless it already points at `source` (tagging again is no change).
+async fn tags_writable(
+    state: &State,
+    tags: &[String],
+    source: Option<&str>,
+) -> Result<(), Response<Body>> {
+    if tags.is_empty() {
+        return Ok(());
+    }
+    let held = held_tags(state).await?;
+    for tag in tags {
+        let h = held.get(tag).filter(|h| Some(h.image.as_str()) != source);
+        if let Some(why) = image::refuse_write(tag, h) {
+            return Err(refused(&Method::POST, tag, StatusCode::FORBIDDEN, &why));
+        }
+    }
+    Ok(())
+}
+
+/// The tag named by the `repo` and `tag` parameters (import, commit) may be
+/// set by the pod.
+async fn tag_write_allowed(
+    state: &State,
+    query: &Query,
+    repo: &str,
+    tag: &str,
+) -> Result<(), Response<Body>> {
+    let target = named_tag(query, repo, tag).map_err(bad_request)?;
+    tags_writable(state, &target.into_iter().collect::<Vec<_>>(), None).await
+}
+
+/// `POST /images/{name}/tag`: the target may be set by the pod, or already
+/// points at the same image.
+async fn retag_allowed(state: &State, source: &str, query: &Query) -> Result<(), Response<Body>> {
+    let Some(target) = named_tag(query, "repo", "tag").map_err(bad_request)? else {
+        return Ok(()); // dockerd answers a tag without repo itself.
+    };
+    let Some((id, _)) = inspect_image(state, source).await? else {
+        return Ok(()); // dockerd answers "No such image".
+    };
+    tags_writable(state, &[target], Some(&id)).await
+}
+
+/// The tags a pull or push of `name` with `tag` acts on: one, or with
+/// neither a tag nor a digest, every tag of the repository.
+fn tags_of<'a>(
+    held: &'a HashMap<String, image::Held>,
+    name: &str,
+    tag: &str,
+) -> Result<Vec<(&'a String, &'a image::Held)>, String> {
+    let tail = name.rsplit('/').next().unwrap_or(name);
+    if tag.is_empty() && !tail.contains(':') && !name.contains('@') {
+        let repo = image::normalise(name)?;
+        let repo = image::repository(&repo).to_string();
+        return Ok(held
+            .iter()
+            .filter(|(t, _)| image::repository(t) == repo)
+            .collect());
+    }
+    let target = image::repo_tag(name, tag)?;
+    Ok(target
+        .and_then(|t| held.get_key_value(&t))
+        .into_iter()
+        .collect())
+}
+
+/// A pull may refresh the node's tags, never another pod's.
+async fn pull_allowed(state: &State, query: &Query) -> Result<(), Response<Body>> {
+    let name = param(query, "fromImage").map_err(bad_request)?;
+    if name.is_empty() {
+        return Ok(());
+    }
+    let tag = param(query, "tag").map_err(bad_request)?;
+    let held = held_tags(state).await?;
+    for (t, h) in tags_of(&held, &name, &tag).map_err(bad_request)? {
+        if h.owner.is_some() {
+            let why = image::refuse_write(t, Some(h)).unwrap_or_default();
+            return Err(refused(&Method::POST, t, StatusCode::FORBIDDEN, &why));
+        }
+    }
+    Ok(())
+}
+
+/// A push of another pod's tag is refused.
+async fn push_allowed(state: &State, name: &str, query: &Query) -> Result<(), Response<Body>> {
+    let tag = param(query, "tag").map_err(bad_request)?;
+    let held = held_tags(state).await?;
+    for (t, h) in tags_of(&held, name, &tag).map_err(bad_request)? {
+        if let Some(why) = image::refuse_push(t, Some(h)) {
+            return Err(refused(&Method::POST, t, StatusCode::FORBIDDEN, &why));
+        }
+    }
+    Ok(())
+}
+
+/// `POST /images/load`: the archive streams through while the guard reads
+/// the tags it sets; at the first tag the pod may not set, the upload is cut
+/// off before that part reaches dockerd (which unpacks the whole archive
+/// before it tags anything, so nothing is loaded) and the load is refused.
+async fn load(
+    state: &State,
+    mut req: Request<Body>,
+    path: &ApiPath,
+    query: &Query,
+) -> Response<Body> {
+    let held = match held_tags(state).await {
+        Ok(h) => h,
+        Err(resp) => return resp,
+    };
+    let verdict = Arc::new(std::sync::Mutex::new(None));
+    let mut upload = std::mem::replace(req.body_mut(), full(Bytes::new()));
+    let hint = upload.size_hint();
+    let (tx, rx) = tokio::sync::mpsc::channel(RELAY_FRAMES);
+    let refusal = verdict.clone();
+    // The upload goes through a task that reads each frame before passing
+    // it on (as `relay` does), so a refused one never reaches dockerd.
+    let checker = tokio::spawn(async move {
+        let mut scan = image::TarScan::default();
+        while let Some(frame) = upload.frame().await {
+            let why = match &frame {
+                Ok(f) => f.data_ref().and_then(|d| load_refusal(&mut scan, &held, d)),
+                Err(_) => None,
+            };
+            if let Some(why) = why {
+                if let Ok(mut v) = refusal.lock() {
+                    *v = Some(why.clone());
+                }
+                let _ = tx.send(Err(BodyError::Refused(why))).await;
+                drop(tx);
+                // The rest of the upload is read and dropped, so that the
+                // client, still writing, reads the refusal, not a broken pipe.
+                while let Some(Ok(_)) = upload.frame().await {}
+                return;
+            }
+            let failed = frame.is_err();
+            if tx.send(frame).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    *req.body_mut() = Relayed { rx, hint }.boxed();
+    let resp = forward(state, req, path, query, None).await;
+    let why = verdict.lock().ok().and_then(|mut v| v.take());
+    let Some(why) = why else {
+        return resp;
+    };
+    let _ = checker.await;
+    refused(&Method::POST, "/images/load", StatusCode::FORBIDDEN, &why)
+}
+
+/// Why the next bytes of a `docker load` archive are refused: a tag it sets
+/// that the pod may not set, or an archive the scan cannot follow.
+fn load_refusal(
+    scan: &mut image::TarScan,
+    held: &HashMap<String, image::Held>,
+    data: &[u8],
+) -> Option<String> {
+    let files = match scan.feed(data) {
+        Ok(files) => files,
+        Err(why) => return Some(why),
+    };
+    for (file, bytes) in files {
+        let tags = match image::archive_tags(file, &bytes) {
+            Ok(tags) => tags,
+            Err(why) => return Some(why),
+        };
+        if let Some(why) = tags
+            .iter()
+            .find_map(|tag| image::refuse_write(tag, held.get(tag)))
+        {
+            return Some(why);
+        }
+    }
+    None
 }
 
 /// Reads a request body the rules must see.
@@ -737,7 +1159,7 @@ async fn forward(
             headers.insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
             full(bytes)
         }
-        None => incoming,
+        None => relay(incoming),
     };
     if let Some(h) = builder.headers_mut() {
         *h = headers;
@@ -762,7 +1184,13 @@ async fn forward(
                 Ok((client, upstream)) => {
                     let mut client = TokioIo::new(client);
                     let mut upstream = TokioIo::new(upstream);
-                    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+                    if let Err(e) = tokio::io::copy_bidirectional_with_sizes(
+                        &mut client,
+                        &mut upstream,
+                        HIJACK_BUFFER,
+                        HIJACK_BUFFER,
+                    )
+                    .await
                     {
                         tracing::debug!("hijacked stream ended: {e}");
                     }
@@ -771,7 +1199,108 @@ async fn forward(
             }
         });
     }
-    resp.map(|b| b.boxed())
+    resp.map(|b| relay(b.map_err(hyper_error).boxed()))
+}
+
+/// A body read by a task of its own, up to [`RELAY_FRAMES`] frames ahead of
+/// the side that writes it out: the connection it comes from keeps reading
+/// while the other writes (hyper hands a body over one frame at a time, so
+/// without this, reading and writing take turns).
+fn relay(mut body: Body) -> Body {
+    if body.is_end_stream() {
+        return body;
+    }
+    let hint = body.size_hint();
+    let (tx, rx) = tokio::sync::mpsc::channel(RELAY_FRAMES);
+    tokio::spawn(async move {
+        while let Some(frame) = body.frame().await {
+            let failed = frame.is_err();
+            // The other side is gone: dropping the body ends this side too.
+            if tx.send(frame).await.is_err() || failed {
+                break;
+            }
+        }
+    });
+    Relayed { rx, hint }.boxed()
+}
+
+/// The events stream, each event (a line of JSON) with the pod's names,
+/// rewritten as it streams: a line is held until its end, up to
+/// [`MAX_EVENT_BYTES`] (past that it goes on as it is).
+fn publish_events(resp: Response<Body>, uid: String) -> Response<Body> {
+    let (mut parts, mut body) = resp.into_parts();
+    parts.headers.remove(CONTENT_LENGTH);
+    let (tx, rx) = tokio::sync::mpsc::channel(RELAY_FRAMES);
+    tokio::spawn(async move {
+        let mut line: Vec<u8> = Vec::new();
+        let mut ended = false;
+        while !ended {
+            let mut out = Vec::new();
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    for piece in data.split_inclusive(|&b| b == b'\n') {
+                        line.extend_from_slice(piece);
+                        if line.ends_with(b"\n") {
+                            out.extend(owner::publish_event(line.trim_ascii_end(), &uid));
+                            out.push(b'\n');
+                            line.clear();
+                        } else if line.len() > MAX_EVENT_BYTES {
+                            out.append(&mut line);
+                        }
+                    }
+                }
+                Some(Err(e)) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+                None => {
+                    ended = true;
+                    if !line.is_empty() {
+                        out.extend(owner::publish_event(&line, &uid));
+                    }
+                }
+            }
+            if !out.is_empty()
+                && tx
+                    .send(Ok(hyper::body::Frame::data(Bytes::from(out))))
+                    .await
+                    .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let body = Relayed {
+        rx,
+        hint: hyper::body::SizeHint::default(),
+    };
+    Response::from_parts(parts, body.boxed())
+}
+
+struct Relayed {
+    rx: tokio::sync::mpsc::Receiver<Result<hyper::body::Frame<Bytes>, BodyError>>,
+    /// The relayed body's size, as it said when relaying began (hyper frames
+    /// a known length with Content-Length).
+    hint: hyper::body::SizeHint,
+}
+
+impl hyper::body::Body for Relayed {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BodyError>>> {
+        self.rx.poll_recv(cx)
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.hint
+    }
 }
 
 /// A request of the guard's own to the node's daemon, its answer read whole.

@@ -63,6 +63,21 @@ impl Query {
         self.pairs.push((key.to_string(), value));
     }
 
+    /// Every value of `key`, in order.
+    pub fn all(&self, key: &str) -> Vec<&str> {
+        self.pairs
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// Adds `key=value` after the others (a parameter dockerd reads as a
+    /// list, such as `changes`).
+    pub fn push(&mut self, key: &str, value: String) {
+        self.pairs.push((key.to_string(), value));
+    }
+
     /// The query string to forward (without `?`), empty when there is none.
     pub fn encode(&self) -> String {
         self.pairs
