@@ -142,15 +142,21 @@ image() {
 	index_entries+=("{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"digest\":\"$d\",\"size\":$s,\"platform\":{\"architecture\":\"amd64\",\"os\":\"linux\"},\"annotations\":{\"io.containerd.image.name\":\"$name\"}}")
 }
 
-# archive FILE: writes the layout as a tar and starts a new one. The tar also
-# has docker save's manifest.json (as docker save writes since 25), so that
-# `docker load` of any version reads it as well as `ctr images import`.
+# archive FILE [docker]: writes the layout as a tar and starts a new one. The
+# tar also has docker save's manifest.json (as docker save writes since 25),
+# so that `docker load` of any version reads it as well as `ctr images
+# import`; with `docker`, only that (docker save of a classic image store, the
+# archive CI jobs cache and load: the guard reads from its Config which image
+# each tag gets).
 archive() {
-	local IFS=,
-	printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[%s]}' \
-		"${index_entries[*]}" >"$oci/index.json"
+	local IFS=, files=(manifest.json blobs)
 	printf '[%s]' "${docker_entries[*]}" >"$oci/manifest.json"
-	tar -C "$oci" -cf "$1.tmp" oci-layout index.json manifest.json blobs && mv -f "$1.tmp" "$1"
+	if [ "${2:-}" != docker ]; then
+		printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[%s]}' \
+			"${index_entries[*]}" >"$oci/index.json"
+		files=(oci-layout index.json "${files[@]}")
+	fi
+	tar -C "$oci" -cf "$1.tmp" "${files[@]}" && mv -f "$1.tmp" "$1"
 	rm -rf "$oci/blobs" && mkdir -p "$oci/blobs/sha256"
 	index_entries=()
 	docker_entries=()
@@ -164,10 +170,10 @@ cp /bin/busybox "$work/tiny/bin/busybox"
 for cmd in sh echo true cat sleep ls httpd nc wget; do ln -s busybox "$work/tiny/bin/$cmd"; done
 image nestdock.test/tiny:1 "{\"Env\":[$path_env],\"Cmd\":[\"sh\"]}" "$(layer_of "$work/tiny")"
 mkdir -p "$work/images-dir/images"
-archive "$work/images-dir/images/tiny.tar"
+archive "$work/images-dir/images/tiny.tar" docker
 # ryuk: the suite's double of Testcontainers' Ryuk (tests/kube/ryuk).
 image nestdock.test/ryuk:1 '{"Entrypoint":["/ryuk"]}' "$(layer_of "$work/ryuk")"
-archive "$work/images-dir/images/ryuk.tar"
+archive "$work/images-dir/images/ryuk.tar" docker
 
 # The base layer (the daemon root filesystem, ~500 MB) is kept between runs,
 # keyed on the root filesystem's stamp.

@@ -275,6 +275,24 @@ pub struct DoodConfig {
     /// The kubelet's root directory on the nodes: where the guard finds the
     /// pod's emptyDir volumes as the node's daemon sees them.
     pub kubelet_root: String,
+    /// Where targets' Testcontainers find the ports that sibling containers
+    /// publish: on the node's daemon they are on the node's address, not on
+    /// the pod's localhost.
+    pub testcontainers_host: TestcontainersHost,
+}
+
+/// `dood.testcontainersHost`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum TestcontainersHost {
+    /// `TESTCONTAINERS_HOST_OVERRIDE` from the Downward API's `status.hostIP`:
+    /// a daemon in the node's network namespace publishes ports there.
+    #[default]
+    #[serde(rename = "nodeIP")]
+    NodeIp,
+    /// Not set: the daemon publishes elsewhere (manifests/node-docker's
+    /// dockerd runs in a pod network of its own), and jobs set it themselves.
+    #[serde(rename = "none")]
+    None,
 }
 
 impl Default for DoodConfig {
@@ -286,6 +304,7 @@ impl Default for DoodConfig {
             allow_without_namespace_policy: false,
             guard: GuardConfig::default(),
             kubelet_root: "/var/lib/kubelet".into(),
+            testcontainers_host: TestcontainersHost::NodeIp,
         }
     }
 }
@@ -776,6 +795,7 @@ dood:
             ),
             ("dood:\n  kubeletRoot: var/lib/kubelet\n", "dood.kubeletRoot", "absolute"),
             ("dood:\n  guard:\n    cgroupParent: node\n", "dood.guard.cgroupParent", "unknown variant"),
+            ("dood:\n  testcontainersHost: nodeIp\n", "dood.testcontainersHost", "expected `nodeIP` or `none`"),
         ] {
             let e = Config::from_yaml(yaml).unwrap_err();
             assert_eq!(e.field.as_deref(), Some(field), "{yaml}: {e}");

@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use crate::config::{Config, Mtu, Sidecar, SidecarConfig, Storage};
+use crate::config::{Config, Mtu, Sidecar, SidecarConfig, Storage, TestcontainersHost};
 use crate::denial::Denial;
 use crate::mode::Mode;
 use crate::pod::{Container, Items, Metadata, Pairs, Spec, Volume};
@@ -267,6 +267,8 @@ const TLS_HOST: &str = "tcp://localhost:2376";
 /// Testcontainers reads the socket path *as the daemon sees it* from here
 /// when it bind-mounts the socket into Ryuk.
 const TC_SOCKET_OVERRIDE: &str = "TESTCONTAINERS_DOCKER_SOCKET_OVERRIDE";
+/// Where Testcontainers connects to the ports its containers publish.
+const TC_HOST_OVERRIDE: &str = "TESTCONTAINERS_HOST_OVERRIDE";
 
 /// Starts dockerd listening on the shared socket. It reads the pod
 /// interface's MTU when the daemon starts (or takes the fixed value) and
@@ -371,16 +373,59 @@ struct Slot<'a> {
 
 /// The pieces of a mode's wiring that differ between dind, rootless, TLS and dood.
 struct Wiring<'a> {
-    /// Environment for every target container: name, value, and whether a
-    /// target that sets the name itself is warned about (it is kept either
-    /// way; an override such as Testcontainers' is the user's to set).
-    env: Vec<(&'static str, String, bool)>,
+    /// Environment for every target container.
+    env: Vec<WiredEnv>,
     /// The mount every target gets.
     target_mount: MountOut<'a>,
     /// Target mount paths that would shadow or duplicate that mount.
     reserved_target_paths: Vec<String>,
     /// Group to add to `supplementalGroups`.
     group: Option<i64>,
+}
+
+/// One variable every target gets.
+struct WiredEnv {
+    name: &'static str,
+    /// The value, or (with `field_path`) what a warning says it is.
+    value: String,
+    /// `valueFrom.fieldRef.fieldPath` instead of the value.
+    field_path: Option<&'static str>,
+    /// Whether a target that sets the name itself is warned about (it is
+    /// kept either way; an override such as Testcontainers' is the user's).
+    warn: bool,
+}
+
+impl WiredEnv {
+    /// `DOCKER_HOST` and its like: a target's own value is warned about.
+    fn daemon(name: &'static str, value: String) -> WiredEnv {
+        WiredEnv {
+            name,
+            value,
+            field_path: None,
+            warn: true,
+        }
+    }
+
+    /// A tool's override: a target's own value is kept silently.
+    fn hint(name: &'static str, value: String) -> WiredEnv {
+        WiredEnv {
+            name,
+            value,
+            field_path: None,
+            warn: false,
+        }
+    }
+
+    /// Testcontainers' host in dood (`dood.testcontainersHost: nodeIP`): the
+    /// node's address, where the node's daemon publishes ports.
+    fn node_ip_hint() -> WiredEnv {
+        WiredEnv {
+            name: TC_HOST_OVERRIDE,
+            value: "the node's IP".into(),
+            field_path: Some("status.hostIP"),
+            warn: false,
+        }
+    }
 }
 
 fn slots<'a>(list: &'static str, items: &'a Option<Vec<Container<'a>>>) -> Vec<Slot<'a>> {
@@ -757,13 +802,13 @@ impl<'v, 'a> Planner<'v, 'a> {
             let mut kept_env = Vec::new();
             // At most four wired names, each looked for once: linear in env.
             let existing = t.obj.env.items();
-            for (k, v, warn) in &wiring.env {
-                if existing.iter().any(|e| e.name == *k) {
-                    kept_env.push(*k);
-                    if *warn {
+            for e in &wiring.env {
+                if existing.iter().any(|x| x.name == e.name) {
+                    kept_env.push(e.name);
+                    if e.warn {
                         self.warn(format!(
-                            "container {} keeps its own {k}; nestdock's daemon is at {v}",
-                            t.name
+                            "container {} keeps its own {}; nestdock's daemon is at {}",
+                            t.name, e.name, e.value
                         ));
                     }
                 }
@@ -819,10 +864,14 @@ impl<'v, 'a> Planner<'v, 'a> {
             env: wiring
                 .env
                 .into_iter()
-                .map(|(name, value, _)| EnvOut {
-                    name,
-                    value: Cow::Owned(value),
-                    field_path: None,
+                .map(|e| EnvOut {
+                    name: e.name,
+                    value: if e.field_path.is_some() {
+                        Cow::Borrowed("")
+                    } else {
+                        Cow::Owned(e.value)
+                    },
+                    field_path: e.field_path,
                 })
                 .collect(),
             target_mount: wiring.target_mount,
@@ -840,12 +889,18 @@ impl<'v, 'a> Planner<'v, 'a> {
         let cfg = self.cfg();
         self.check_volume_names_free(&[VOL_HOST_SOCKET])?;
         let socket = cfg.socket_path();
-        let mut env = vec![("DOCKER_HOST", format!("unix://{socket}"), true)];
+        let mut env = vec![WiredEnv::daemon("DOCKER_HOST", format!("unix://{socket}"))];
         // The node's daemon resolves bind sources on the node, where the
         // socket is at hostSocket: helpers that bind-mount the socket
         // (Testcontainers' Ryuk) need that path.
         if crate::pod::normalize_path(&cfg.dood.host_socket) != socket.as_str() {
-            env.push((TC_SOCKET_OVERRIDE, cfg.dood.host_socket.clone(), false));
+            env.push(WiredEnv::hint(
+                TC_SOCKET_OVERRIDE,
+                cfg.dood.host_socket.clone(),
+            ));
+        }
+        if cfg.dood.testcontainers_host == TestcontainersHost::NodeIp {
+            env.push(WiredEnv::node_ip_hint());
         }
         let reserved_target_paths = vec![socket.clone()];
         let wiring = Wiring {
@@ -882,10 +937,15 @@ impl<'v, 'a> Planner<'v, 'a> {
         self.check_volume_names_free(&[VOL_SOCKET, VOL_HOST_SOCKET])?;
         let socket_dir = cfg.socket_dir.as_str();
         let socket = cfg.socket_path();
-        // No Testcontainers override: a bind of the docker socket reaches
-        // the guard, which points it at its own socket.
+        // No socket override: a bind of the docker socket reaches the guard,
+        // which points it at its own socket. Published ports are on the
+        // node's daemon, as in plain dood.
+        let mut env = vec![WiredEnv::daemon("DOCKER_HOST", format!("unix://{socket}"))];
+        if cfg.dood.testcontainers_host == TestcontainersHost::NodeIp {
+            env.push(WiredEnv::node_ip_hint());
+        }
         let wiring = Wiring {
-            env: vec![("DOCKER_HOST", format!("unix://{socket}"), true)],
+            env,
             target_mount: MountOut::new(VOL_SOCKET, socket_dir),
             reserved_target_paths: vec![socket_dir.to_string(), socket.clone()],
             group: Some(cfg.socket_group),
@@ -1137,9 +1197,9 @@ impl<'v, 'a> Planner<'v, 'a> {
         let wiring = if tls {
             Wiring {
                 env: vec![
-                    ("DOCKER_HOST", TLS_HOST.to_string(), true),
-                    ("DOCKER_TLS_VERIFY", "1".to_string(), true),
-                    ("DOCKER_CERT_PATH", CERTS_CLIENT_DIR.to_string(), true),
+                    WiredEnv::daemon("DOCKER_HOST", TLS_HOST.to_string()),
+                    WiredEnv::daemon("DOCKER_TLS_VERIFY", "1".to_string()),
+                    WiredEnv::daemon("DOCKER_CERT_PATH", CERTS_CLIENT_DIR.to_string()),
                 ],
                 target_mount: MountOut {
                     name: VOL_CERTS,
@@ -1151,14 +1211,13 @@ impl<'v, 'a> Planner<'v, 'a> {
                 group: None,
             }
         } else {
-            let mut env = vec![("DOCKER_HOST", format!("unix://{socket}"), true)];
+            let mut env = vec![WiredEnv::daemon("DOCKER_HOST", format!("unix://{socket}"))];
             // The rootless daemon sees the same socket file at its own
             // runtime directory, and resolves bind sources there.
             if rootless {
-                env.push((
+                env.push(WiredEnv::hint(
                     TC_SOCKET_OVERRIDE,
                     format!("{ROOTLESS_RUNTIME_DIR}/docker.sock"),
-                    false,
                 ));
             }
             Wiring {

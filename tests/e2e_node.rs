@@ -280,7 +280,8 @@ docker load -q -i /images/tiny.tar
 docker run --rm -v \"$PWD:/src\" nestdock.test/tiny:1 cat /src/file
 if docker run --rm --privileged nestdock.test/tiny:1 true 2>/tmp/err; then echo PRIVILEGED-RAN; else cat /tmp/err; fi
 docker run -d --name left-running nestdock.test/tiny:1 sleep 600 >/dev/null
-docker ps --format 'running {{{{.Names}}}}'"
+docker ps --format 'running {{{{.Names}}}}'
+docker inspect left-running --format 'cgroup-parent {{{{.HostConfig.CgroupParent}}}}'"
     ));
     build["workingDir"] = json!("/work");
     build["volumeMounts"] = json!([{"name": "work", "mountPath": "/work"}]);
@@ -312,10 +313,20 @@ docker ps --format 'running {{{{.Names}}}}'"
         "the guard names the field: {logs}"
     );
     assert!(logs.contains("running left-running"), "{logs}");
+    // dood.guard.cgroupParent: pod (the suite's config): the sibling runs
+    // under the pod's own cgroup, which the guard found in its own.
+    let uid = pod["metadata"]["uid"].as_str().unwrap().to_string();
+    let parent = logs
+        .lines()
+        .find_map(|l| l.strip_prefix("cgroup-parent "))
+        .unwrap_or_default();
+    assert!(
+        parent.starts_with("/kubepods/") && parent.ends_with(&format!("/pod{uid}")),
+        "{logs}"
+    );
 
     // The pod ends when the build exits: the kubelet stops the guard
     // (SIGTERM), which removes what the pod left on the node's daemon.
-    let uid = pod["metadata"]["uid"].as_str().unwrap().to_string();
     c.wait_pod(&ns, "dood", MINUTES, |p| {
         p["status"]["phase"] == "Succeeded"
             && container_state(p, "nestdock-guard")
@@ -401,7 +412,9 @@ print("left running", left.get_wrapped_container().short_id, flush=True)
 os._exit(0)
 "#;
 
-// 9. Testcontainers in dind and dind-rootless, with Ryuk. Ryuk is the
+// 9. Testcontainers in dind, dind-rootless and guarded dood, with Ryuk. In
+// dood the published port is on the node: nestdock sets
+// TESTCONTAINERS_HOST_OVERRIDE from the node's IP. Ryuk is the
 // suite's double (tests/kube/ryuk): the real one's module is not served by
 // the Go module proxy and no image can be pulled. In rootless, Ryuk's socket
 // is the path as the daemon sees it (TESTCONTAINERS_DOCKER_SOCKET_OVERRIDE,
@@ -409,7 +422,7 @@ os._exit(0)
 #[test]
 fn a_testcontainers_test_reaches_its_mapped_port_and_ryuk_reaps() {
     let c = cluster();
-    let ns = c.namespace("e2e-testcontainers", &[]);
+    let ns = c.namespace("e2e-testcontainers", &[("nestdock.io/allow-dood", "true")]);
     let script = format!(
         "docker load -q -i /images/tiny.tar
 docker load -q -i /images/ryuk.tar
@@ -423,9 +436,12 @@ while [ -n \"$(docker ps -aq --filter label=org.testcontainers.session-id)\" ]; 
 done
 echo reaped-by-ryuk"
     );
+    // In guarded dood the client binds the pod's socket, and the guard points
+    // the bind at its own socket: never the node's.
     for (mode, socket) in [
         ("dind", "/var/run/docker.sock"),
         ("dind-rootless", "/run/user/1000/docker.sock"),
+        ("dood", "/var/lib/nestdock-node/kubelet/pods/"),
     ] {
         let name = format!("tc-{mode}");
         let mut build = build_container(&script);
@@ -443,7 +459,11 @@ echo reaped-by-ryuk"
             "{mode}: {logs}"
         );
         assert!(
-            logs.contains(&format!("ryuk-socket {socket} -> /var/run/docker.sock")),
+            logs.contains(&format!("ryuk-socket {socket}")),
+            "{mode}: {logs}"
+        );
+        assert!(
+            logs.contains("-> /var/run/docker.sock") && !logs.contains(NODE_DOCKER_SOCKET),
             "{mode}: {logs}"
         );
         assert!(logs.contains("left running"), "{mode}: {logs}");

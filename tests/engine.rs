@@ -875,6 +875,54 @@ fn dood_with_a_custom_host_socket_tells_testcontainers_the_node_path() {
 }
 
 #[test]
+fn dood_tells_testcontainers_to_reach_published_ports_on_the_node() {
+    let mut cfg = Config::default();
+    cfg.dood.allow_without_namespace_policy = true;
+    let mut own = app("own");
+    own["env"] = json!([{"name": "TESTCONTAINERS_HOST_OVERRIDE", "value": "10.0.0.9"}]);
+    let p = pod(
+        json!({"nestdock.io/mode": "dood"}),
+        json!({"containers": [app("build"), own]}),
+    );
+    let host_override = |out: &Value, name: &str| {
+        container(out, name).unwrap()["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "TESTCONTAINERS_HOST_OVERRIDE")
+            .cloned()
+    };
+    // The node's daemon publishes ports on the node's address, guarded or
+    // not: the Downward API gives it; a target's own value wins, silently.
+    for guard in [true, false] {
+        cfg.dood.guard.enabled = guard;
+        let (out, warnings) = injected(&p, &cfg);
+        assert_eq!(
+            host_override(&out, "build"),
+            Some(json!({"name": "TESTCONTAINERS_HOST_OVERRIDE",
+                        "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}})),
+            "guard {guard}"
+        );
+        assert_eq!(
+            host_override(&out, "own"),
+            Some(json!({"name": "TESTCONTAINERS_HOST_OVERRIDE", "value": "10.0.0.9"}))
+        );
+        assert!(warnings.is_empty(), "{warnings:?}");
+    }
+    // A daemon that publishes elsewhere (manifests/node-docker): not set.
+    cfg.dood.testcontainers_host = nestdock::config::TestcontainersHost::None;
+    let (out, _) = injected(&p, &cfg);
+    assert_eq!(host_override(&out, "build"), None);
+    // dind publishes in the pod: localhost is right, nothing is set.
+    let p = pod(
+        json!({"nestdock.io/mode": "dind"}),
+        json!({"containers": [app("build")]}),
+    );
+    let (out, _) = injected(&p, &Config::default());
+    assert_eq!(host_override(&out, "build"), None);
+}
+
+#[test]
 fn a_forged_injected_marker_is_ignored() {
     let cfg = Config::default();
     // A namespace that enforces dind and does not allow dood.

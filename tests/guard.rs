@@ -1370,6 +1370,37 @@ fn context_of(g: &Guard, who: &str) -> String {
     build_context(g, &format!("echo {who} > /who"))
 }
 
+/// `docker save` of `image` through `pod`, with the archive's tag replaced
+/// by `tag` (docker save's manifest.json and repositories rewritten).
+fn retag_archive(pod: &Guard, work: &Path, image: &str, tag: &str) -> PathBuf {
+    let dir = work.join(unique("retag"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let saved = work.join(format!("{}.tar", unique("saved")));
+    ok(&pod.docker(&["save", "-o", &saved.to_string_lossy(), image]));
+    ok(&Command::new("tar")
+        .arg("-C")
+        .arg(&dir)
+        .arg("-xf")
+        .arg(&saved)
+        .output()
+        .unwrap());
+    let manifest = dir.join("manifest.json");
+    let mut m: Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    m[0]["RepoTags"] = json!([tag]);
+    std::fs::write(&manifest, m.to_string()).unwrap();
+    let _ = std::fs::remove_file(dir.join("repositories"));
+    let out = work.join(format!("{}.tar", unique("forged")));
+    ok(&Command::new("tar")
+        .arg("-C")
+        .arg(&dir)
+        .arg("-cf")
+        .arg(&out)
+        .arg(".")
+        .output()
+        .unwrap());
+    out
+}
+
 #[test]
 fn image_tags_belong_to_the_pod_that_made_them() {
     let engine = engine();
@@ -1406,13 +1437,19 @@ fn image_tags_belong_to_the_pod_that_made_them() {
         .unwrap());
     let stopped = ok(&b.docker(&["create", IMAGE, "true"])).trim().to_string();
     let ctx_b = context_of(&b, "b");
+    // An archive of B's own image that names A's tag: loading it would move
+    // the tag.
+    let src = format!("{}:1", unique("src"));
+    ok(&b.docker(&["build", "-q", "-t", &src, &ctx_b]));
+    let forged = retag_archive(&b, &work, &src, &tag);
+    ok(&b.docker(&["rmi", &src]));
     let another = "belongs to another pod";
     for (args, why) in [
         (vec!["tag", IMAGE, &tag], another),
         (vec!["build", "-q", "-t", &tag, &ctx_b], another),
         (vec!["import", &tarball.to_string_lossy(), &tag], another),
         (vec!["commit", &stopped, &tag], another),
-        (vec!["load", "-i", &archive.to_string_lossy()], another),
+        (vec!["load", "-i", &forged.to_string_lossy()], another),
         (vec!["rmi", &tag], another),
         (vec!["rmi", "-f", &id_a], another),
         (vec!["push", &tag], "not pushed"),
@@ -1430,6 +1467,10 @@ fn image_tags_belong_to_the_pod_that_made_them() {
     let err = fails(&b.docker(&["build", "-q", "-t", &mine, "-t", &tag, &ctx_b]));
     assert!(err.contains(another), "{err}");
     assert!(!b.docker(&["image", "inspect", &mine]).status.success());
+    // Loading A's own archive moves nothing (the tag already names that
+    // image): two jobs loading one cached archive both pass.
+    ok(&b.docker(&["load", "-i", &archive.to_string_lossy()]));
+    assert_eq!(id_of(&tag), id_a, "A's tag moved");
     // Prunes through B leave A's image alone.
     ok(&b.docker(&["image", "prune", "-a", "-f"]));
     assert_eq!(id_of(&tag), id_a, "A's tag moved");

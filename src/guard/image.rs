@@ -213,31 +213,70 @@ pub fn refuse_push(tag: &str, held: Option<&Held>) -> Option<String> {
     })
 }
 
+/// A tag an image archive sets, and the image id it points the tag at
+/// where the archive says so in the form dockerd's image store uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveTag {
+    pub tag: String,
+    /// `sha256:<config digest>`, from docker's `manifest.json` (`Config` is
+    /// `blobs/sha256/<hex>` or `<hex>.json`): the id dockerd gives the image.
+    pub image: Option<String>,
+}
+
+impl ArchiveTag {
+    /// Whether loading it leaves the tag where it is: it already points at
+    /// the same image. Two jobs that `docker load` the same cached archive
+    /// set the same tag on the same image; that moves nothing.
+    pub fn keeps(&self, held: &Held) -> bool {
+        self.image.as_deref() == Some(held.image.as_str())
+    }
+}
+
+/// The image id a `manifest.json` entry's `Config` path names.
+fn config_id(config: Option<&serde_json::Value>) -> Option<String> {
+    let path = config?.as_str()?;
+    let hex = path
+        .strip_prefix("blobs/sha256/")
+        .or_else(|| path.strip_suffix(".json"))?;
+    (hex.len() == 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+    .then(|| format!("sha256:{hex}"))
+}
+
 /// The tags an index file of an image archive names: docker's
 /// `manifest.json` (`[{"RepoTags": [...]}]`), the legacy `repositories`
 /// (`{"repo": {"tag": "id"}}`) or an OCI `index.json` (the image name
 /// annotations).
-pub fn archive_tags(file: &str, bytes: &[u8]) -> Result<Vec<String>, String> {
+pub fn archive_tags(file: &str, bytes: &[u8]) -> Result<Vec<ArchiveTag>, String> {
     let bad = || format!("nestdock guard: the image archive's {file} cannot be read");
     let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|_| bad())?;
     let mut tags = Vec::new();
     match file {
         "manifest.json" => {
             for entry in value.as_array().ok_or_else(bad)? {
+                let image = config_id(entry.get("Config"));
                 for tag in entry
                     .get("RepoTags")
                     .and_then(|t| t.as_array())
                     .into_iter()
                     .flatten()
                 {
-                    tags.push(normalise(tag.as_str().ok_or_else(bad)?)?);
+                    tags.push(ArchiveTag {
+                        tag: normalise(tag.as_str().ok_or_else(bad)?)?,
+                        image: image.clone(),
+                    });
                 }
             }
         }
         "repositories" => {
             for (repo, entries) in value.as_object().ok_or_else(bad)? {
                 for tag in entries.as_object().ok_or_else(bad)?.keys() {
-                    tags.push(normalise(&format!("{repo}:{tag}"))?);
+                    tags.push(ArchiveTag {
+                        tag: normalise(&format!("{repo}:{tag}"))?,
+                        image: None,
+                    });
                 }
             }
         }
@@ -257,7 +296,10 @@ pub fn archive_tags(file: &str, bytes: &[u8]) -> Result<Vec<String>, String> {
                     // check (dockerd needs the full name to tag).
                     if let Some(name) = notes.and_then(|n| n.get(key)).and_then(|n| n.as_str()) {
                         if name.contains('/') || name.contains(':') {
-                            tags.push(normalise(name)?);
+                            tags.push(ArchiveTag {
+                                tag: normalise(name)?,
+                                image: None,
+                            });
                         }
                     }
                 }
@@ -393,6 +435,12 @@ impl TarScan {
             }
         }
         Ok(found)
+    }
+
+    /// Whether the archive's end has been read: Go's reader (and so
+    /// dockerd) stops there and acts on what it read.
+    pub fn ended(&self) -> bool {
+        self.ended
     }
 
     fn header(&mut self, h: &[u8], found: &mut Vec<(&'static str, Vec<u8>)>) -> Result<(), String> {
@@ -608,6 +656,40 @@ mod tests {
             .contains("shared"));
     }
 
+    #[test]
+    fn loading_the_image_a_tag_already_has_moves_nothing() {
+        let hex = "a".repeat(64);
+        let held = Held {
+            image: format!("sha256:{hex}"),
+            owner: None,
+        };
+        for config in [format!("blobs/sha256/{hex}"), format!("{hex}.json")] {
+            let manifest = format!(r#"[{{"Config":"{config}","RepoTags":["app:1"]}}]"#);
+            let tags = archive_tags("manifest.json", manifest.as_bytes()).unwrap();
+            assert_eq!(tags[0].image.as_deref(), Some(held.image.as_str()));
+            assert!(tags[0].keeps(&held), "{config}");
+        }
+        // Another image, an id that is not a digest, or an index file that
+        // does not say which image: the tag would move.
+        for (file, body) in [
+            (
+                "manifest.json",
+                format!(
+                    r#"[{{"Config":"{}.json","RepoTags":["app:1"]}}]"#,
+                    "b".repeat(64)
+                ),
+            ),
+            (
+                "manifest.json",
+                r#"[{"Config":"../x.json","RepoTags":["app:1"]}]"#.to_string(),
+            ),
+            ("repositories", r#"{"app":{"1":"abc"}}"#.to_string()),
+        ] {
+            let tags = archive_tags(file, body.as_bytes()).unwrap();
+            assert!(!tags[0].keeps(&held), "{body}");
+        }
+    }
+
     /// A tar entry header as Go writes one (ustar).
     fn header(name: &str, size: usize, kind: u8) -> Vec<u8> {
         let mut h = vec![0u8; 512];
@@ -635,7 +717,7 @@ mod tests {
         let mut tags = Vec::new();
         for part in tar.chunks(chunk) {
             for (file, bytes) in scan.feed(part)? {
-                tags.extend(archive_tags(file, &bytes)?);
+                tags.extend(archive_tags(file, &bytes)?.into_iter().map(|t| t.tag));
             }
         }
         Ok(tags)

@@ -9,7 +9,7 @@
 //! two upgraded connections and copies bytes both ways, half-closes
 //! included (docker closes its write side to signal the end of stdin).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::future::Future;
 use std::path::Path;
@@ -992,10 +992,10 @@ async fn load(
     // The upload goes through a task that reads each frame before passing
     // it on (as `relay` does), so a refused one never reaches dockerd.
     let checker = tokio::spawn(async move {
-        let mut scan = image::TarScan::default();
+        let mut check = LoadCheck::default();
         while let Some(frame) = upload.frame().await {
             let why = match &frame {
-                Ok(f) => f.data_ref().and_then(|d| load_refusal(&mut scan, &held, d)),
+                Ok(f) => f.data_ref().and_then(|d| check.refusal(&held, d)),
                 Err(_) => None,
             };
             if let Some(why) = why {
@@ -1025,30 +1025,52 @@ async fn load(
     refused(&Method::POST, "/images/load", StatusCode::FORBIDDEN, &why)
 }
 
-/// Why the next bytes of a `docker load` archive are refused: a tag it sets
-/// that the pod may not set, or an archive the scan cannot follow.
-fn load_refusal(
-    scan: &mut image::TarScan,
-    held: &HashMap<String, image::Held>,
-    data: &[u8],
-) -> Option<String> {
-    let files = match scan.feed(data) {
-        Ok(files) => files,
-        Err(why) => return Some(why),
-    };
-    for (file, bytes) in files {
-        let tags = match image::archive_tags(file, &bytes) {
-            Ok(tags) => tags,
+/// What a `docker load` archive sets, read as it streams. dockerd's image
+/// store reads `manifest.json` and ignores the legacy `repositories` and the
+/// OCI `index.json` when it is there; only `manifest.json` says which image
+/// a tag gets. So a tag that another pod (or the node) holds is refused at
+/// once when `manifest.json` would move it, and otherwise, when only the
+/// other files name it, at the archive's end unless `manifest.json` has
+/// kept it by then (loading the image the tag already has moves nothing).
+#[derive(Default)]
+struct LoadCheck {
+    scan: image::TarScan,
+    /// Held tags that `manifest.json` points at the image they have.
+    kept: HashSet<String>,
+    /// Held tags that only `repositories` or `index.json` named so far.
+    pending: Vec<String>,
+}
+
+impl LoadCheck {
+    /// Why the next bytes are refused: a tag the pod may not set, or an
+    /// archive the scan cannot follow.
+    fn refusal(&mut self, held: &HashMap<String, image::Held>, data: &[u8]) -> Option<String> {
+        let files = match self.scan.feed(data) {
+            Ok(files) => files,
             Err(why) => return Some(why),
         };
-        if let Some(why) = tags
-            .iter()
-            .find_map(|tag| image::refuse_write(tag, held.get(tag)))
-        {
-            return Some(why);
+        for (file, bytes) in files {
+            let tags = match image::archive_tags(file, &bytes) {
+                Ok(tags) => tags,
+                Err(why) => return Some(why),
+            };
+            for t in tags {
+                let Some(h) = held.get(&t.tag) else { continue };
+                if file != "manifest.json" {
+                    self.pending.push(t.tag);
+                } else if t.keeps(h) {
+                    self.kept.insert(t.tag);
+                } else {
+                    return image::refuse_write(&t.tag, Some(h));
+                }
+            }
         }
+        if self.scan.ended() {
+            let moved = self.pending.iter().find(|t| !self.kept.contains(*t))?;
+            return image::refuse_write(moved, held.get(moved));
+        }
+        None
     }
-    None
 }
 
 /// Reads a request body the rules must see.

@@ -132,8 +132,9 @@ fn start() -> Cluster {
 }
 
 /// nestdock's configuration in the suite: the defaults, but for the daemon
-/// images (built locally, nothing can be pulled) and the kubelet's root
-/// directory (the node keeps it below NODE_DIR), which the guard needs.
+/// images (built locally, nothing can be pulled), the node's dockerd and the
+/// kubelet's root directory (the node keeps both below NODE_DIR), and the
+/// guard's opt-in cgroup placement under the pod, which the suite checks.
 pub const NESTDOCK_CONFIG: &str = "\
 dind:
   image: nestdock.test/docker:dind
@@ -142,6 +143,8 @@ dind:
 dood:
   hostSocket: /var/lib/nestdock-node/docker/docker.sock
   kubeletRoot: /var/lib/nestdock-node/kubelet
+  guard:
+    cgroupParent: pod
 ";
 
 impl Cluster {
