@@ -383,15 +383,11 @@ struct Wiring<'a> {
     group: Option<i64>,
 }
 
-/// One variable every target gets.
+/// One variable every target gets, and whether a target that sets the name
+/// itself is warned about (it is kept either way; an override such as
+/// Testcontainers' is the user's to set).
 struct WiredEnv {
-    name: &'static str,
-    /// The value, or (with `field_path`) what a warning says it is.
-    value: String,
-    /// `valueFrom.fieldRef.fieldPath` instead of the value.
-    field_path: Option<&'static str>,
-    /// Whether a target that sets the name itself is warned about (it is
-    /// kept either way; an override such as Testcontainers' is the user's).
+    env: EnvOut<'static>,
     warn: bool,
 }
 
@@ -399,9 +395,11 @@ impl WiredEnv {
     /// `DOCKER_HOST` and its like: a target's own value is warned about.
     fn daemon(name: &'static str, value: String) -> WiredEnv {
         WiredEnv {
-            name,
-            value,
-            field_path: None,
+            env: EnvOut {
+                name,
+                value: Cow::Owned(value),
+                field_path: None,
+            },
             warn: true,
         }
     }
@@ -409,22 +407,23 @@ impl WiredEnv {
     /// A tool's override: a target's own value is kept silently.
     fn hint(name: &'static str, value: String) -> WiredEnv {
         WiredEnv {
-            name,
-            value,
-            field_path: None,
             warn: false,
+            ..WiredEnv::daemon(name, value)
         }
     }
 
     /// Testcontainers' host in dood (`dood.testcontainersHost: nodeIP`): the
-    /// node's address, where the node's daemon publishes ports.
-    fn node_ip_hint() -> WiredEnv {
-        WiredEnv {
-            name: TC_HOST_OVERRIDE,
-            value: "the node's IP".into(),
-            field_path: Some("status.hostIP"),
+    /// node's address from the Downward API, where the node's daemon
+    /// publishes ports.
+    fn node_ip_hint(cfg: &Config) -> Option<WiredEnv> {
+        (cfg.dood.testcontainers_host == TestcontainersHost::NodeIp).then_some(WiredEnv {
+            env: EnvOut {
+                name: TC_HOST_OVERRIDE,
+                value: Cow::Borrowed(""),
+                field_path: Some("status.hostIP"),
+            },
             warn: false,
-        }
+        })
     }
 }
 
@@ -802,10 +801,10 @@ impl<'v, 'a> Planner<'v, 'a> {
             let mut kept_env = Vec::new();
             // At most four wired names, each looked for once: linear in env.
             let existing = t.obj.env.items();
-            for e in &wiring.env {
+            for WiredEnv { env: e, warn } in &wiring.env {
                 if existing.iter().any(|x| x.name == e.name) {
                     kept_env.push(e.name);
-                    if e.warn {
+                    if *warn {
                         self.warn(format!(
                             "container {} keeps its own {}; nestdock's daemon is at {}",
                             t.name, e.name, e.value
@@ -864,15 +863,7 @@ impl<'v, 'a> Planner<'v, 'a> {
             env: wiring
                 .env
                 .into_iter()
-                .map(|e| EnvOut {
-                    name: e.name,
-                    value: if e.field_path.is_some() {
-                        Cow::Borrowed("")
-                    } else {
-                        Cow::Owned(e.value)
-                    },
-                    field_path: e.field_path,
-                })
+                .map(|e| -> EnvOut<'a> { e.env })
                 .collect(),
             target_mount: wiring.target_mount,
             volumes,
@@ -899,9 +890,7 @@ impl<'v, 'a> Planner<'v, 'a> {
                 cfg.dood.host_socket.clone(),
             ));
         }
-        if cfg.dood.testcontainers_host == TestcontainersHost::NodeIp {
-            env.push(WiredEnv::node_ip_hint());
-        }
+        env.extend(WiredEnv::node_ip_hint(cfg));
         let reserved_target_paths = vec![socket.clone()];
         let wiring = Wiring {
             env,
@@ -941,9 +930,7 @@ impl<'v, 'a> Planner<'v, 'a> {
         // which points it at its own socket. Published ports are on the
         // node's daemon, as in plain dood.
         let mut env = vec![WiredEnv::daemon("DOCKER_HOST", format!("unix://{socket}"))];
-        if cfg.dood.testcontainers_host == TestcontainersHost::NodeIp {
-            env.push(WiredEnv::node_ip_hint());
-        }
+        env.extend(WiredEnv::node_ip_hint(cfg));
         let wiring = Wiring {
             env,
             target_mount: MountOut::new(VOL_SOCKET, socket_dir),

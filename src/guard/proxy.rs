@@ -1037,8 +1037,9 @@ struct LoadCheck {
     scan: image::TarScan,
     /// Held tags that `manifest.json` points at the image they have.
     kept: HashSet<String>,
-    /// Held tags that only `repositories` or `index.json` named so far.
-    pending: Vec<String>,
+    /// Held tags that only `repositories` or `index.json` named so far (a
+    /// set: however often an archive repeats them, at most the held tags).
+    pending: HashSet<String>,
 }
 
 impl LoadCheck {
@@ -1057,7 +1058,7 @@ impl LoadCheck {
             for t in tags {
                 let Some(h) = held.get(&t.tag) else { continue };
                 if file != "manifest.json" {
-                    self.pending.push(t.tag);
+                    self.pending.insert(t.tag);
                 } else if t.keeps(h) {
                     self.kept.insert(t.tag);
                 } else {
