@@ -1468,6 +1468,17 @@ fn image_tags_belong_to_the_pod_that_made_them() {
         let err = fails(&b.docker(&args));
         assert!(err.contains(why), "{args:?}: {err}");
     }
+    // Refused on the request's head while the CLI still uploads a large
+    // context: the refusal reaches the client, not a reset connection (a
+    // race the client lost about one time in five before the guard read
+    // unread bodies to their end; five tries show it).
+    let big = PathBuf::from(context_of(&b, "big"));
+    std::fs::write(big.join("filler"), vec![7u8; 64 << 20]).unwrap();
+    for _ in 0..5 {
+        let err = fails(&b.docker(&["build", "-q", "-t", &tag, &big.to_string_lossy()]));
+        assert!(err.contains(another), "{err}");
+    }
+    std::fs::remove_file(big.join("filler")).unwrap();
     // A second -t naming A's tag refuses the whole build.
     let mine = format!("{}:1", unique("mine"));
     let err = fails(&b.docker(&["build", "-q", "-t", &mine, "-t", &tag, &ctx_b]));

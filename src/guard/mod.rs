@@ -10,7 +10,8 @@
 //! allow list), [`query`] (query strings as Go reads them), [`body`] (JSON
 //! bodies as Go's `encoding/json` reads them), [`create`] (the create rules,
 //! pure), [`owner`] (labels, filters, names, not-found answers), `config`
-//! ([`GuardConfig`]) and `proxy` (the I/O: the server, the upstream client,
+//! ([`GuardConfig`]), `drain` (request bodies answered before their end)
+//! and `proxy` (the I/O: the server, the upstream client,
 //! hijacked streams, cleanup and reap).
 
 pub mod binds;
@@ -18,6 +19,7 @@ pub mod body;
 pub mod cgroup;
 mod config;
 pub mod create;
+mod drain;
 pub mod image;
 pub mod owner;
 pub mod path;

@@ -29,6 +29,7 @@ use tokio::net::{UnixListener, UnixStream};
 use super::body::{self, Json, MAX_BODY_BYTES};
 use super::config::GuardConfig;
 use super::create::{self, Denied, Need, Scope};
+use super::drain::Unread;
 use super::image;
 use super::owner::{self, Kind};
 use super::path::{self, percent_encode, ApiPath};
@@ -318,7 +319,7 @@ async fn cleanup(state: &State) -> usize {
 async fn serve_connection(state: Arc<State>, stream: UnixStream) {
     let service = hyper::service::service_fn(move |req| {
         let state = state.clone();
-        async move { Ok::<_, Infallible>(handle(&state, req).await) }
+        async move { Ok::<_, Infallible>(handle(&state, req.map(Unread::new)).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -387,7 +388,7 @@ fn header_problem(headers: &hyper::HeaderMap) -> Option<String> {
     None
 }
 
-async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
+async fn handle(state: &State, req: Request<Unread>) -> Response<Body> {
     // Boxed once, so that a body read for the rules can be put back.
     let mut req = req.map(|b| b.map_err(hyper_error).boxed());
     let method = req.method().clone();
