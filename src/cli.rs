@@ -109,6 +109,12 @@ struct GuardArgs {
     /// the pod's limits and `kubectl top` include them (dood.guard.cgroupParent: pod).
     #[arg(long, value_enum, value_name = "QOS")]
     pod_cgroup: Option<crate::guard::cgroup::Qos>,
+    /// Fixed host ports the pod may publish on the node, as PORT or
+    /// FIRST-LAST (repeat for each range; dood.guard.hostPorts). Without
+    /// it, only random host ports (-p 80, -P): fixed ones collide between
+    /// jobs on one node.
+    #[arg(long = "host-ports", value_name = "RANGE", value_parser = parse_port_range)]
+    host_ports: Vec<crate::guard::ports::PortRange>,
     /// The kubelet's (and the node dockerd's) cgroup driver.
     #[arg(long, value_enum, default_value = "cgroupfs", value_name = "DRIVER")]
     cgroup_driver: crate::guard::cgroup::Driver,
@@ -157,6 +163,10 @@ fn parse_absolute(s: &str) -> Result<String, String> {
     } else {
         Err(format!("{s:?} is not an absolute path without .."))
     }
+}
+
+fn parse_port_range(s: &str) -> Result<crate::guard::ports::PortRange, String> {
+    s.parse()
 }
 
 fn parse_mode_bits(s: &str) -> Result<u32, String> {
@@ -594,6 +604,7 @@ fn guard(args: GuardArgs) -> anyhow::Result<ExitCode> {
     };
     let config = crate::guard::GuardConfig {
         cgroup_parent,
+        host_ports: crate::guard::ports::HostPorts(args.host_ports),
         listen,
         upstream: args.upstream,
         pod_uid,

@@ -331,6 +331,11 @@ pub struct GuardConfig {
     /// Where the pod's sibling containers' cgroups go (`pod`: under the
     /// pod's own, so its limits and `kubectl top` include them).
     pub cgroup_parent: CgroupParent,
+    /// Ranges (`8000-8999`, `5432`) in which the pod may publish fixed host
+    /// ports on the node; empty (the default): random host ports only, so
+    /// jobs never collide on a node's port.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub host_ports: Vec<String>,
 }
 
 /// `dood.guard.cgroupParent`.
@@ -350,6 +355,7 @@ impl Default for GuardConfig {
         GuardConfig {
             enabled: true,
             cgroup_parent: CgroupParent::None,
+            host_ports: Vec::new(),
             image: None,
             resources: Resources {
                 requests: ResourceList {
@@ -373,6 +379,7 @@ struct GuardSettings {
     image: Option<String>,
     resources: Resources,
     cgroup_parent: CgroupParent,
+    host_ports: Vec<String>,
 }
 
 impl Default for GuardSettings {
@@ -382,12 +389,14 @@ impl Default for GuardSettings {
             image,
             resources,
             cgroup_parent,
+            host_ports,
         } = GuardConfig::default();
         GuardSettings {
             enabled,
             image,
             resources,
             cgroup_parent,
+            host_ports,
         }
     }
 }
@@ -400,7 +409,9 @@ impl<'de> Deserialize<'de> for GuardConfig {
         impl<'de> serde::de::Visitor<'de> for Visit {
             type Value = GuardConfig;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("true, false, or a map with enabled, image, resources, cgroupParent")
+                f.write_str(
+                    "true, false, or a map with enabled, image, resources, cgroupParent, hostPorts",
+                )
             }
             fn visit_bool<E: serde::de::Error>(self, enabled: bool) -> Result<GuardConfig, E> {
                 Ok(GuardConfig {
@@ -419,6 +430,7 @@ impl<'de> Deserialize<'de> for GuardConfig {
                     image: s.image,
                     resources: s.resources,
                     cgroup_parent: s.cgroup_parent,
+                    host_ports: s.host_ports,
                 })
             }
         }
@@ -607,6 +619,10 @@ impl Config {
             check_image("dood.guard.image", image)?;
         }
         check_resources("dood.guard.resources", &self.dood.guard.resources)?;
+        for (i, r) in self.dood.guard.host_ports.iter().enumerate() {
+            r.parse::<crate::guard::ports::PortRange>()
+                .map_err(|m| field_err(&format!("dood.guard.hostPorts[{i}]"), m))?;
+        }
         if let Some(g) = self.dood.socket_group {
             check_gid("dood.socketGroup", g)?;
         }
@@ -796,6 +812,8 @@ dood:
             ("dood:\n  kubeletRoot: var/lib/kubelet\n", "dood.kubeletRoot", "absolute"),
             ("dood:\n  guard:\n    cgroupParent: node\n", "dood.guard.cgroupParent", "unknown variant"),
             ("dood:\n  testcontainersHost: nodeIp\n", "dood.testcontainersHost", "expected `nodeIP` or `none`"),
+            ("dood:\n  guard:\n    hostPorts: [\"8000-8999\", \"80-\"]\n", "dood.guard.hostPorts[1]", "expected PORT or FIRST-LAST"),
+            ("dood:\n  guard:\n    hostPorts: [\"0\"]\n", "dood.guard.hostPorts[0]", "ports 1 to 65535"),
         ] {
             let e = Config::from_yaml(yaml).unwrap_err();
             assert_eq!(e.field.as_deref(), Some(field), "{yaml}: {e}");

@@ -1067,6 +1067,7 @@ impl<'v, 'a> Planner<'v, 'a> {
                 (guard.cgroup_parent == crate::config::CgroupParent::Pod)
                     .then(|| "--pod-cgroup=auto".to_string()),
             )
+            .chain(guard.host_ports.iter().map(|r| format!("--host-ports={r}")))
             .chain(bind_paths)
             .collect(),
             env: vec![EnvOut {

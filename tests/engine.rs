@@ -329,8 +329,15 @@ fn guarded_dood_gives_the_node_socket_to_the_guard_alone() {
         !args.iter().any(|a| a.starts_with("--pod-cgroup")),
         "{args:?}"
     );
+    // And random host ports only.
+    assert!(
+        !args.iter().any(|a| a.starts_with("--host-ports")),
+        "{args:?}"
+    );
     // A guard image of the platform's choosing.
     cfg.dood.guard.image = Some("registry.example/nestdock:1.2".into());
+    // Fixed host ports in the platform's ranges, one flag each.
+    cfg.dood.guard.host_ports = vec!["8000-8999".into(), "5432".into()];
     // And the pod's cgroup as its siblings' parent (the guard finds it).
     cfg.dood.guard.cgroup_parent = nestdock::config::CgroupParent::Pod;
     let (out, _) = injected(&p, &cfg);
@@ -341,6 +348,12 @@ fn guarded_dood_gives_the_node_socket_to_the_guard_alone() {
             .as_array()
             .unwrap()
             .contains(&json!("--pod-cgroup=auto")),
+        "{guard}"
+    );
+    let args = guard["args"].as_array().unwrap();
+    assert!(
+        args.contains(&json!("--host-ports=8000-8999"))
+            && args.contains(&json!("--host-ports=5432")),
         "{guard}"
     );
 }

@@ -706,6 +706,11 @@ fn bad_usage_exits_2_with_one_line() {
         ),
         (&["guard", "--listen", "/tmp/x.sock"], None, "--pod-uid"),
         (
+            &["guard", "--listen", "/tmp/x.sock", "--host-ports", "80-"],
+            Some("u1"),
+            "PORT or FIRST-LAST",
+        ),
+        (
             &["guard", "--listen", "/tmp/x.sock", "--pod-uid", "a b"],
             None,
             "Downward API",
@@ -1281,6 +1286,30 @@ fn name_filters_and_network_connect_use_the_pods_names() {
     ok(&g.docker(&["network", "rm", "ci"]));
     ok(&g.docker(&["volume", "rm", "data"]));
     ok(&engine.raw(&["rm", &raw_id]));
+}
+
+/// `--host-ports` (dood.guard.hostPorts): a platform that accepts
+/// collisions lets its jobs publish fixed host ports in its ranges, and
+/// only there.
+#[test]
+fn fixed_host_ports_publish_only_in_the_platforms_ranges() {
+    let g = Guard::start_with(&["--host-ports", "18000-18009"]);
+    let id = ok(&g.docker(&["run", "-d", "-p", "18005:80", IMAGE, "sleep", "600"]));
+    assert_eq!(
+        ok(&g.docker(&["port", id.trim(), "80/tcp"]))
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .rsplit(':')
+            .next(),
+        Some("18005")
+    );
+    ok(&g.docker(&["rm", "-f", id.trim()]));
+    let err = fails(&g.docker(&["run", "--rm", "-p", "18010:80", IMAGE, "true"]));
+    assert!(
+        err.contains("HostPort") && err.contains("18000-18009 (dood.guard.hostPorts)"),
+        "{err}"
+    );
 }
 
 /// `--pod-cgroup` (dood.guard.cgroupParent: pod): what the pod creates and

@@ -12,16 +12,22 @@ use libfuzzer_sys::fuzz_target;
 use nestdock::guard::body::{self, Json};
 use nestdock::guard::create::{self, Scope};
 use nestdock::guard::owner::{self, POD_UID_LABEL};
+use nestdock::guard::ports::{HostPorts, PortRange};
 
 fuzz_target!(|data: &[u8]| {
     match body::parse(data) {
         Ok(value) => {
             let again = body::parse(&value.to_bytes()).expect("a checked body reads back");
             assert_eq!(again, value);
+            let ranges = HostPorts(vec![PortRange {
+                first: 8000,
+                last: 8999,
+            }]);
             let scope = Scope {
                 uid: "u1",
                 kubelet_root: "/var/lib/kubelet",
                 subpaths: data.len() % 2 == 0,
+                host_ports: &ranges,
             };
             let mut c = value.clone();
             match create::container_create(&mut c, &scope) {

@@ -34,4 +34,6 @@ pub struct GuardConfig {
     /// The cgroup parent every container the pod creates is placed under
     /// (the pod's own cgroup), or `None`: dockerd's default.
     pub cgroup_parent: Option<String>,
+    /// Where fixed host ports may be published (none: random ports only).
+    pub host_ports: super::ports::HostPorts,
 }

@@ -9,6 +9,7 @@
 
 use super::body::Json;
 use super::owner;
+use super::ports::HostPorts;
 use super::query::Query;
 #[cfg(test)]
 use super::{body, query};
@@ -50,6 +51,8 @@ pub struct Scope<'a> {
     /// Whether paths below an emptyDir's root may be bound: only when the
     /// guard can see the pod's volumes to check them for symbolic links.
     pub subpaths: bool,
+    /// Where fixed host ports may be published (none: random ports only).
+    pub host_ports: &'a HostPorts,
 }
 
 impl Scope<'_> {
@@ -472,14 +475,12 @@ fn host_config(hc: &Json, scope: &Scope, needs: &mut Vec<Need>) -> Result<(), De
                     match b.field("HostPort") {
                         None | Some(Json::Null) => {}
                         Some(Json::String(s)) if s.is_empty() || s == "0" => {}
-                        Some(v) => {
-                            return Err(deny(
-                                &format!("{field}.HostPort"),
-                                v,
-                                "fixed host ports collide between jobs on the node; publish \
-                                 with a random port (-p 80 or -P)",
-                            ))
+                        Some(v @ Json::String(s)) => {
+                            if let Some(why) = scope.host_ports.refuse(s) {
+                                return Err(deny(&format!("{field}.HostPort"), v, &why));
+                            }
                         }
+                        Some(v) => return Err(bad(&format!("{field}.HostPort"), v, "a string")),
                     }
                 }
             }
@@ -899,6 +900,7 @@ mod tests {
         uid: "u1",
         kubelet_root: "/var/lib/kubelet",
         subpaths: true,
+        host_ports: &HostPorts(Vec::new()),
     };
 
     fn create(text: &str) -> Result<(Vec<Need>, String), Denied> {
@@ -958,6 +960,34 @@ mod tests {
             assert!(e.message.starts_with("nestdock guard: "), "{}", e.message);
             assert!(e.status == 403 || e.status == 400, "{text}");
         }
+    }
+
+    #[test]
+    fn fixed_host_ports_pass_only_in_the_configured_ranges() {
+        let ranges = HostPorts(vec!["8000-8099".parse().unwrap()]);
+        let scope = Scope {
+            host_ports: &ranges,
+            ..SCOPE
+        };
+        let with = |port: &str| {
+            let text = format!(
+                r#"{{"HostConfig":{{"PortBindings":{{"80/tcp":[{{"HostPort":"{port}"}}]}}}}}}"#
+            );
+            container_create(&mut body::parse(text.as_bytes()).unwrap(), &scope)
+        };
+        assert!(with("8080").is_ok());
+        assert!(with("8000-8010").is_ok());
+        let e = with("8100").unwrap_err();
+        assert_eq!(e.status, 403);
+        assert!(
+            e.message
+                .contains("HostConfig.PortBindings[\"80/tcp\"].HostPort \"8100\"")
+                && e.message.contains("8000-8099 (dood.guard.hostPorts)"),
+            "{}",
+            e.message
+        );
+        assert!(with("8000-8100").is_err());
+        assert!(with(" 8080").is_err());
     }
 
     #[test]

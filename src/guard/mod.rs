@@ -23,6 +23,7 @@ mod drain;
 pub mod image;
 pub mod owner;
 pub mod path;
+pub mod ports;
 mod proxy;
 pub mod query;
 

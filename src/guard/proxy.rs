@@ -160,6 +160,7 @@ pub async fn reap(
             cleanup_timeout: None,
             mounts: Vec::new(),
             cgroup_parent: None,
+            host_ports: Default::default(),
         },
     };
     // Every object that carries the label, whatever its value.
@@ -498,6 +499,7 @@ async fn handle(state: &State, req: Request<Unread>) -> Response<Body> {
                 uid: &uid,
                 kubelet_root: &state.cfg.kubelet_root,
                 subpaths: state.cfg.pod_volumes_dir.is_some(),
+                host_ports: &state.cfg.host_ports,
             };
             let public = query.single("name").ok().flatten().map(str::to_string);
             if let Err(d) = create::container_name(&mut query, &uid) {
