@@ -758,6 +758,11 @@ impl<'v, 'a> Planner<'v, 'a> {
         Ok(())
     }
 
+    /// The volumes nestdock adds are its own: the pod may neither define
+    /// one by that name nor mount one. A container of the pod's own that
+    /// names `nestdock-host-docker` in its `volumeMounts` would, once the
+    /// webhook adds that volume, get the node's docker socket past the
+    /// guard (the API server sees a mount of a volume that exists).
     fn check_volume_names_free(&self, names: &[&str]) -> Result<(), Denial> {
         for name in names {
             if self.view.volume(name).is_some() {
@@ -765,6 +770,26 @@ impl<'v, 'a> Planner<'v, 'a> {
                     "the pod already has a volume named {name}, a name nestdock uses for the docker \
                      daemon's wiring; rename that volume"
                 )));
+            }
+        }
+        let spec = self.view.spec;
+        for (list, containers) in [
+            ("initContainers", spec.init_containers.items()),
+            ("containers", spec.containers.items()),
+        ] {
+            for c in containers {
+                if let Some(m) = c
+                    .volume_mounts
+                    .items()
+                    .iter()
+                    .find(|m| names.contains(&m.name.as_ref()))
+                {
+                    return Err(Denial::bad(format!(
+                        "container {} (spec.{list}) mounts volume {}, which nestdock adds and \
+                         mounts only where its wiring needs it; remove that mount",
+                        c.name, m.name
+                    )));
+                }
             }
         }
         Ok(())

@@ -223,6 +223,38 @@ fn name_clashes_are_denied_naming_the_name() {
     assert!(msg.contains("ephemeralContainers"), "{msg}");
 }
 
+/// A container that names one of nestdock's volumes in its own mounts would
+/// get it once the webhook adds it: in dood, the node's socket, past the
+/// guard. Denied in every mode that adds the volume.
+#[test]
+fn mounts_of_the_volumes_nestdock_adds_are_denied() {
+    for (mode, volume, list) in [
+        ("dood", "nestdock-host-docker", "containers"),
+        ("dood", "nestdock-host-docker", "initContainers"),
+        ("dind", "nestdock-docker-storage", "containers"),
+        ("dind", "nestdock-docker-sock", "initContainers"),
+    ] {
+        let mut sneaky = app("sneaky");
+        sneaky["volumeMounts"] = json!([{"name": volume, "mountPath": "/host"}]);
+        let mut spec = json!({"containers": [app("build")]});
+        match spec[list].as_array_mut() {
+            Some(l) => l.push(sneaky),
+            None => spec[list] = json!([sneaky]),
+        }
+        let p = pod(json!({"nestdock.io/mode": mode}), spec);
+        let mut cfg = Config::default();
+        cfg.dood.allow_without_namespace_policy = true;
+        let (code, msg) = denied(&p, &cfg);
+        assert_eq!(code, 400, "{mode} {volume}");
+        assert!(
+            msg.contains(&format!(
+                "container sneaky (spec.{list}) mounts volume {volume}"
+            )),
+            "{msg}"
+        );
+    }
+}
+
 #[test]
 fn containers_subset_gets_the_daemon_only() {
     let p = pod(
