@@ -109,6 +109,13 @@ struct GuardArgs {
     /// the pod's limits and `kubectl top` include them (dood.guard.cgroupParent: pod).
     #[arg(long, value_enum, value_name = "QOS")]
     pod_cgroup: Option<crate::guard::cgroup::Qos>,
+    /// An emptyDir volume mounted in the guard alone, at
+    /// <pod-volumes-dir>/VOLUME: the guard serves a second socket there, and
+    /// a bind of the pod's socket (Ryuk, docker-in-docker tools) becomes a
+    /// bind of that one, a path the pod cannot swap for a link. The webhook
+    /// passes it.
+    #[arg(long, value_name = "VOLUME", requires = "pod_volumes_dir", value_parser = parse_volume_name)]
+    bind_socket_volume: Option<String>,
     /// Fixed host ports the pod may publish on the node, as PORT or
     /// FIRST-LAST (repeat for each range; dood.guard.hostPorts). Without
     /// it, only random host ports (-p 80, -P): fixed ones collide between
@@ -162,6 +169,16 @@ fn parse_absolute(s: &str) -> Result<String, String> {
         Ok(s.to_string())
     } else {
         Err(format!("{s:?} is not an absolute path without .."))
+    }
+}
+
+fn parse_volume_name(s: &str) -> Result<String, String> {
+    if crate::validate::is_dns_label(s) {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not a volume name (a DNS label: a-z, 0-9, -)"
+        ))
     }
 }
 
@@ -605,6 +622,7 @@ fn guard(args: GuardArgs) -> anyhow::Result<ExitCode> {
     let config = crate::guard::GuardConfig {
         cgroup_parent,
         host_ports: crate::guard::ports::HostPorts(args.host_ports),
+        bind_socket_volume: args.bind_socket_volume,
         listen,
         upstream: args.upstream,
         pod_uid,

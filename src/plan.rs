@@ -239,6 +239,9 @@ pub const VOL_CERTS: &str = "nestdock-docker-certs";
 pub const VOL_HOST_SOCKET: &str = "nestdock-host-docker";
 /// Name of the guard container (dood with `dood.guard` on).
 pub const GUARD_CONTAINER: &str = "nestdock-guard";
+/// Guarded dood: an emptyDir only the guard mounts, where it serves the
+/// socket that binds of the pod's socket get (a path the pod cannot swap).
+pub const VOL_GUARD_SOCKET: &str = "nestdock-guard-socket";
 /// Where the guard mounts the pod's socket volume and listens: among the
 /// pod's volumes, so that a bind of the targets' socket, moved to the
 /// volume's directory on the node, passes the guard's check like any other.
@@ -948,7 +951,7 @@ impl<'v, 'a> Planner<'v, 'a> {
     ) -> Result<Injection<'a>, Denial> {
         let cfg = self.cfg();
         self.check_container_name_free(GUARD_CONTAINER)?;
-        self.check_volume_names_free(&[VOL_SOCKET, VOL_HOST_SOCKET])?;
+        self.check_volume_names_free(&[VOL_SOCKET, VOL_HOST_SOCKET, VOL_GUARD_SOCKET])?;
         let socket_dir = cfg.socket_dir.as_str();
         let socket = cfg.socket_path();
         // No socket override: a bind of the docker socket reaches the guard,
@@ -966,10 +969,17 @@ impl<'v, 'a> Planner<'v, 'a> {
         let mut mounts = vec![
             MountOut::new(VOL_SOCKET, GUARD_SOCKET_DIR),
             MountOut::new(VOL_HOST_SOCKET, GUARD_NODE_SOCKET),
+            MountOut {
+                name: VOL_GUARD_SOCKET,
+                mount_path: Cow::Owned(format!("{GUARD_VOLUMES_DIR}/{VOL_GUARD_SOCKET}")),
+                sub_path: None,
+                read_only: None,
+            },
         ];
-        // The targets' emptyDir volumes, read-only, one directory each: the
-        // guard checks a bind below one for symbolic links before the node's
-        // daemon follows it. And where the targets mount them (`--mount`),
+        // The targets' emptyDir volumes, one directory each: the guard checks
+        // that a bind names one, and creates a missing `-v` directory below
+        // one's root (the node's daemon mounts it as a volume subpath, which
+        // must exist). And where the targets mount them (`--mount`),
         // so that a bind source as a target sees it moves to the node's path;
         // a path two targets fill differently is left out (no one answer).
         let mut seen = HashSet::new();
@@ -990,7 +1000,7 @@ impl<'v, 'a> Planner<'v, 'a> {
                         name,
                         mount_path: Cow::Owned(format!("{GUARD_VOLUMES_DIR}/{name}")),
                         sub_path: None,
-                        read_only: Some(true),
+                        read_only: None,
                     });
                 }
                 let this = Some((name, m.sub_path.as_deref().unwrap_or("")));
@@ -1021,6 +1031,7 @@ impl<'v, 'a> Planner<'v, 'a> {
                 "name": VOL_HOST_SOCKET,
                 "hostPath": { "path": cfg.dood.host_socket, "type": "Socket" },
             }),
+            json!({ "name": VOL_GUARD_SOCKET, "emptyDir": {} }),
         ];
         let list_exists = self.sidecar_list_exists(sidecar, "the guard");
         let mut injection = self.injection(wired, wiring, volumes);
@@ -1086,6 +1097,7 @@ impl<'v, 'a> Planner<'v, 'a> {
                 format!("--socket-group={}", cfg.socket_group),
                 format!("--kubelet-root={}", cfg.dood.kubelet_root),
                 format!("--pod-volumes-dir={GUARD_VOLUMES_DIR}"),
+                format!("--bind-socket-volume={VOL_GUARD_SOCKET}"),
             ]
             .into_iter()
             .chain(
@@ -1306,7 +1318,13 @@ impl<'v, 'a> Planner<'v, 'a> {
         out: &mut Vec<MountOut<'a>>,
     ) -> Vec<SkippedMount<'a>> {
         let view = self.view;
-        let ours = [VOL_SOCKET, VOL_STORAGE, VOL_CERTS, VOL_HOST_SOCKET];
+        let ours = [
+            VOL_SOCKET,
+            VOL_STORAGE,
+            VOL_CERTS,
+            VOL_HOST_SOCKET,
+            VOL_GUARD_SOCKET,
+        ];
         // Path -> (volume, subPath) of what is mirrored so far: one entry
         // per path, looked up once per mount (pods may have 1000 containers).
         let mut seen: HashMap<Cow<'a, str>, (&'a str, &'a str)> = HashMap::new();

@@ -333,9 +333,20 @@ fn guarded_dood_gives_the_node_socket_to_the_guard_alone() {
     assert_eq!(guard["name"], "nestdock-guard", "{out:#}");
     assert_eq!(guard["image"], nestdock::config::DEFAULT_GUARD_IMAGE);
     assert!(mount(guard, "nestdock-host-docker").is_some());
-    // It sees the targets' emptyDirs (read-only) to check what is bound.
+    // It sees the targets' emptyDirs, to check what is bound and to make a
+    // missing -v directory.
     let src = mount(guard, "src").expect("the guard sees the src emptyDir");
-    assert_eq!(src["readOnly"], true);
+    assert_eq!(src["mountPath"], "/run/nestdock/volumes/src");
+    // And has a volume of its own, which no target mounts: the socket that
+    // binds of the pod's socket get.
+    let own = mount(guard, "nestdock-guard-socket").expect("the guard's own socket volume");
+    assert_eq!(
+        own["mountPath"],
+        "/run/nestdock/volumes/nestdock-guard-socket"
+    );
+    for c in out["spec"]["containers"].as_array().unwrap() {
+        assert!(mount(c, "nestdock-guard-socket").is_none(), "{c}");
+    }
     // And knows where the targets mount them (same paths for docker run -v),
     // the socket volume among them (a bind of the socket reaches the guard).
     let args: Vec<&str> = guard["args"]
@@ -345,6 +356,10 @@ fn guarded_dood_gives_the_node_socket_to_the_guard_alone() {
         .filter_map(|a| a.as_str())
         .collect();
     assert!(args.contains(&"--mount=/src=src"), "{args:?}");
+    assert!(
+        args.contains(&"--bind-socket-volume=nestdock-guard-socket"),
+        "{args:?}"
+    );
     assert!(
         args.contains(&"--mount=/var/run=nestdock-docker-sock"),
         "{args:?}"

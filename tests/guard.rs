@@ -334,14 +334,20 @@ impl Guard {
     /// A guard given `extra` flags too.
     fn start_with(extra: &[&str]) -> Guard {
         let engine = engine();
+        let root = engine.kubelet_root.to_string_lossy().into_owned();
+        Guard::start_on(&engine.socket, &root, &engine.kubelet_root, extra)
+    }
+
+    /// A guard in front of the daemon at `upstream`, which sees the
+    /// kubelet's directory at `kubelet_root`, this machine at `host_root`.
+    fn start_on(upstream: &Path, kubelet_root: &str, host_root: &Path, extra: &[&str]) -> Guard {
         let uid = unique("pod");
         let dir = tempfile::Builder::new()
             .prefix("ndg-guard-")
             .tempdir_in("/tmp")
             .unwrap();
         let socket = dir.path().join("docker.sock");
-        let empty_dirs = engine
-            .kubelet_root
+        let empty_dirs = host_root
             .join("pods")
             .join(&uid)
             .join("volumes/kubernetes.io~empty-dir");
@@ -357,9 +363,9 @@ impl Guard {
             .arg("--listen")
             .arg(&socket)
             .arg("--upstream")
-            .arg(&engine.socket)
+            .arg(upstream)
             .arg("--kubelet-root")
-            .arg(&engine.kubelet_root)
+            .arg(kubelet_root)
             // The guard sees the pod's volumes where the node has them (in
             // a pod they are mounted into the guard).
             .arg("--pod-volumes-dir")
@@ -566,22 +572,19 @@ fn the_guard_container_nestdock_writes_runs_and_its_probe_passes() {
         .join("volumes/kubernetes.io~empty-dir");
     std::fs::create_dir_all(volumes.join("work")).unwrap();
     std::fs::create_dir_all(volumes.join("nestdock-docker-sock")).unwrap();
+    std::fs::create_dir_all(volumes.join("nestdock-guard-socket")).unwrap();
     std::fs::write(volumes.join("work/hello.txt"), "from the pod's volume\n").unwrap();
-    // The socket's directory through a short symbolic link: the volume's
+    // The guard's view of the volumes through a short symbolic link: their
     // path here is longer than a unix socket path may be (108 bytes), which
     // the guard's own /run/nestdock/volumes/... in a pod is not.
-    let short = dir.path().join("s");
-    std::os::unix::fs::symlink(volumes.join("nestdock-docker-sock"), &short).unwrap();
+    let short = dir.path().join("v");
+    std::os::unix::fs::symlink(&volumes, &short).unwrap();
     let moved = |s: &str| {
         s.replace(
-            "/run/nestdock/volumes/nestdock-docker-sock/docker.sock",
-            short.join("docker.sock").to_str().unwrap(),
-        )
-        .replace(
             "/run/nestdock/node/docker.sock",
             engine.socket.to_str().unwrap(),
         )
-        .replace("/run/nestdock/volumes", volumes.to_str().unwrap())
+        .replace("/run/nestdock/volumes", short.to_str().unwrap())
         .replace(
             "=/var/lib/kubelet",
             &format!("={}", engine.kubelet_root.display()),
@@ -644,7 +647,7 @@ fn the_guard_container_nestdock_writes_runs_and_its_probe_passes() {
     }
     // What the target sees at /var/run/docker.sock: the guard's socket,
     // group 2375 (the pod's supplementalGroups), the pod's own objects only.
-    let socket = short.join("docker.sock");
+    let socket = short.join("nestdock-docker-sock/docker.sock");
     use std::os::unix::fs::MetadataExt as _;
     let meta = std::fs::metadata(&socket).unwrap();
     assert_eq!(meta.gid(), 2375);
@@ -676,16 +679,66 @@ fn the_guard_container_nestdock_writes_runs_and_its_probe_passes() {
         "/src/hello.txt",
     ]));
     assert_eq!(out.trim(), "from the pod's volume");
-    ok(&docker(&[
-        "run",
-        "--rm",
+    // The pod can swap its socket for a link to the node's raw socket (it
+    // writes that volume): a bind follows the link on the node when the
+    // container starts. Shown on the raw socket first.
+    let sock_dir = volumes.join("nestdock-docker-sock");
+    let swapped = |c: &str| -> String {
+        ok(&engine.raw(&["inspect", "-f", "{{range .Mounts}}{{.Source}}{{end}}", c]))
+            .trim()
+            .to_string()
+    };
+    std::os::unix::fs::symlink(&engine.socket, sock_dir.join("raw.sock")).unwrap();
+    let raw = ok(&engine.raw(&[
+        "create",
+        "-v",
+        &format!(
+            "{}:/var/run/docker.sock",
+            sock_dir.join("raw.sock").display()
+        ),
+        IMAGE,
+        "stat",
+        "-c",
+        "%i",
+        "/var/run/docker.sock",
+    ]));
+    let raw_inode = std::fs::metadata(&engine.socket).unwrap().ino();
+    assert_eq!(
+        ok(&engine.raw(&["start", "-a", raw.trim()])).trim(),
+        raw_inode.to_string(),
+        "the raw bind follows the link to the node's socket"
+    );
+    ok(&engine.raw(&["rm", raw.trim()]));
+    // Through the guard, a bind of the pod's socket is a bind of the
+    // guard's second socket, in a volume no target mounts: swapping the
+    // pod's socket for that link between create and start changes nothing.
+    let id = ok(&docker(&[
+        "create",
         "-v",
         "/var/run/docker.sock:/var/run/docker.sock",
         IMAGE,
-        "test",
-        "-S",
+        "stat",
+        "-c",
+        "%i",
         "/var/run/docker.sock",
-    ]));
+    ]))
+    .trim()
+    .to_string();
+    let own = volumes.join("nestdock-guard-socket/docker.sock");
+    assert_eq!(swapped(&id), own.to_str().unwrap());
+    std::fs::rename(sock_dir.join("docker.sock"), sock_dir.join("real.sock")).unwrap();
+    std::fs::rename(sock_dir.join("raw.sock"), sock_dir.join("docker.sock")).unwrap();
+    let socket = sock_dir.join("real.sock");
+    let socket = short
+        .join("nestdock-docker-sock")
+        .join(socket.file_name().unwrap());
+    let docker = |args: &[&str]| docker_at(&socket, &engine.cli_config, args, None);
+    assert_eq!(
+        ok(&docker(&["start", "-a", &id])).trim(),
+        std::fs::metadata(&own).unwrap().ino().to_string(),
+        "the container got the guard's own socket"
+    );
+    ok(&docker(&["rm", &id]));
     // A path the pod does not mount stays refused.
     let err = fails(&docker(&["run", "--rm", "-v", "/etc:/x", IMAGE, "true"]));
     assert!(err.contains("HostConfig.Binds"), "{err}");
@@ -865,16 +918,16 @@ fn the_pods_own_objects_work_as_on_the_raw_socket() {
         "true",
     ]));
     assert!(ok(&g.docker(&["volume", "ls", "-q"])).contains(&implicit));
-    // The pod's emptyDir, bound from the node's path (a subdirectory too).
+    // The pod's emptyDir, bound from the node's path: its root.
     std::fs::create_dir_all(g.empty_dirs.join("work/src")).unwrap();
-    std::fs::write(g.empty_dirs.join("work/src/main.txt"), "source\n").unwrap();
-    let src = g.empty_dirs.join("work/src");
+    std::fs::write(g.empty_dirs.join("work/main.txt"), "source\n").unwrap();
+    let work = g.empty_dirs.join("work");
     assert_eq!(
         ok(&g.docker(&[
             "run",
             "--rm",
             "-v",
-            &format!("{}:/src", src.display()),
+            &format!("{}:/src", work.display()),
             IMAGE,
             "cat",
             "/src/main.txt"
@@ -882,17 +935,23 @@ fn the_pods_own_objects_work_as_on_the_raw_socket() {
         .trim(),
         "source"
     );
-    // A symbolic link on the way would be followed by dockerd on the node.
-    std::os::unix::fs::symlink("/", g.empty_dirs.join("work/root")).unwrap();
+    // Below the root only as a volume subpath, which dockerd resolves
+    // inside the volume; this daemon (Debian's 20.10, API 1.41) has none,
+    // so the guard refuses and says what to do. (A plain bind would follow
+    // a link the pod swaps in before the container starts; the subpath
+    // mounts are run on dockerd 26 in subpath_binds_stay_inside_the_volume.)
     let err = fails(&g.docker(&[
         "run",
         "--rm",
         "-v",
-        &format!("{}/work/root/etc:/x", g.empty_dirs.display()),
+        &format!("{}:/src", work.join("src").display()),
         IMAGE,
         "true",
     ]));
-    assert!(err.contains("symbolic link"), "{err}");
+    assert!(
+        err.contains("API 1.41, without subpaths") && err.contains("bind the volume's root"),
+        "{err}"
+    );
     // A random host port is fine; a fixed one is refused.
     let published = ok(&g.docker(&["run", "-d", "-p", "80", IMAGE, "sleep", "600"]));
     ok(&g.docker(&["rm", "-f", published.trim()]));
@@ -1286,6 +1345,121 @@ fn name_filters_and_network_connect_use_the_pods_names() {
     ok(&g.docker(&["network", "rm", "ci"]));
     ok(&g.docker(&["volume", "rm", "data"]));
     ok(&engine.raw(&["rm", &raw_id]));
+}
+
+/// Binds below an emptyDir's root on a daemon with volume subpaths
+/// (dockerd 26 from Debian trixie, in a container of its own as in the
+/// daemon tests, the kubelet's directory mounted at /var/lib/kubelet): the
+/// guard makes them subpath mounts of a volume that binds the emptyDir, so
+/// a link the pod swaps in between create and start stays inside the
+/// volume. The attack is shown on that daemon's raw socket first.
+#[test]
+fn subpath_binds_stay_inside_the_volume() {
+    let mut spec = common::daemon::daemon_of(json!({"nestdock.io/mode": "dind"}));
+    spec["volumeMounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "kubelet", "mountPath": "/var/lib/kubelet"}));
+    let daemon = common::daemon::Running::start("nd-guard-subpath", &spec);
+    daemon.wait_started();
+    let upstream = daemon.volume("nestdock-docker-sock").join("docker.sock");
+    let cli = &engine().cli_config;
+    let raw = |args: &[&str]| docker_at(&upstream, cli, args, None);
+    let tar = engine().kubelet_root.parent().unwrap().join("rootfs.tar");
+    ok(&raw(&[
+        "import",
+        "-c",
+        r#"CMD ["sh"]"#,
+        &tar.to_string_lossy(),
+        IMAGE,
+    ]));
+    let host_root = daemon.volume("kubelet");
+    let mut g = Guard::start_on(
+        &upstream,
+        "/var/lib/kubelet",
+        &host_root,
+        &["--mount", "/builds=work"],
+    );
+    let work = g.empty_dirs.join("work");
+    let node_work = format!(
+        "/var/lib/kubelet/pods/{}/volumes/kubernetes.io~empty-dir/work",
+        g.uid
+    );
+    std::fs::create_dir_all(work.join("src")).unwrap();
+    std::fs::write(work.join("src/main.txt"), "source\n").unwrap();
+
+    // On the raw socket: a bind of a directory, swapped for a link to / after
+    // the create, gives the container the daemon's root.
+    std::fs::create_dir_all(work.join("raw")).unwrap();
+    let id = ok(&raw(&[
+        "create",
+        "-v",
+        &format!("{node_work}/raw:/x"),
+        IMAGE,
+        "test",
+        "-e",
+        "/x/usr/sbin/dockerd",
+    ]));
+    std::fs::remove_dir(work.join("raw")).unwrap();
+    std::os::unix::fs::symlink("/", work.join("raw")).unwrap();
+    ok(&raw(&["start", "-a", id.trim()]));
+    ok(&raw(&["rm", id.trim()]));
+
+    // Through the guard (the CLI speaks API 1.41; the guard sends the create
+    // as 1.45): a subdirectory as the target sees it...
+    assert_eq!(
+        ok(&g.docker(&[
+            "run",
+            "--rm",
+            "-v",
+            "/builds/src:/src:ro",
+            IMAGE,
+            "cat",
+            "/src/main.txt"
+        ]))
+        .trim(),
+        "source"
+    );
+    // ...a missing one made, as dockerd makes a missing -v source...
+    ok(&g.docker(&[
+        "run",
+        "--rm",
+        "-v",
+        "/builds/out/x:/out",
+        IMAGE,
+        "touch",
+        "/out/made",
+    ]));
+    assert!(work.join("out/x/made").exists());
+    // ...a link that stays inside the volume followed...
+    std::os::unix::fs::symlink("src", work.join("link")).unwrap();
+    assert_eq!(
+        ok(&g.docker(&[
+            "run",
+            "--rm",
+            "-v",
+            "/builds/link:/l",
+            IMAGE,
+            "cat",
+            "/l/main.txt"
+        ]))
+        .trim(),
+        "source"
+    );
+    // ...and the same swap as above leads nowhere: dockerd refuses to start.
+    std::fs::create_dir_all(work.join("swap")).unwrap();
+    let id = ok(&g.docker(&["create", "-v", "/builds/swap:/x", IMAGE, "true"]));
+    std::fs::remove_dir(work.join("swap")).unwrap();
+    std::os::unix::fs::symlink("/", work.join("swap")).unwrap();
+    let err = fails(&g.docker(&["start", "-a", id.trim()]));
+    assert!(err.contains("escapes the base directory"), "{err}");
+    // The volume behind these mounts is the guard's, not in the pod's list,
+    // and goes with the pod.
+    let hidden = format!("nestdock-emptydir-{}-work", g.uid);
+    assert!(ok(&raw(&["volume", "ls", "-q"])).contains(&hidden));
+    assert!(!ok(&g.docker(&["volume", "ls", "-q"])).contains("emptydir"));
+    assert!(g.terminate(Duration::from_secs(30)).success());
+    assert!(!ok(&raw(&["volume", "ls", "-q"])).contains(&hidden));
 }
 
 /// `--host-ports` (dood.guard.hostPorts): a platform that accepts

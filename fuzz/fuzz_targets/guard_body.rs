@@ -13,6 +13,9 @@ use nestdock::guard::body::{self, Json};
 use nestdock::guard::create::{self, Scope};
 use nestdock::guard::owner::{self, POD_UID_LABEL};
 use nestdock::guard::ports::{HostPorts, PortRange};
+use nestdock::guard::subpath;
+
+const ROOT: &str = "/var/lib/kubelet/pods/u1/volumes/kubernetes.io~empty-dir";
 
 fuzz_target!(|data: &[u8]| {
     match body::parse(data) {
@@ -26,7 +29,6 @@ fuzz_target!(|data: &[u8]| {
             let scope = Scope {
                 uid: "u1",
                 kubelet_root: "/var/lib/kubelet",
-                subpaths: data.len() % 2 == 0,
                 host_ports: &ranges,
             };
             let mut c = value.clone();
@@ -38,6 +40,27 @@ fuzz_target!(|data: &[u8]| {
                         .and_then(Json::as_str);
                     assert_eq!(label, Some("u1"), "{c:?}");
                     body::parse(&c.to_bytes()).expect("a labelled body reads back");
+                    // Binds below an emptyDir's root: subpath mounts on a
+                    // daemon that has them, refused on one that has not.
+                    let binding = subpath::Binding {
+                        uid: "u1",
+                        empty_dir_root: ROOT,
+                        socket: Some((
+                            format!("{ROOT}/nestdock-docker-sock/docker.sock"),
+                            format!("{ROOT}/nestdock-guard-socket/docker.sock"),
+                        )),
+                        daemon_api: Some((1, 40 + (data.len() % 10) as u32)),
+                    };
+                    match subpath::rewrite(&mut c, &binding) {
+                        Ok(_) => {
+                            let out = c.to_bytes();
+                            body::parse(&out).expect("a rewritten body reads back");
+                        }
+                        Err(d) => {
+                            assert!(d.status == 400 || d.status == 403, "{d:?}");
+                            assert!(d.message.starts_with("nestdock guard: "), "{d:?}");
+                        }
+                    }
                 }
                 Err(d) => {
                     assert!(d.status == 400 || d.status == 403, "{d:?}");
@@ -61,8 +84,12 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
         match owner::with_pod_filter(Some(text), "u1") {
             Ok(filters) => {
-                let v: serde_json::Value = serde_json::from_str(&filters).expect("filters are JSON");
-                assert_eq!(v["label"]["io.nestdock.pod-uid=u1"], serde_json::json!(true));
+                let v: serde_json::Value =
+                    serde_json::from_str(&filters).expect("filters are JSON");
+                assert_eq!(
+                    v["label"]["io.nestdock.pod-uid=u1"],
+                    serde_json::json!(true)
+                );
             }
             Err(e) => assert!(e.starts_with("nestdock guard: "), "{e}"),
         }

@@ -36,4 +36,8 @@ pub struct GuardConfig {
     pub cgroup_parent: Option<String>,
     /// Where fixed host ports may be published (none: random ports only).
     pub host_ports: super::ports::HostPorts,
+    /// An emptyDir volume the guard alone mounts (below `pod_volumes_dir`):
+    /// it serves a second socket there, and a bind of the pod's socket
+    /// becomes a bind of that one, which the pod cannot swap.
+    pub bind_socket_volume: Option<String>,
 }

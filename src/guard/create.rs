@@ -33,8 +33,8 @@ pub enum Need {
     /// (dockerd would create it unlabelled).
     Volume { field: String, name: String },
     /// A path inside one of the pod's emptyDir volumes (`volume` is its name,
-    /// `rest` the components below it): must not pass through a symbolic
-    /// link, which dockerd would follow on the node.
+    /// `rest` the components below it): the volume must be one the pod has.
+    /// How a path below its root is bound safely is `subpath`'s.
     HostPath {
         field: String,
         volume: String,
@@ -48,9 +48,6 @@ pub struct Scope<'a> {
     pub uid: &'a str,
     /// The kubelet's root directory on the node (`/var/lib/kubelet`).
     pub kubelet_root: &'a str,
-    /// Whether paths below an emptyDir's root may be bound: only when the
-    /// guard can see the pod's volumes to check them for symbolic links.
-    pub subpaths: bool,
     /// Where fixed host ports may be published (none: random ports only).
     pub host_ports: &'a HostPorts,
 }
@@ -66,7 +63,7 @@ impl Scope<'_> {
     }
 }
 
-fn deny(field: &str, value: &Json, why: &str) -> Denied {
+pub(super) fn deny(field: &str, value: &Json, why: &str) -> Denied {
     Denied {
         status: 403,
         message: format!(
@@ -76,7 +73,7 @@ fn deny(field: &str, value: &Json, why: &str) -> Denied {
     }
 }
 
-fn bad(field: &str, value: &Json, expected: &str) -> Denied {
+pub(super) fn bad(field: &str, value: &Json, expected: &str) -> Denied {
     Denied {
         status: 400,
         message: format!(
@@ -235,16 +232,6 @@ fn bind_source(
         .iter()
         .map(|p| p.to_string())
         .collect();
-    if !rest.is_empty() && !scope.subpaths {
-        return Err(deny(
-            field,
-            &shown,
-            &format!(
-                "{why}, whole: the guard was started without --pod-volumes-dir, so it cannot \
-                 check a path below a volume's root for symbolic links"
-            ),
-        ));
-    }
     needs.push(Need::HostPath {
         field: field.to_string(),
         volume,
@@ -899,7 +886,6 @@ mod tests {
     const SCOPE: Scope = Scope {
         uid: "u1",
         kubelet_root: "/var/lib/kubelet",
-        subpaths: true,
         host_ports: &HostPorts(Vec::new()),
     };
 
@@ -1039,22 +1025,6 @@ mod tests {
                 },
             ]
         );
-        // Without the pod's volumes in view, only whole volumes are bound.
-        let whole = Scope {
-            subpaths: false,
-            ..SCOPE
-        };
-        let mut b =
-            body::parse(format!(r#"{{"HostConfig":{{"Binds":["{ed}/work:/w"]}}}}"#).as_bytes())
-                .unwrap();
-        assert!(container_create(&mut b, &whole).is_ok());
-        let mut b =
-            body::parse(format!(r#"{{"HostConfig":{{"Binds":["{ed}/work/src:/w"]}}}}"#).as_bytes())
-                .unwrap();
-        assert!(container_create(&mut b, &whole)
-            .unwrap_err()
-            .message
-            .contains("--pod-volumes-dir"));
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub mod path;
 pub mod ports;
 mod proxy;
 pub mod query;
+pub mod subpath;
 
 pub use config::GuardConfig;
 

@@ -12,7 +12,7 @@
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +34,7 @@ use super::image;
 use super::owner::{self, Kind};
 use super::path::{self, percent_encode, ApiPath};
 use super::query::{self, Query};
+use super::subpath;
 
 /// A body error of any kind: the daemon's or the client's connection, or a
 /// refusal the guard makes while a body streams through (`docker load`).
@@ -66,10 +67,44 @@ const HIJACK_BUFFER: usize = 64 << 10;
 
 struct State {
     cfg: GuardConfig,
+    /// The API version the node's daemon speaks, asked once.
+    daemon_api: tokio::sync::OnceCell<(u32, u32)>,
+}
+
+impl State {
+    fn new(cfg: GuardConfig) -> Self {
+        State {
+            cfg,
+            daemon_api: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// Where the guard's second socket is, in its own view and as the
+    /// node sees it, with the node's path of the pod's socket whose binds
+    /// it replaces (see `subpath`): when the guard serves one.
+    fn bind_socket(&self) -> Option<(PathBuf, String, String)> {
+        let volume = self.cfg.bind_socket_volume.as_ref()?;
+        let dir = self.cfg.pod_volumes_dir.as_ref()?;
+        let listen = self.cfg.listen.strip_prefix(dir).ok()?.to_str()?;
+        let root = self.empty_dir_root();
+        Some((
+            dir.join(volume).join("docker.sock"),
+            format!("{root}/{listen}"),
+            format!("{root}/{volume}/docker.sock"),
+        ))
+    }
+
+    fn empty_dir_root(&self) -> String {
+        format!(
+            "{}/pods/{}/volumes/kubernetes.io~empty-dir",
+            self.cfg.kubelet_root.trim_end_matches('/'),
+            self.cfg.pod_uid
+        )
+    }
 }
 
 pub async fn serve(cfg: GuardConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+    use std::os::unix::fs::FileTypeExt as _;
     if let Ok(meta) = std::fs::symlink_metadata(&cfg.listen) {
         // A socket left by an earlier guard of this pod (a restart) is
         // replaced; anything else at that path is not ours to remove.
@@ -82,20 +117,29 @@ pub async fn serve(cfg: GuardConfig, shutdown: impl Future<Output = ()>) -> anyh
             );
         }
     }
-    let listener = UnixListener::bind(&cfg.listen)
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen.display()))?;
-    std::fs::set_permissions(
-        &cfg.listen,
-        std::fs::Permissions::from_mode(cfg.socket_mode),
-    )?;
-    if let Some(gid) = cfg.socket_group {
-        if let Err(e) = std::os::unix::fs::chown(&cfg.listen, None, Some(gid)) {
-            tracing::warn!(
-                "cannot give {} to group {gid}: {e}; only its owner can use it",
-                cfg.listen.display()
-            );
+    let listener = listen_on(&cfg.listen, &cfg)?;
+    let state = Arc::new(State::new(cfg));
+    // The socket binds of the pod's socket get (see `subpath`): in a
+    // volume only the guard mounts, so that the pod cannot swap it.
+    let second = match state.bind_socket() {
+        Some((path, _, _)) => {
+            if let Ok(meta) = std::fs::symlink_metadata(&path) {
+                if meta.file_type().is_socket() {
+                    std::fs::remove_file(&path)?;
+                }
+            }
+            Some(listen_on(&path, &state.cfg)?)
         }
-    }
+        None => {
+            if state.cfg.bind_socket_volume.is_some() {
+                anyhow::bail!(
+                    "--bind-socket-volume needs --pod-volumes-dir, and --listen below it"
+                );
+            }
+            None
+        }
+    };
+    let cfg = &state.cfg;
     tracing::info!(
         listen = %cfg.listen.display(),
         upstream = %cfg.upstream.display(),
@@ -103,7 +147,6 @@ pub async fn serve(cfg: GuardConfig, shutdown: impl Future<Output = ()>) -> anyh
         "guard serving"
     );
     let listen_path = cfg.listen.clone();
-    let state = Arc::new(State { cfg });
     create_marker(&state).await;
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
@@ -113,7 +156,7 @@ pub async fn serve(cfg: GuardConfig, shutdown: impl Future<Output = ()>) -> anyh
         };
         let stream = tokio::select! {
             _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
+            accepted = accept(&listener, second.as_ref()) => match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) => {
                     tracing::warn!("accept failed: {e}");
@@ -130,6 +173,9 @@ pub async fn serve(cfg: GuardConfig, shutdown: impl Future<Output = ()>) -> anyh
     }
     // No new connections from here on; the pod is ending.
     let _ = std::fs::remove_file(&listen_path);
+    if let Some((path, _, _)) = state.bind_socket() {
+        let _ = std::fs::remove_file(path);
+    }
     if let Some(limit) = state.cfg.cleanup_timeout {
         match tokio::time::timeout(limit, cleanup(&state)).await {
             Ok(removed) => tracing::info!(removed, "guard cleanup done"),
@@ -142,27 +188,57 @@ pub async fn serve(cfg: GuardConfig, shutdown: impl Future<Output = ()>) -> anyh
     Ok(())
 }
 
+/// A socket the pod's containers connect to, with the guard's mode and group.
+fn listen_on(path: &Path, cfg: &GuardConfig) -> anyhow::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let listener = UnixListener::bind(path)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(cfg.socket_mode))?;
+    if let Some(gid) = cfg.socket_group {
+        if let Err(e) = std::os::unix::fs::chown(path, None, Some(gid)) {
+            tracing::warn!(
+                "cannot give {} to group {gid}: {e}; only its owner can use it",
+                path.display()
+            );
+        }
+    }
+    Ok(listener)
+}
+
+/// The next connection on either socket.
+async fn accept(
+    first: &UnixListener,
+    second: Option<&UnixListener>,
+) -> std::io::Result<(UnixStream, tokio::net::unix::SocketAddr)> {
+    match second {
+        Some(second) => tokio::select! {
+            a = first.accept() => a,
+            b = second.accept() => b,
+        },
+        None => first.accept().await,
+    }
+}
+
 /// Removes the objects whose pod is not `alive` (see `guard::reap`).
 pub async fn reap(
     upstream: &Path,
     alive: &dyn Fn(&str) -> bool,
     dry_run: bool,
 ) -> anyhow::Result<Vec<String>> {
-    let state = State {
-        cfg: GuardConfig {
-            listen: Default::default(),
-            upstream: upstream.to_path_buf(),
-            pod_uid: String::new(),
-            kubelet_root: String::new(),
-            pod_volumes_dir: None,
-            socket_mode: 0,
-            socket_group: None,
-            cleanup_timeout: None,
-            mounts: Vec::new(),
-            cgroup_parent: None,
-            host_ports: Default::default(),
-        },
-    };
+    let state = State::new(GuardConfig {
+        listen: Default::default(),
+        upstream: upstream.to_path_buf(),
+        pod_uid: String::new(),
+        kubelet_root: String::new(),
+        pod_volumes_dir: None,
+        socket_mode: 0,
+        socket_group: None,
+        cleanup_timeout: None,
+        mounts: Vec::new(),
+        cgroup_parent: None,
+        host_ports: Default::default(),
+        bind_socket_volume: None,
+    });
     // Every object that carries the label, whatever its value.
     let having = |label: &str| percent_encode(&format!(r#"{{"label":{{"{label}":true}}}}"#), b"");
     let filters = having(owner::POD_UID_LABEL);
@@ -269,6 +345,22 @@ async fn cleanup(state: &State) -> usize {
             ),
             (format!("/networks?filters={filters}"), "Id", "/networks/{}"),
             (format!("/volumes?filters={filters}"), "Name", "/volumes/{}"),
+            // The local volumes that bind the pod's emptyDirs (`subpath`).
+            (
+                format!(
+                    "/volumes?filters={}",
+                    percent_encode(
+                        &format!(
+                            r#"{{"label":{{"{}={}":true}}}}"#,
+                            owner::GUARD_OF_LABEL,
+                            state.cfg.pod_uid
+                        ),
+                        b""
+                    )
+                ),
+                "Name",
+                "/volumes/{}",
+            ),
         ] {
             let Ok((status, bytes)) = ask(state, Method::GET, &list, None).await else {
                 continue;
@@ -290,6 +382,9 @@ async fn cleanup(state: &State) -> usize {
                 let Some(id) = item.field(field).and_then(Json::as_str) else {
                     continue;
                 };
+                if id == marker_name(&state.cfg.pod_uid) {
+                    continue; // last, below
+                }
                 let path = delete.replace("{}", &percent_encode(id, b""));
                 match ask(state, Method::DELETE, &path, None).await {
                     Ok((status, _)) if status.is_success() => removed += 1,
@@ -498,7 +593,6 @@ async fn handle(state: &State, req: Request<Unread>) -> Response<Body> {
             let scope = Scope {
                 uid: &uid,
                 kubelet_root: &state.cfg.kubelet_root,
-                subpaths: state.cfg.pod_volumes_dir.is_some(),
                 host_ports: &state.cfg.host_ports,
             };
             let public = query.single("name").ok().flatten().map(str::to_string);
@@ -521,6 +615,31 @@ async fn handle(state: &State, req: Request<Unread>) -> Response<Body> {
             create::pin_refs(&mut body, &|kind, r: &str| {
                 ids.get(&(kind, r.to_string())).cloned()
             });
+            let root = state.empty_dir_root();
+            let binding = subpath::Binding {
+                uid: &uid,
+                empty_dir_root: &root,
+                socket: state.bind_socket().map(|(_, from, to)| (from, to)),
+                daemon_api: daemon_api(state).await,
+            };
+            let rewritten = match subpath::rewrite(&mut body, &binding) {
+                Ok(r) => r,
+                Err(d) => return denied(&method, &shown, d),
+            };
+            if let Err(why) = make_directories(state, &rewritten.directories) {
+                return refused(&method, &shown, StatusCode::BAD_REQUEST, &why);
+            }
+            if rewritten.subpath_mounts {
+                let (major, minor) = subpath::SUBPATH_API;
+                let older = path_out
+                    .version
+                    .as_deref()
+                    .and_then(subpath::parse_api)
+                    .is_some_and(|v| v < subpath::SUBPATH_API);
+                if older {
+                    path_out.version = Some(format!("{major}.{minor}"));
+                }
+            }
             if let Some(parent) = &state.cfg.cgroup_parent {
                 super::cgroup::place(&mut body, parent);
             }
@@ -1516,16 +1635,16 @@ async fn resolve(state: &State, needs: &[Need]) -> Result<Pins, Response<Body>> 
                     }
                 }
             },
-            Need::HostPath {
-                field,
-                volume,
-                rest,
-            } => {
+            Need::HostPath { field, volume, .. } => {
                 if let Some(dir) = &state.cfg.pod_volumes_dir {
-                    if let Some(why) = symlink_on_the_way(dir, volume, rest) {
+                    let is_dir =
+                        std::fs::symlink_metadata(dir.join(volume)).is_ok_and(|m| m.is_dir());
+                    if !is_dir {
                         return Err(error(
                             StatusCode::FORBIDDEN,
-                            &format!("nestdock guard: {field}: {why}"),
+                            &format!(
+                                "nestdock guard: {field}: the pod has no emptyDir volume {volume:?}"
+                            ),
                         ));
                     }
                 }
@@ -1535,29 +1654,53 @@ async fn resolve(state: &State, needs: &[Need]) -> Result<Pins, Response<Body>> 
     Ok(pins)
 }
 
-/// A symbolic link (or a missing volume) on the way from the pod's volume
-/// to the bound path: dockerd would follow the link on the node.
-fn symlink_on_the_way(dir: &Path, volume: &str, rest: &[String]) -> Option<String> {
-    let mut at = dir.join(volume);
-    match std::fs::symlink_metadata(&at) {
-        Ok(m) if m.is_dir() => {}
-        _ => return Some(format!("the pod has no emptyDir volume {volume:?}")),
-    }
-    for part in rest {
-        at.push(part);
-        match std::fs::symlink_metadata(&at) {
-            Ok(m) if m.file_type().is_symlink() => {
-                return Some(format!(
-                    "{} is a symbolic link, which dockerd would follow on the node",
-                    at.display()
-                ))
+/// The API version the node's daemon speaks (`GET /version`), asked once
+/// per guard; `None` while the daemon does not say.
+async fn daemon_api(state: &State) -> Option<(u32, u32)> {
+    state
+        .daemon_api
+        .get_or_try_init(|| async {
+            let (status, bytes) = ask(state, Method::GET, "/version", None)
+                .await
+                .map_err(|_| ())?;
+            if !status.is_success() {
+                return Err(());
             }
-            Ok(_) => {}
-            // dockerd creates what is missing, as directories.
-            Err(_) => return None,
+            let v: Json = serde_json::from_slice(&bytes).map_err(|_| ())?;
+            v.field("ApiVersion")
+                .and_then(Json::as_str)
+                .and_then(subpath::parse_api)
+                .ok_or(())
+        })
+        .await
+        .ok()
+        .copied()
+}
+
+/// Creates the missing directories of `-v` binds below a volume's root, as
+/// dockerd creates a missing `-v` source (a subpath must exist). Through
+/// the guard's own view of the pod's volumes: a link the pod put on the way
+/// leads nowhere outside them there, and dockerd resolves the subpath
+/// inside the volume anyway.
+fn make_directories(state: &State, dirs: &[(String, Vec<String>)]) -> Result<(), String> {
+    let Some(root) = &state.cfg.pod_volumes_dir else {
+        return Ok(());
+    };
+    for (volume, rest) in dirs {
+        let mut path = root.join(volume);
+        path.extend(rest);
+        if path.exists() {
+            continue;
+        }
+        if let Err(e) = std::fs::create_dir_all(&path) {
+            return Err(format!(
+                "nestdock guard: HostConfig.Binds: cannot create {} in the pod's volume \
+                 {volume:?}: {e} (create it first)",
+                rest.join("/")
+            ));
         }
     }
-    None
+    Ok(())
 }
 
 /// Reads a JSON answer whole (bounded) to rewrite it; an answer that is not
