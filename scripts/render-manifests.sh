@@ -82,6 +82,11 @@ done
     config base
 } | write base/config.yaml
 
+# Cluster-scoped, in a kustomization of its own: base's namespace transformer
+# would give kinds that kustomize does not know (ValidatingAdmissionPolicy) a
+# namespace.
+template base -- ephemeral-policy.yaml | write policy/ephemeral-policy.yaml
+
 template base cert-manager -- cert-manager.yaml | write cert-manager/issuer.yaml
 
 nodedocker=$(template base node-docker -- node-docker.yaml)

@@ -306,6 +306,8 @@ fn default_and_everything_on_renders_validate_strictly() {
             "Secret",
             "Service",
             "ServiceAccount",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
         ]),
         "the default install"
     );

@@ -575,6 +575,9 @@ impl Ctx {
         self.namespace_selectors();
         steps.step("5. Pod Security: baseline refused by nestdock's message, privileged admitted");
         self.pod_security();
+        steps
+            .step("5b. an ephemeral container cannot mount the node's socket (the chart's policy)");
+        self.ephemeral_node_socket();
         steps.step("6. namespace policy through the real watch");
         self.namespace_watch();
         steps.step("6b. kube-apiserver stopped and started again: nestdock recovers");
@@ -897,6 +900,57 @@ impl Ctx {
                 .is_some_and(|a| a.iter().any(|c| c["securityContext"]["privileged"] == true))
         });
         assert!(any_privileged, "a privileged daemon was admitted");
+    }
+
+    /// manifests/base's ValidatingAdmissionPolicy, evaluated by the API
+    /// server: an ephemeral container added to a guarded dood pod (what
+    /// `kubectl debug` sends) may mount the guard's socket volume, never
+    /// `nestdock-host-docker`, the node's socket.
+    fn ephemeral_node_socket(&self) {
+        let ns = "ephemeral-dood";
+        self.admin.namespace(
+            ns,
+            &[
+                ("nestdock.io/mode", "dood"),
+                ("nestdock.io/allow-dood", "true"),
+            ],
+        );
+        let spec = json!({"containers": [{"name": "build", "image": "docker:28-cli"}]});
+        let stored = self.admin.create(ns, &pod("dood", json!({}), spec));
+        assert!(is_injected(&stored));
+        let path = format!("/api/v1/namespaces/{ns}/pods/dood/ephemeralcontainers");
+        let debug = |volume: &str| {
+            let mut p = self
+                .admin
+                .json(&["get", "pod", "dood", "-n", ns, "-o", "json"], None);
+            let list = p["spec"]["ephemeralContainers"]
+                .as_array()
+                .map_or(0, Vec::len);
+            let mut containers = p["spec"]["ephemeralContainers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            containers.push(json!({
+                "name": format!("debug{list}"),
+                "image": "busybox",
+                "volumeMounts": [{"name": volume, "mountPath": "/mnt"}],
+            }));
+            p["spec"]["ephemeralContainers"] = json!(containers);
+            self.admin.output(
+                &["replace", "--raw", &path, "-f", "-"],
+                Some(&p.to_string()),
+            )
+        };
+        let out = debug("nestdock-host-docker");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success()
+                && err.contains("nestdock-node-socket")
+                && err.contains("may not mount volume nestdock-host-docker"),
+            "{out:?}"
+        );
+        let out = debug("nestdock-docker-sock");
+        assert!(out.status.success(), "{out:?}");
     }
 
     /// Creates pods with `--dry-run=server` until `check` accepts the answer
