@@ -1751,6 +1751,78 @@ fn image_tags_belong_to_the_pod_that_made_them() {
     let _ = engine.raw(&["rmi", &id_a]);
 }
 
+/// BuildKit through the guard: buildx (built from its Go module by
+/// scripts/setup-buildx.sh) with the docker driver, which talks to dockerd's
+/// own BuildKit over the hijacked `/grpc` (HTTP/2, the guard reads each
+/// Solve) and `/session` endpoints, as `docker build` of Docker 23+ does.
+/// A build works and its image is the pod's; the node's network
+/// (`--network host`, the `network.host` entitlement, which dockerd grants
+/// by default: shown on the raw socket) and another pod's tag are refused.
+#[test]
+fn buildkit_builds_through_the_guard_inside_its_limits() {
+    let engine = engine();
+    let out = Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/setup-buildx.sh"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run scripts/setup-buildx.sh");
+    assert!(out.status.success(), "scripts/setup-buildx.sh failed");
+    let buildx = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let a = Guard::start();
+    let b = Guard::start();
+    let state = tempfile::tempdir().unwrap();
+    let run = |socket: &Path, args: &[&str]| {
+        Command::new("timeout")
+            .arg("120")
+            .arg(&buildx)
+            .arg("build")
+            .args(["--progress", "plain"])
+            .args(args)
+            .env("DOCKER_HOST", format!("unix://{}", socket.display()))
+            .env("DOCKER_CONFIG", &engine.cli_config)
+            .env("BUILDX_CONFIG", state.path())
+            .env("BUILDX_NO_DEFAULT_ATTESTATIONS", "1")
+            .output()
+            .expect("run buildx")
+    };
+    let ctx = a.empty_dirs.join("work").join(unique("bk"));
+    std::fs::create_dir_all(&ctx).unwrap();
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap();
+    std::fs::copy(busybox, ctx.join("busybox")).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"mkdir\", \"/built\"]\n",
+    )
+    .unwrap();
+    let ctx = ctx.to_string_lossy().into_owned();
+    let tag = format!("{}:1", unique("bk"));
+
+    // A build: the image is tagged, and labelled with the pod.
+    ok(&run(&a.socket, &["-t", &tag, &ctx]));
+    let labels = ok(&engine.raw(&["image", "inspect", "-f", "{{json .Config.Labels}}", &tag]));
+    assert!(
+        labels.contains(&format!("\"io.nestdock.pod-uid\":\"{}\"", a.uid)),
+        "{labels}"
+    );
+    // The pod builds it again (a CI job's second run)...
+    ok(&run(&a.socket, &["-t", &tag, &ctx]));
+    // ...another pod may not move that tag through BuildKit either.
+    let err = fails(&run(&b.socket, &["-t", &tag, &ctx]));
+    assert!(err.contains("belongs to another pod"), "{err}");
+    // The node's network: granted on the raw socket, refused through the guard.
+    let host = ["--allow", "network.host", "--network", "host", &ctx];
+    ok(&run(&engine.socket, &host));
+    let err = fails(&run(&a.socket, &host));
+    assert!(
+        err.contains("entitlement \"network.host\" is refused"),
+        "{err}"
+    );
+    let _ = engine.raw(&["rmi", &tag]);
+}
+
 /// A Testcontainers session (testcontainers-python, from PyPI, installed by
 /// scripts/setup-testcontainers.sh) through the guard's socket: it starts
 /// busybox httpd on a random host port, waits for its log line, fetches a

@@ -5,7 +5,9 @@
 //! read writes out to a body that reads back the same (what is forwarded is
 //! what was checked); every refusal is the guard's and says so; an accepted
 //! container create carries the pod's label; a merged filter always
-//! contains the pod's label.
+//! contains the pod's label. A BuildKit Solve request (`guard::grpc::solve`)
+//! read from the same bytes never panics, and one it lets through carries
+//! the pod's label, so that reading it again is refused.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -13,7 +15,7 @@ use nestdock::guard::body::{self, Json};
 use nestdock::guard::create::{self, Scope};
 use nestdock::guard::owner::{self, POD_UID_LABEL};
 use nestdock::guard::ports::{HostPorts, PortRange};
-use nestdock::guard::subpath;
+use nestdock::guard::{grpc, subpath};
 
 const ROOT: &str = "/var/lib/kubelet/pods/u1/volumes/kubernetes.io~empty-dir";
 
@@ -80,6 +82,20 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         Err(e) => assert!(e.to_string().starts_with("nestdock guard: "), "{e}"),
+    }
+    let policy = grpc::Policy {
+        uid: "u1",
+        cgroup_parent: None,
+    };
+    for call in [grpc::Call::Control, grpc::Call::Gateway] {
+        match grpc::solve(call, data, &policy) {
+            Ok(s) => {
+                let again =
+                    grpc::solve(call, &s.body, &policy).expect_err("the pod's label is the guard's");
+                assert!(again.contains("nestdock's labels"), "{again}");
+            }
+            Err(e) => assert!(e.starts_with("nestdock guard: "), "{e}"),
+        }
     }
     if let Ok(text) = std::str::from_utf8(data) {
         match owner::with_pod_filter(Some(text), "u1") {

@@ -9,10 +9,13 @@
 //! Layout, one concern per file: [`path`] (normalised paths and the endpoint
 //! allow list), [`query`] (query strings as Go reads them), [`body`] (JSON
 //! bodies as Go's `encoding/json` reads them), [`create`] (the create rules,
-//! pure), [`owner`] (labels, filters, names, not-found answers), `config`
-//! ([`GuardConfig`]), `drain` (request bodies answered before their end)
-//! and `proxy` (the I/O: the server, the upstream client,
-//! hijacked streams, cleanup and reap).
+//! pure), [`owner`] (labels, filters, names, not-found answers),
+//! [`subpath`] (binds below an emptyDir's root, safe against swapped
+//! links), [`ports`] (the publish policy), [`grpc`] (BuildKit's Solve
+//! requests), [`image`] (tag ownership), [`cgroup`] (the pod's cgroup),
+//! `config` ([`GuardConfig`]), `drain` (request bodies answered before their
+//! end) and `proxy` (the I/O: the server, the upstream client, hijacked
+//! streams, cleanup and reap).
 
 pub mod binds;
 pub mod body;
@@ -20,6 +23,7 @@ pub mod cgroup;
 mod config;
 pub mod create;
 mod drain;
+pub mod grpc;
 pub mod image;
 pub mod owner;
 pub mod path;

@@ -30,6 +30,7 @@ use super::body::{self, Json, MAX_BODY_BYTES};
 use super::config::GuardConfig;
 use super::create::{self, Denied, Need, Scope};
 use super::drain::Unread;
+use super::grpc;
 use super::image;
 use super::owner::{self, Kind};
 use super::path::{self, percent_encode, ApiPath};
@@ -1324,8 +1325,16 @@ async fn forward(
     };
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        // BuildKit's control API is read, not copied (`grpc`).
+        let grpc = path.segments.len() == 1 && path.segments[0] == "grpc";
+        let grpc_state = grpc.then(|| Arc::new(State::new(state.cfg.clone())));
         tokio::spawn(async move {
             match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                Ok((client, upstream)) if grpc_state.is_some() => {
+                    if let Some(state) = grpc_state {
+                        grpc_proxy(state, client, upstream).await;
+                    }
+                }
                 Ok((client, upstream)) => {
                     let mut client = TokioIo::new(client);
                     let mut upstream = TokioIo::new(upstream);
@@ -1345,6 +1354,139 @@ async fn forward(
         });
     }
     resp.map(|b| relay(b.map_err(hyper_error).boxed()))
+}
+
+/// BuildKit's control API on a hijacked connection: served here as HTTP/2,
+/// each call forwarded on an HTTP/2 connection over the daemon's side of
+/// the hijack, `Control/Solve` read and rewritten on the way (`grpc`).
+async fn grpc_proxy(
+    state: Arc<State>,
+    client: hyper::upgrade::Upgraded,
+    upstream: hyper::upgrade::Upgraded,
+) {
+    let executor = hyper_util::rt::TokioExecutor::new();
+    let (sender, conn) =
+        match hyper::client::conn::http2::handshake(executor.clone(), upstream).await {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!("BuildKit: no HTTP/2 connection to the daemon: {e}");
+                return;
+            }
+        };
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!("BuildKit: the daemon's connection ended: {e}");
+        }
+    });
+    let service = hyper::service::service_fn(move |req| {
+        let state = state.clone();
+        let sender = sender.clone();
+        async move { Ok::<_, Infallible>(grpc_call(&state, sender, req).await) }
+    });
+    if let Err(e) = hyper::server::conn::http2::Builder::new(executor)
+        .serve_connection(client, service)
+        .await
+    {
+        tracing::debug!("BuildKit: the client's connection ended: {e}");
+    }
+}
+
+/// One gRPC call: forwarded, a Solve read first (bounded) and refused with
+/// gRPC's `PERMISSION_DENIED` or sent rewritten.
+async fn grpc_call(
+    state: &State,
+    mut sender: hyper::client::conn::http2::SendRequest<Body>,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let (mut parts, body) = req.into_parts();
+    let body = if let Some(call) = grpc::Call::of(parts.uri.path()) {
+        let bytes = match Limited::new(body, grpc::MAX_SOLVE_BYTES).collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) => {
+                return grpc_error(
+                    3,
+                    &format!(
+                        "nestdock guard: BuildKit Solve: the request cannot be read (at most {} \
+                         bytes): {e}",
+                        grpc::MAX_SOLVE_BYTES
+                    ),
+                )
+            }
+        };
+        let policy = grpc::Policy {
+            uid: &state.cfg.pod_uid,
+            cgroup_parent: state.cfg.cgroup_parent.as_deref(),
+        };
+        let solve = match grpc::solve(call, &bytes, &policy) {
+            Ok(s) => s,
+            Err(why) => {
+                tracing::info!("guard refused: {why}");
+                return grpc_error(7, &why);
+            }
+        };
+        if let Err(why) = solve_tags_allowed(state, &solve.tags).await {
+            tracing::info!("guard refused: {why}");
+            return grpc_error(7, &why);
+        }
+        parts.headers.remove(CONTENT_LENGTH);
+        full(solve.body)
+    } else {
+        body.map_err(hyper_error).boxed()
+    };
+    if sender.ready().await.is_err() {
+        return grpc_error(
+            14,
+            "nestdock guard: the daemon's BuildKit connection is gone",
+        );
+    }
+    match sender.send_request(Request::from_parts(parts, body)).await {
+        Ok(resp) => resp.map(|b| b.map_err(hyper_error).boxed()),
+        Err(e) => grpc_error(
+            14,
+            &format!("nestdock guard: the daemon did not answer: {e}"),
+        ),
+    }
+}
+
+/// The tags a BuildKit image export would set may be set by the pod.
+async fn solve_tags_allowed(state: &State, tags: &[String]) -> Result<(), String> {
+    let tags = tags
+        .iter()
+        .map(|t| image::normalise(t))
+        .collect::<Result<Vec<_>, _>>()?;
+    if tags.is_empty() {
+        return Ok(());
+    }
+    let held = held_tags(state)
+        .await
+        .map_err(|_| "nestdock guard: the daemon's image list did not come".to_string())?;
+    for tag in &tags {
+        if let Some(why) = image::refuse_write(tag, held.get(tag)) {
+            return Err(why);
+        }
+    }
+    Ok(())
+}
+
+/// A gRPC error as a trailers-only answer: HTTP 200 with `grpc-status`
+/// and a percent-encoded `grpc-message`.
+fn grpc_error(code: u8, message: &str) -> Response<Body> {
+    let mut encoded = String::with_capacity(message.len());
+    for b in message.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            encoded.push(b as char);
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    let mut resp = Response::new(full(Bytes::new()));
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.insert("grpc-status", HeaderValue::from(u16::from(code)));
+    if let Ok(v) = HeaderValue::from_str(&encoded) {
+        h.insert("grpc-message", v);
+    }
+    resp
 }
 
 /// A body read by a task of its own, up to [`RELAY_FRAMES`] frames ahead of

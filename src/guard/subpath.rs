@@ -27,7 +27,7 @@
 //!
 //! Pure: the body in, the body rewritten (or a refusal) out.
 
-use super::body::Json;
+use super::body::{self, Json};
 use super::create::{bad, deny, Denied};
 use super::owner::GUARD_OF_LABEL;
 
@@ -237,13 +237,13 @@ fn bind_mount_fields(m: &Json) -> Result<(String, bool), Denied> {
         return Err(bad(field, m, "a mount object"));
     };
     for (key, value) in entries {
-        match super::body::fold(key).as_str() {
+        match body::fold(key).as_str() {
             "type" | "source" | "target" | "readonly" | "consistency" => {}
             "bindoptions" => {
                 let plain = match value {
                     Json::Null => true,
                     Json::Object(opts) => opts.iter().all(|(k, v)| {
-                        let k = super::body::fold(k);
+                        let k = body::fold(k);
                         v.is_unset()
                             || (k == "propagation"
                                 && matches!(v.as_str(), Some("private" | "rprivate")))
@@ -320,7 +320,6 @@ fn subpath_mount(b: &Binding, volume: &str, rest: &[&str], target: &str, ro: boo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::guard::body;
 
     const ED: &str = "/var/lib/kubelet/pods/u1/volumes/kubernetes.io~empty-dir";
 
