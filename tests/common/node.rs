@@ -154,7 +154,7 @@ impl Cluster {
     /// waits for both replicas and for the webhook to answer.
     fn install_nestdock(&self) {
         let m = self.dir.join("manifests");
-        for part in ["base", "self-signed"] {
+        for part in ["base", "policy", "self-signed"] {
             copy_dir(&repo().join("manifests").join(part), &m.join(part));
         }
         let _ = std::fs::remove_dir_all(m.join("self-signed/certs"));
