@@ -77,8 +77,116 @@ fn take_entry<E: de::Error>() -> Result<(), E> {
     })
 }
 
+/// A deserializer that reads a struct only from a map. serde's derived
+/// structs also accept a sequence, read by position (`[[], [[]]]` would be a
+/// pod with a spec), and the patch written for such a "pod" could not apply
+/// to the array it is. Everything else passes to the wrapped deserializer.
+struct MapOnly<D>(D);
+
+macro_rules! forward {
+    ($($method:ident),* $(,)?) => {
+        $(fn $method<V: Visitor<'de>>(self, v: V) -> Result<V::Value, D::Error> {
+            self.0.$method(v)
+        })*
+    };
+}
+
+impl<'de, D: Deserializer<'de>> Deserializer<'de> for MapOnly<D> {
+    type Error = D::Error;
+    forward!(
+        deserialize_any,
+        deserialize_bool,
+        deserialize_i8,
+        deserialize_i16,
+        deserialize_i32,
+        deserialize_i64,
+        deserialize_i128,
+        deserialize_u8,
+        deserialize_u16,
+        deserialize_u32,
+        deserialize_u64,
+        deserialize_u128,
+        deserialize_f32,
+        deserialize_f64,
+        deserialize_char,
+        deserialize_str,
+        deserialize_string,
+        deserialize_bytes,
+        deserialize_byte_buf,
+        deserialize_option,
+        deserialize_unit,
+        deserialize_seq,
+        deserialize_map,
+        deserialize_identifier,
+        deserialize_ignored_any,
+    );
+    fn deserialize_unit_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        v: V,
+    ) -> Result<V::Value, D::Error> {
+        self.0.deserialize_unit_struct(name, v)
+    }
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        v: V,
+    ) -> Result<V::Value, D::Error> {
+        self.0.deserialize_newtype_struct(name, v)
+    }
+    fn deserialize_tuple<V: Visitor<'de>>(self, len: usize, v: V) -> Result<V::Value, D::Error> {
+        self.0.deserialize_tuple(len, v)
+    }
+    fn deserialize_tuple_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        len: usize,
+        v: V,
+    ) -> Result<V::Value, D::Error> {
+        self.0.deserialize_tuple_struct(name, len, v)
+    }
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _fields: &'static [&'static str],
+        v: V,
+    ) -> Result<V::Value, D::Error> {
+        self.0.deserialize_map(v)
+    }
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        variants: &'static [&'static str],
+        v: V,
+    ) -> Result<V::Value, D::Error> {
+        self.0.deserialize_enum(name, variants, v)
+    }
+    fn is_human_readable(&self) -> bool {
+        self.0.is_human_readable()
+    }
+}
+
+/// `T` read with [`MapOnly`]: a struct of the pod from a JSON object only.
+struct Obj<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Obj<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        T::deserialize(MapOnly(d)).map(Obj)
+    }
+}
+
+/// `deserialize_with` for the pod's objects that may be absent or `null`.
+fn object<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<Obj<T>>::deserialize(d)?.map(|o| o.0))
+}
+
 /// `deserialize_with` for the pod's lists: an `Option` whose items count
-/// against the read's entry budget.
+/// against the read's entry budget; items that are structs are read from
+/// objects only ([`Obj`]).
 fn list<'de, D, T>(d: D) -> Result<Option<Vec<T>>, D::Error>
 where
     D: Deserializer<'de>,
@@ -101,7 +209,7 @@ where
         }
         fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
             let mut out = Vec::new();
-            while let Some(item) = seq.next_element()? {
+            while let Some(Obj(item)) = seq.next_element()? {
                 take_entry::<A::Error>()?;
                 out.push(item);
             }
@@ -183,9 +291,9 @@ impl<'de: 'a, 'a> Deserialize<'de> for Pairs<'a> {
 /// The pod: metadata and spec, nothing else.
 #[derive(Debug, Default, Deserialize)]
 pub struct Pod<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "object")]
     pub metadata: Option<Metadata<'a>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "object")]
     pub spec: Option<Spec<'a>>,
 }
 
@@ -222,7 +330,7 @@ pub struct Spec<'a> {
     pub host_pid: Option<bool>,
     #[serde(default, rename = "hostIPC")]
     pub host_ipc: Option<bool>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object")]
     pub security_context: Option<SecurityContext>,
     #[serde(borrow, default)]
     pub node_selector: Option<Pairs<'a>>,
@@ -318,7 +426,7 @@ pub fn normalize_path(p: &str) -> Cow<'_, str> {
 pub struct Volume<'a> {
     #[serde(borrow)]
     pub name: Cow<'a, str>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object")]
     pub projected: Option<Projected>,
     /// Set for an emptyDir volume (its settings are not read).
     #[serde(default, rename = "emptyDir")]
@@ -355,16 +463,22 @@ impl Volume<'_> {
 pub fn from_json(text: &str) -> Result<Pod<'_>, String> {
     // Fast path without path tracking; a failure is read again to say where.
     bounded(|| {
-        serde_json::from_str(text).or_else(|_| {
-            let mut de = serde_json::Deserializer::from_str(text);
-            serde_path_to_error::deserialize(&mut de).map_err(describe)
-        })
+        serde_json::from_str::<Obj<Pod<'_>>>(text)
+            .or_else(|_| {
+                let mut de = serde_json::Deserializer::from_str(text);
+                serde_path_to_error::deserialize(&mut de).map_err(describe)
+            })
+            .map(|o| o.0)
     })
 }
 
 /// Reads the pod from a JSON value (offline `inject`, tests).
 pub fn from_value(value: &serde_json::Value) -> Result<Pod<'_>, String> {
-    bounded(|| serde_path_to_error::deserialize(value).map_err(describe))
+    bounded(|| {
+        serde_path_to_error::deserialize::<_, Obj<Pod<'_>>>(value)
+            .map(|o| o.0)
+            .map_err(describe)
+    })
 }
 
 fn describe<E: fmt::Display>(e: serde_path_to_error::Error<E>) -> String {
@@ -376,6 +490,37 @@ fn describe<E: fmt::Display>(e: serde_path_to_error::Error<E>) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// serde's structs read a sequence by position too: a pod, a spec or a
+    /// container written as an array is refused, naming where, on both paths.
+    #[test]
+    fn objects_written_as_arrays_are_refused() {
+        for (pod, at) in [
+            (json!([[], [[], [], []]]), "."),
+            (json!({"spec": [[{"name": "a"}]]}), "spec"),
+            (json!({"metadata": []}), "metadata"),
+            (
+                json!({"spec": {"containers": [["a"]]}}),
+                "spec.containers[0]",
+            ),
+            (
+                json!({"spec": {"securityContext": [[1]]}}),
+                "spec.securityContext",
+            ),
+            (
+                json!({"spec": {"containers": [{"name": "a", "volumeMounts": [["v", "/x"]]}]}}),
+                "spec.containers[0].volumeMounts[0]",
+            ),
+        ] {
+            let e = from_value(&pod).map(|_| ()).unwrap_err();
+            assert!(
+                e.contains(&format!("at {at}:")) && e.contains("expected"),
+                "{pod}: {e}"
+            );
+            let e = from_json(&pod.to_string()).map(|_| ()).unwrap_err();
+            assert!(e.contains(&format!("at {at}:")), "{pod}: {e}");
+        }
+    }
 
     #[test]
     fn present_lists_are_told_from_absent_and_null_ones() {
