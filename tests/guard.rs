@@ -386,7 +386,10 @@ impl Guard {
         };
         let started = Instant::now();
         loop {
-            if guard.socket.exists() && http(&guard.socket, "GET", "/_ping", &[], b"").0 == 200 {
+            // The socket's file exists from bind(2) on, a moment before
+            // listen(2): a refused connect means "not yet".
+            let listening = UnixStream::connect(&guard.socket).is_ok();
+            if listening && http(&guard.socket, "GET", "/_ping", &[], b"").0 == 200 {
                 break;
             }
             assert!(
