@@ -330,6 +330,24 @@ fn default_and_everything_on_renders_validate_strictly() {
     ] {
         assert_eq!(count(k), n, "{k} objects with every optional part on");
     }
+    // Both pods that run nestdock's image can pull it from a private
+    // registry: the webhook's and node-docker's (its reap container).
+    for k in ["Deployment", "DaemonSet"] {
+        for d in everything.iter().filter(|d| kind(d) == k) {
+            let runs_nestdock = d["spec"]["template"]["spec"]["containers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["image"].as_str().is_some_and(|i| i.contains("nestdock")));
+            if runs_nestdock {
+                assert!(
+                    d["spec"]["template"]["spec"]["imagePullSecrets"].is_array(),
+                    "{k} {} has no imagePullSecrets",
+                    d["metadata"]["name"]
+                );
+            }
+        }
+    }
     for crd in crds {
         match (crd["apiVersion"].as_str().unwrap_or_default(), kind(crd)) {
             ("cert-manager.io/v1", "Issuer" | "Certificate") => {}
