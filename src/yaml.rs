@@ -49,6 +49,18 @@ pub fn to_json(v: &serde_norway::Value) -> Result<Value, String> {
                 let key = yaml_key(k).ok_or_else(|| {
                     "a mapping key must be a string or another scalar".to_string()
                 })?;
+                // The YAML reader takes every `<<` key, quoted or not, as a
+                // merge key, so a `<<` left after merging (a merged mapping
+                // with a `<<: null` entry) could never be read back from
+                // what nestdock writes. No Kubernetes field or map key
+                // (labels, annotations, ConfigMap data) may be `<<`.
+                if key == "<<" {
+                    return Err(
+                        "a key \"<<\" remains after YAML merge keys were applied (a merge of a \
+                         mapping that itself has a \"<<\" entry); Kubernetes has no such key"
+                            .to_string(),
+                    );
+                }
                 out.insert(key, to_json(v)?);
             }
             Value::Object(out)
@@ -473,6 +485,22 @@ mod tests {
             assert_ne!(text, format!("k: {s}\n"), "{s:?} must be quoted");
             assert_eq!(reread(&text), v, "{text}");
         }
+    }
+
+    /// A fuzz finding: merging a mapping whose own entry is `<<: null` left
+    /// a `<<` key, which the reader refuses when it reads it back.
+    #[test]
+    fn a_merge_key_left_after_merging_is_an_error() {
+        let read = |text: &str| {
+            let mut doc: serde_norway::Value = serde_norway::from_str(text).unwrap();
+            doc.apply_merge().unwrap();
+            to_json(&doc)
+        };
+        let e = read("<<:\n- a: 1\n- <<:\nkind: X\n").unwrap_err();
+        assert!(e.contains("\"<<\" remains"), "{e}");
+        // An ordinary merge is read as it always was.
+        let doc = read("base: &b {a: 1}\nkind: X\n<<: *b\n").unwrap();
+        assert_eq!(doc["a"], 1);
     }
 
     #[test]
