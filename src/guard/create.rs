@@ -52,14 +52,18 @@ pub struct Scope<'a> {
     pub host_ports: &'a HostPorts,
 }
 
+/// Where the kubelet keeps pod `uid`'s emptyDir volumes on the node.
+pub fn empty_dir_root(kubelet_root: &str, uid: &str) -> String {
+    format!(
+        "{}/pods/{uid}/volumes/kubernetes.io~empty-dir",
+        kubelet_root.trim_end_matches('/')
+    )
+}
+
 impl Scope<'_> {
     /// Where the kubelet keeps this pod's emptyDir volumes on the node.
     pub fn empty_dir_root(&self) -> String {
-        format!(
-            "{}/pods/{}/volumes/kubernetes.io~empty-dir",
-            self.kubelet_root.trim_end_matches('/'),
-            self.uid
-        )
+        empty_dir_root(self.kubelet_root, self.uid)
     }
 }
 

@@ -59,6 +59,10 @@ impl Call {
 /// The largest Solve request the guard reads (an LLB definition of a large
 /// Dockerfile is a few hundred KiB).
 pub const MAX_SOLVE_BYTES: usize = 16 << 20;
+/// Solve requests the guard holds at once, across all connections: HTTP/2
+/// lets one connection open many streams, and each may hold
+/// [`MAX_SOLVE_BYTES`]; a build sends one Solve, so more wait.
+pub const MAX_SOLVES_AT_ONCE: usize = 2;
 
 const ENTITLEMENTS: u64 = 9;
 const FRONTEND_ATTRS: u64 = 7;

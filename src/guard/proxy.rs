@@ -96,11 +96,7 @@ impl State {
     }
 
     fn empty_dir_root(&self) -> String {
-        format!(
-            "{}/pods/{}/volumes/kubernetes.io~empty-dir",
-            self.cfg.kubelet_root.trim_end_matches('/'),
-            self.cfg.pod_uid
-        )
+        create::empty_dir_root(&self.cfg.kubelet_root, &self.cfg.pod_uid)
     }
 }
 
@@ -604,7 +600,8 @@ async fn handle(state: &State, req: Request<Unread>) -> Response<Body> {
                 create::alias_public_name(&mut body, &name);
             }
             // Same paths: sources as the pod sees them, moved to the node's.
-            super::binds::translate(&mut body, &state.cfg.mounts, &scope.empty_dir_root());
+            let root = scope.empty_dir_root();
+            super::binds::translate(&mut body, &state.cfg.mounts, &root);
             let needs = match create::container_create(&mut body, &scope) {
                 Ok(n) => n,
                 Err(d) => return denied(&method, &shown, d),
@@ -616,7 +613,6 @@ async fn handle(state: &State, req: Request<Unread>) -> Response<Body> {
             create::pin_refs(&mut body, &|kind, r: &str| {
                 ids.get(&(kind, r.to_string())).cloned()
             });
-            let root = state.empty_dir_root();
             let binding = subpath::Binding {
                 uid: &uid,
                 empty_dir_root: &root,
@@ -1400,6 +1396,11 @@ async fn grpc_call(
 ) -> Response<Body> {
     let (mut parts, body) = req.into_parts();
     let body = if let Some(call) = grpc::Call::of(parts.uri.path()) {
+        static READING: tokio::sync::Semaphore =
+            tokio::sync::Semaphore::const_new(grpc::MAX_SOLVES_AT_ONCE);
+        let Ok(_reading) = READING.acquire().await else {
+            return grpc_error(14, "nestdock guard: the guard is stopping");
+        };
         let bytes = match Limited::new(body, grpc::MAX_SOLVE_BYTES).collect().await {
             Ok(c) => c.to_bytes(),
             Err(e) => {

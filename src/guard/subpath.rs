@@ -111,11 +111,8 @@ pub fn rewrite(body: &mut Json, b: &Binding) -> Result<Rewritten, Denied> {
                     refuse_without_subpaths(b, field, &entry)?;
                     let read_only = bind_options(field, &entry, opts.copied().unwrap_or(""))?;
                     let target = target.copied().unwrap_or("");
-                    mounts.push(subpath_mount(b, volume, &rest, target, read_only));
-                    out.directories.push((
-                        volume.to_string(),
-                        rest.iter().map(|s| s.to_string()).collect(),
-                    ));
+                    mounts.push(subpath_mount(b, &volume, &rest, target, read_only));
+                    out.directories.push((volume, rest));
                     out.subpath_mounts = true;
                 }
             }
@@ -135,9 +132,6 @@ pub fn rewrite(body: &mut Json, b: &Binding) -> Result<Rewritten, Denied> {
                     let field = "HostConfig.Mounts";
                     refuse_without_subpaths(b, field, m)?;
                     let (target, read_only) = bind_mount_fields(m)?;
-                    let volume = volume.to_string();
-                    let rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
-                    let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
                     *m = subpath_mount(b, &volume, &rest, &target, read_only);
                     out.subpath_mounts = true;
                 }
@@ -153,17 +147,19 @@ pub fn rewrite(body: &mut Json, b: &Binding) -> Result<Rewritten, Denied> {
     Ok(out)
 }
 
-enum Place<'p> {
+enum Place {
     /// Not below the pod's emptyDirs (a named volume, or refused already).
     Other,
     /// A volume's root.
     Root,
     /// The pod's docker socket: becomes this path.
     Socket(String),
-    Below(&'p str, Vec<&'p str>),
+    /// Below a volume's root: the volume and the components under it
+    /// (owned, so that the body they came from can be rewritten).
+    Below(String, Vec<String>),
 }
 
-fn classify<'p>(b: &Binding, source: &'p str) -> Place<'p> {
+fn classify(b: &Binding, source: &str) -> Place {
     let Some((volume, rest)) = split(b.empty_dir_root, source) else {
         return Place::Other;
     };
@@ -175,7 +171,10 @@ fn classify<'p>(b: &Binding, source: &'p str) -> Place<'p> {
     if rest.is_empty() {
         Place::Root
     } else {
-        Place::Below(volume, rest)
+        Place::Below(
+            volume.to_string(),
+            rest.into_iter().map(str::to_string).collect(),
+        )
     }
 }
 
@@ -281,7 +280,7 @@ fn bind_mount_fields(m: &Json) -> Result<(String, bool), Denied> {
     Ok((target, read_only))
 }
 
-fn subpath_mount(b: &Binding, volume: &str, rest: &[&str], target: &str, ro: bool) -> Json {
+fn subpath_mount(b: &Binding, volume: &str, rest: &[String], target: &str, ro: bool) -> Json {
     let s = |v: &str| Json::String(v.to_string());
     let device = format!("{}/{volume}", b.empty_dir_root.trim_end_matches('/'));
     Json::Object(vec![
