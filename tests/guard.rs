@@ -2347,74 +2347,42 @@ fn escape_battery_works_raw_and_is_refused_through_the_guard() {
     ok(&other.docker(&["rm", "-f", &foreign]));
 }
 
-/// Latency figures, guard against raw socket, same run (printed; the README
-/// records them). Asserts only that the guard is not grossly slower.
+/// The guard's figures against the raw socket, same run: `bench/guard.sh`
+/// runs this (release guard) and prints the table the README quotes. A
+/// benchmark, not a check: ignored by `cargo test`, since a timed test on a
+/// shared 2-core machine either asserts nothing or fails at random.
+///
+/// Each round measures the raw socket and the guard back to back, the order
+/// swapped every round so that neither side always runs warm or second;
+/// `NESTDOCK_BENCH_ROUNDS` rounds (default 25), after one round not counted.
 #[test]
+#[ignore = "a benchmark: bench/guard.sh"]
 fn figures() {
     let engine = engine();
     let g = Guard::start();
-    let median = |mut v: Vec<Duration>| {
-        v.sort();
-        v[v.len() / 2]
+    let rounds: usize = match std::env::var("NESTDOCK_BENCH_ROUNDS") {
+        Ok(v) => v
+            .parse()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .unwrap_or_else(|| panic!("NESTDOCK_BENCH_ROUNDS: a whole number 1-1000, not {v:?}")),
+        Err(_) => 25,
     };
-    let time = |socket: &Path, n: usize, f: &dyn Fn(&Path)| -> Duration {
-        median(
-            (0..n)
-                .map(|_| {
-                    let t = Instant::now();
-                    f(socket);
-                    t.elapsed()
-                })
-                .collect(),
-        )
-    };
+    let idle_rss = proc_status_kib(g.child.id(), "VmRSS");
     let ping = |s: &Path| assert_eq!(http(s, "GET", "/_ping", &[], b"").0, 200);
     let list = |s: &Path| assert_eq!(http(s, "GET", "/v1.41/containers/json", &[], b"").0, 200);
-    let ps = |s: &Path| {
-        ok(&docker_at(s, &engine.cli_config, &["ps"], None));
+    let cli = |s: &Path, args: &[&str]| {
+        ok(&docker_at(s, &engine.cli_config, args, None));
     };
-    let run = |s: &Path| {
-        ok(&docker_at(
-            s,
-            &engine.cli_config,
-            &["run", "--rm", IMAGE, "true"],
-            None,
-        ));
-    };
-    for (what, n, f) in [
-        ("GET /_ping", 200, &ping as &dyn Fn(&Path)),
-        ("GET /containers/json", 200, &list),
-        ("docker ps", 20, &ps),
-        ("docker run --rm true", 10, &run),
-    ] {
-        let raw = time(&engine.socket, n, f);
-        let guarded = time(&g.socket, n, f);
-        eprintln!(
-            "figure: {what}: median raw {:.2} ms, guard {:.2} ms ({:+.2} ms, {:.2}x), {n} runs each",
-            raw.as_secs_f64() * 1e3,
-            guarded.as_secs_f64() * 1e3,
-            (guarded.as_secs_f64() - raw.as_secs_f64()) * 1e3,
-            guarded.as_secs_f64() / raw.as_secs_f64()
-        );
-        assert!(
-            guarded < raw * 3 + Duration::from_millis(50),
-            "{what}: {guarded:?} vs {raw:?}"
-        );
-    }
-    throughput(engine, &g);
-}
-
-/// `docker cp` of 100 MiB both ways and a build with a 100 MiB context,
-/// raw socket and guard taking turns (so that both see the same load),
-/// medians of 5: the streaming path's figures.
-fn throughput(engine: &Engine, g: &Guard) {
-    const MIB: usize = 1 << 20;
+    let ps = |s: &Path| cli(s, &["ps"]);
+    let run = |s: &Path| cli(s, &["run", "--rm", IMAGE, "true"]);
+    // 100 MiB that no layer below can shorten (no runs of zeros, nothing
+    // sparse), copied in and out of a container and sent as a build context.
     let dir = tempfile::Builder::new()
         .prefix("ndg-figures-")
         .tempdir_in("/var/tmp")
         .unwrap();
-    // Bytes no layer below can shorten (no runs of zeros, nothing sparse).
-    let mut data = vec![0u8; 100 * MIB];
+    let mut data = vec![0u8; 100 << 20];
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     for chunk in data.chunks_mut(8) {
         x ^= x << 13;
@@ -2432,9 +2400,6 @@ fn throughput(engine: &Engine, g: &Guard) {
     let ctx = ctx.to_string_lossy().into_owned();
     let box_id = ok(&g.docker(&["create", IMAGE, "true"])).trim().to_string();
     let into = format!("{box_id}:/big");
-    let cli = |s: &Path, args: &[&str]| {
-        ok(&docker_at(s, &engine.cli_config, args, None));
-    };
     let cp_in = |s: &Path| cli(s, &["cp", &big, &into]);
     let cp_out = |s: &Path| {
         let _ = std::fs::remove_file(&out);
@@ -2442,36 +2407,150 @@ fn throughput(engine: &Engine, g: &Guard) {
     };
     let build = |s: &Path| cli(s, &["build", "-q", &ctx]);
     cp_in(&engine.socket);
-    for (what, f) in [
+
+    let cells: [Cell; 7] = [
+        ("`GET /_ping`", 20, Figure::Added, &ping),
         (
-            "docker cp 100 MiB into a container",
-            &cp_in as &dyn Fn(&Path),
+            "`GET /containers/json` (filtered, names rewritten)",
+            20,
+            Figure::Added,
+            &list,
         ),
-        ("docker cp 100 MiB out of a container", &cp_out),
-        ("docker build, 100 MiB context", &build),
-    ] {
-        let (mut raw, mut guarded) = (Vec::new(), Vec::new());
-        for _ in 0..5 {
-            for (socket, times) in [(&engine.socket, &mut raw), (&g.socket, &mut guarded)] {
-                let t = Instant::now();
-                f(socket);
-                times.push(t.elapsed().as_secs_f64());
+        ("`docker ps`", 20, Figure::Added, &ps),
+        ("`docker run --rm img true`", 1, Figure::TimeRatio, &run),
+        (
+            "`docker cp` 100 MiB into a container",
+            1,
+            Figure::Throughput,
+            &cp_in,
+        ),
+        (
+            "`docker cp` 100 MiB out of a container",
+            1,
+            Figure::Throughput,
+            &cp_out,
+        ),
+        (
+            "`docker build`, 100 MiB context (classic builder)",
+            1,
+            Figure::Throughput,
+            &build,
+        ),
+    ];
+    // One sample per run, raw and guard in pairs, the pair's order swapped
+    // every run.
+    let mut samples = vec![(Vec::new(), Vec::new()); cells.len()];
+    for round in 0..=rounds {
+        for ((_, reps, _, f), (raw, guarded)) in cells.iter().zip(samples.iter_mut()) {
+            for rep in 0..*reps {
+                let sides = [(&engine.socket, &mut *raw), (&g.socket, &mut *guarded)];
+                let order: Vec<_> = if (round + rep) % 2 == 0 {
+                    sides.into_iter().collect()
+                } else {
+                    sides.into_iter().rev().collect()
+                };
+                for (socket, times) in order {
+                    let t = Instant::now();
+                    f(socket);
+                    // Round 0 warms both sides up and is not counted.
+                    if round > 0 {
+                        times.push(t.elapsed().as_secs_f64());
+                    }
+                }
             }
         }
-        raw.sort_by(f64::total_cmp);
-        guarded.sort_by(f64::total_cmp);
-        let (raw, guarded) = (raw[2], guarded[2]);
-        eprintln!(
-            "figure: {what}: median raw {:.0} ms ({:.0} MiB/s), guard {:.0} ms ({:.0} MiB/s), \
-             guard/raw throughput {:.2}x, 5 runs each",
-            raw * 1e3,
-            100.0 / raw,
-            guarded * 1e3,
-            100.0 / guarded,
-            raw / guarded
-        );
-        // A bound the shared machine keeps; the goal (0.9x) is in README.md.
-        assert!(guarded < raw * 2.0 + 0.5, "{what}: {guarded} s vs {raw} s");
     }
+    let loaded_rss = proc_status_kib(g.child.id(), "VmHWM");
     cli(&g.socket, &["rm", &box_id]);
+
+    println!("| what | raw, median | guard, median | guard against raw | runs where the guard met the goal |");
+    println!("| --- | --- | --- | --- | --- |");
+    for ((what, _, figure, _), (raw, guarded)) in cells.iter().zip(&samples) {
+        let ratios: Vec<f64> = raw.iter().zip(guarded).map(|(r, g)| r / g).collect();
+        let (r, gd) = (median(raw), median(guarded));
+        let ms = |s: f64| format!("{:.2} ms", s * 1e3);
+        let (raw_cell, guard_cell, versus, met) = match figure {
+            Figure::Added => (
+                ms(r),
+                ms(gd),
+                format!(
+                    "{:+.2} ms added (paired runs: median {:+.2} ms)",
+                    (gd - r) * 1e3,
+                    median(
+                        &raw.iter()
+                            .zip(guarded)
+                            .map(|(r, g)| g - r)
+                            .collect::<Vec<_>>()
+                    ) * 1e3
+                ),
+                raw.iter()
+                    .zip(guarded)
+                    .filter(|(r, g)| *g - *r < 1e-3)
+                    .count(),
+            ),
+            Figure::TimeRatio => (
+                ms(r),
+                ms(gd),
+                format!("{:.2}x the time", gd / r),
+                ratios.iter().filter(|x| 1.0 / **x <= 1.1).count(),
+            ),
+            Figure::Throughput => (
+                format!("{:.0} ms ({:.0} MiB/s)", r * 1e3, 100.0 / r),
+                format!("{:.0} ms ({:.0} MiB/s)", gd * 1e3, 100.0 / gd),
+                format!(
+                    "{:.2}x the throughput (paired runs: median {:.2}x, quartiles {:.2}-{:.2}x)",
+                    r / gd,
+                    median(&ratios),
+                    quantile(&ratios, 0.25),
+                    quantile(&ratios, 0.75)
+                ),
+                ratios.iter().filter(|x| **x >= 0.9).count(),
+            ),
+        };
+        println!(
+            "| {what} | {raw_cell} | {guard_cell} | {versus} | {met} of {} |",
+            raw.len()
+        );
+    }
+    println!(
+        "| the guard's RSS | | idle {:.1} MiB, peak {:.1} MiB | | |",
+        idle_rss as f64 / 1024.0,
+        loaded_rss as f64 / 1024.0
+    );
+}
+
+/// A benchmark cell: what it measures, repetitions per sample, how it is
+/// reported, the action (given the socket).
+type Cell<'a> = (&'a str, usize, Figure, &'a dyn Fn(&Path));
+
+/// How a benchmark cell is reported, each against its goal in issue #13:
+/// latency added (< 1 ms), time (<= 1.1x), throughput (>= 0.9x).
+#[derive(Clone, Copy)]
+enum Figure {
+    Added,
+    TimeRatio,
+    Throughput,
+}
+
+fn median(v: &[f64]) -> f64 {
+    quantile(v, 0.5)
+}
+
+/// The `q` quantile of `v`, interpolated between neighbours.
+fn quantile(v: &[f64], q: f64) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let pos = q * (v.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
+}
+
+/// A `/proc/PID/status` field in KiB (`VmRSS`, `VmHWM`).
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
