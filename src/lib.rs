@@ -8,6 +8,7 @@
 
 pub mod admission;
 pub mod annotations;
+pub mod budget;
 pub mod certs;
 pub mod cli;
 pub mod config;

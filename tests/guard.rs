@@ -2347,6 +2347,48 @@ fn escape_battery_works_raw_and_is_refused_through_the_guard() {
     ok(&other.docker(&["rm", "-f", &foreign]));
 }
 
+/// What the guard reads whole shares one memory budget (48 MiB) across all
+/// the pod's connections: twelve connections each sending most of a 4 MiB
+/// create body hold all of it; the next create waits, then gets a 503 that
+/// names the budget, instead of the guard growing past its memory limit;
+/// once those connections go, creates work again.
+#[test]
+fn bodies_read_whole_share_one_budget() {
+    let g = Guard::start();
+    const BODY: usize = 4 << 20;
+    let held: Vec<UnixStream> = (0..12)
+        .map(|_| {
+            let mut s = UnixStream::connect(&g.socket).unwrap();
+            write!(
+                s,
+                "POST /v1.41/containers/create HTTP/1.1\r\nHost: docker\r\n\
+                 Content-Type: application/json\r\nContent-Length: {BODY}\r\n\r\n"
+            )
+            .unwrap();
+            // Whitespace: the start of a JSON body that never ends.
+            s.write_all(&vec![b' '; BODY - 1]).unwrap();
+            s
+        })
+        .collect();
+    // What is still in the sockets' buffers reaches the guard at once.
+    std::thread::sleep(Duration::from_secs(1));
+    let started = Instant::now();
+    let err = fails(&g.docker(&["create", IMAGE, "true"]));
+    assert!(
+        err.contains("memory budget for bodies nestdock guard reads whole")
+            && err.contains("retry later"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "refused after {:?}: the wait for the budget is 5 s",
+        started.elapsed()
+    );
+    drop(held);
+    let id = ok(&g.docker(&["create", IMAGE, "true"]));
+    ok(&g.docker(&["rm", id.trim()]));
+}
+
 /// The guard's figures against the raw socket, same run: `bench/guard.sh`
 /// runs this (release guard) and prints the table the README quotes. A
 /// benchmark, not a check: ignored by `cargo test`, since a timed test on a

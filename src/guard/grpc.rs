@@ -57,12 +57,10 @@ impl Call {
     }
 }
 /// The largest Solve request the guard reads (an LLB definition of a large
-/// Dockerfile is a few hundred KiB).
+/// Dockerfile is a few hundred KiB). HTTP/2 lets one connection open many
+/// streams, each with a Solve: what they hold together is bounded by the
+/// guard's memory budget for bodies (`proxy`).
 pub const MAX_SOLVE_BYTES: usize = 16 << 20;
-/// Solve requests the guard holds at once, across all connections: HTTP/2
-/// lets one connection open many streams, and each may hold
-/// [`MAX_SOLVE_BYTES`]; a build sends one Solve, so more wait.
-pub const MAX_SOLVES_AT_ONCE: usize = 2;
 
 const ENTITLEMENTS: u64 = 9;
 const FRONTEND_ATTRS: u64 = 7;

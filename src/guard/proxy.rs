@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt as _, Full, Limited};
+use http_body_util::{BodyExt as _, Full};
 use hyper::body::Body as _;
 use hyper::body::Bytes;
 use hyper::body::Incoming;
@@ -36,6 +36,7 @@ use super::owner::{self, Kind};
 use super::path::{self, percent_encode, ApiPath};
 use super::query::{self, Query};
 use super::subpath;
+use crate::budget::{hold, Budget, Charge, ReadError};
 
 /// A body error of any kind: the daemon's or the client's connection, or a
 /// refusal the guard makes while a body streams through (`docker load`).
@@ -65,6 +66,36 @@ const RELAY_FRAMES: usize = 4;
 const MAX_EVENT_BYTES: usize = 1 << 20;
 /// Buffer of each direction of a hijacked stream (attach, exec, BuildKit).
 const HIJACK_BUFFER: usize = 64 << 10;
+/// Bytes of bodies the guard holds whole at once, across all connections:
+/// the requests it checks, the answers it rewrites or reads to decide, the
+/// Solves it reads. Each has its own bound too (4, 32 and 16 MiB); this one
+/// keeps many connections from adding them up past the container's memory
+/// limit (128Mi by default: the budget, a parsed answer beside it, and the
+/// guard's own few MiB).
+const BUDGET_BYTES: usize = 48 << 20;
+/// How long a read waits for its share of the budget before it is refused
+/// (503), so that readers never wait for each other forever.
+const BUDGET_WAIT: Duration = Duration::from_secs(5);
+
+/// The guard's one [`Budget`] (one guard per process).
+fn budget() -> &'static Budget {
+    static BUDGET: std::sync::OnceLock<Budget> = std::sync::OnceLock::new();
+    BUDGET.get_or_init(|| {
+        Budget::new(
+            BUDGET_BYTES,
+            "bodies nestdock guard reads whole",
+            "the guard's own, across all its connections",
+        )
+    })
+}
+
+/// Reads a body whole within `limit` and the [`budget`].
+async fn read_whole<B>(body: B, limit: usize) -> Result<(Bytes, Charge), ReadError<B::Error>>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+{
+    budget().read(body, limit, BUDGET_WAIT).await
+}
 
 struct State {
     cfg: GuardConfig,
@@ -1198,19 +1229,24 @@ async fn read_json(req: &mut Request<Body>) -> Result<Json, Response<Body>> {
     let method = req.method().clone();
     let shown = req.uri().path().to_string();
     let body = std::mem::replace(req.body_mut(), full(Bytes::new()));
-    let bytes = match Limited::new(body, MAX_BODY_BYTES).collect().await {
-        Ok(c) => c.to_bytes(),
+    // The charge goes when the checked body has been parsed: what is sent on
+    // is written from the parsed value, and streams to the daemon.
+    let (bytes, _charge) = match read_whole(body, MAX_BODY_BYTES).await {
+        Ok(read) => read,
         Err(e) => {
-            let (status, msg) = if e.is::<http_body_util::LengthLimitError>() {
-                (
+            let (status, msg) = match e {
+                ReadError::TooLarge(_) => (
                     StatusCode::PAYLOAD_TOO_LARGE,
                     body::BodyError::TooLarge(MAX_BODY_BYTES).to_string(),
-                )
-            } else {
-                (
+                ),
+                ReadError::Budget(e) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("nestdock guard: {e}"),
+                ),
+                ReadError::Body(e) => (
                     StatusCode::BAD_REQUEST,
                     format!("nestdock guard: cannot read the request body: {e}"),
-                )
+                ),
             };
             return Err(refused(&method, &shown, status, &msg));
         }
@@ -1396,13 +1432,10 @@ async fn grpc_call(
 ) -> Response<Body> {
     let (mut parts, body) = req.into_parts();
     let body = if let Some(call) = grpc::Call::of(parts.uri.path()) {
-        static READING: tokio::sync::Semaphore =
-            tokio::sync::Semaphore::const_new(grpc::MAX_SOLVES_AT_ONCE);
-        let Ok(_reading) = READING.acquire().await else {
-            return grpc_error(14, "nestdock guard: the guard is stopping");
-        };
-        let bytes = match Limited::new(body, grpc::MAX_SOLVE_BYTES).collect().await {
-            Ok(c) => c.to_bytes(),
+        let (bytes, _charge) = match read_whole(body, grpc::MAX_SOLVE_BYTES).await {
+            Ok(read) => read,
+            // RESOURCE_EXHAUSTED: BuildKit's clients report it as it is.
+            Err(ReadError::Budget(e)) => return grpc_error(8, &format!("nestdock guard: {e}")),
             Err(e) => {
                 return grpc_error(
                     3,
@@ -1617,16 +1650,10 @@ async fn ask(
     })?;
     let resp = send(state, req).await?;
     let status = resp.status();
-    let bytes = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
-        .collect()
+    // Callers read the answer at once; the charge goes with this call.
+    let (bytes, _charge) = read_whole(resp.into_body(), MAX_RESPONSE_BYTES)
         .await
-        .map_err(|e| {
-            error(
-                StatusCode::BAD_GATEWAY,
-                &format!("nestdock guard: cannot read the daemon's answer: {e}"),
-            )
-        })?
-        .to_bytes();
+        .map_err(answer_unread)?;
     Ok((status, bytes))
 }
 
@@ -1850,14 +1877,9 @@ fn make_directories(state: &State, dirs: &[(String, Vec<String>)]) -> Result<(),
 /// JSON, or too large, is an error of the guard's.
 async fn rewrite_json(resp: Response<Body>, f: impl FnOnce(&mut Json)) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
-    let bytes = match Limited::new(body, MAX_RESPONSE_BYTES).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e) => {
-            return error(
-                StatusCode::BAD_GATEWAY,
-                &format!("nestdock guard: cannot read the daemon's answer: {e}"),
-            )
-        }
+    let (bytes, charge) = match read_whole(body, MAX_RESPONSE_BYTES).await {
+        Ok(read) => read,
+        Err(e) => return answer_unread(e),
     };
     let Ok(mut value) = serde_json::from_slice::<Json>(&bytes) else {
         return error(
@@ -1865,13 +1887,30 @@ async fn rewrite_json(resp: Response<Body>, f: impl FnOnce(&mut Json)) -> Respon
             "nestdock guard: the daemon's answer is not JSON",
         );
     };
+    drop(bytes);
     f(&mut value);
     let out = value.to_bytes();
+    drop(value);
     parts.headers.remove(TRANSFER_ENCODING);
     parts
         .headers
         .insert(CONTENT_LENGTH, HeaderValue::from(out.len()));
-    Response::from_parts(parts, full(out))
+    // The answer keeps the read's share of the budget until the client has
+    // taken it: a client that does not read holds its answer, not more.
+    Response::from_parts(parts, hold(full(out), charge).boxed())
+}
+
+/// The daemon's answer could not be read whole: too large, the budget
+/// spent, or the connection gone.
+fn answer_unread<E: std::fmt::Display>(e: ReadError<E>) -> Response<Body> {
+    let status = match e {
+        ReadError::Budget(_) => StatusCode::SERVICE_UNAVAILABLE,
+        ReadError::TooLarge(_) | ReadError::Body(_) => StatusCode::BAD_GATEWAY,
+    };
+    error(
+        status,
+        &format!("nestdock guard: cannot read the daemon's answer: {e}"),
+    )
 }
 
 /// A successful answer's names, as the pod named them.

@@ -67,7 +67,7 @@ impl App {
         Arc::new(App {
             config: opts.config,
             max_body_bytes: opts.max_body_bytes,
-            budget: Budget::new(opts.max_inflight_bytes),
+            budget: super::budget::budget(opts.max_inflight_bytes),
             offloaded: Arc::new(Semaphore::new(
                 std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
             )),

@@ -102,14 +102,10 @@ async fn collect_limited(
             continue;
         };
         if !*over && buf.len() + data.len() <= limit {
-            let needed = buf.len() + data.len();
-            if needed > charge.bytes() {
-                let more = budget
-                    .charge(needed - charge.bytes(), wait)
-                    .await
-                    .map_err(ReadError::Budget)?;
-                charge.add(more);
-            }
+            budget
+                .cover(charge, buf.len() + data.len(), wait)
+                .await
+                .map_err(ReadError::Budget)?;
             buf.extend_from_slice(&data);
             continue;
         }

@@ -230,7 +230,7 @@ async fn review(
     // Parsing and deciding hold the typed pod, the patch and the response.
     charge.add(
         app.budget
-            .charge(app.budget.processing(body.len()), wait)
+            .charge(super::budget::processing(&app.budget, body.len()), wait)
             .await?,
     );
     if body.len() <= OFFLOAD_BYTES {
