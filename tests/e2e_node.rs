@@ -551,6 +551,162 @@ fn deleting_a_running_pod_stops_dockerd_cleanly() {
     );
 }
 
+// 11. The chart's `reap` container (node-docker DaemonSet), run as a pod on
+// the real node against the node's dockerd: it removes what a pod that is
+// gone left there, and keeps a live pod's. Its spec is taken from `helm
+// template` (the suite's node paths set as values), `--every` dropped so it
+// runs one round and exits; what it reads is the kubelet's own pods
+// directory, through the chart's hostPath, as root without capabilities.
+#[test]
+fn the_charts_reap_container_removes_what_a_gone_pod_left_on_the_node() {
+    let c = cluster();
+    let ns = c.namespace("e2e-reap", &[]);
+    let node_docker = |args: &[&str]| {
+        let out = Command::new("/usr/bin/docker")
+            .arg(format!("--host=unix://{NODE_DOCKER_SOCKET}"))
+            .args(args)
+            .output()
+            .expect("docker on the node's socket");
+        assert!(out.status.success(), "docker {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    // A live pod, and objects on the node's daemon labelled with its uid and
+    // with the uid of a pod that does not exist.
+    let (alive, _) = c.run_pod(
+        &ns,
+        "alive",
+        json!({}),
+        build_container("sleep 600"),
+        json!({}),
+    );
+    let alive = alive["metadata"]["uid"].as_str().unwrap().to_string();
+    c.wait_pod(&ns, "alive", 3 * MINUTES, |p| {
+        p["status"]["phase"] == "Running"
+    });
+    let gone = "0e2e0000-0000-4000-8000-00000000dead";
+    let label = |uid: &str| format!("io.nestdock.pod-uid={uid}");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hello"), "left behind\n").unwrap();
+    let tar = dir.path().join("rootfs.tar");
+    let packed = Command::new("tar")
+        .arg("-C")
+        .arg(dir.path())
+        .arg("-cf")
+        .arg(&tar)
+        .arg("hello")
+        .status()
+        .unwrap();
+    assert!(packed.success());
+    node_docker(&["import", tar.to_str().unwrap(), "nestdock.test/reap-left:1"]);
+    let left = node_docker(&[
+        "create",
+        "--label",
+        &label(gone),
+        "--name",
+        &format!("nd_{gone}_left"),
+        "nestdock.test/reap-left:1",
+        "/hello",
+    ]);
+    node_docker(&[
+        "volume",
+        "create",
+        "--label",
+        &label(gone),
+        &format!("nd_{gone}_data"),
+    ]);
+    let kept = format!("nd_{alive}_data");
+    node_docker(&["volume", "create", "--label", &label(&alive), &kept]);
+
+    // The reap container and its volumes, as the chart renders them for
+    // this node.
+    let helm = common::kube::setup_script("setup-helm.sh", 20 * MINUTES);
+    let rendered = Command::new(&helm)
+        .args(["template", "nestdock"])
+        .arg(common::kube::repo().join("charts/nestdock"))
+        .args([
+            "--show-only",
+            "templates/node-docker.yaml",
+            "--set",
+            "nodeDocker.enabled=true",
+            "--set",
+            "nodeDocker.socketDir=/var/lib/nestdock-node/docker",
+            "--set",
+            "config.dood.kubeletRoot=/var/lib/nestdock-node/kubelet",
+        ])
+        .output()
+        .expect("helm template");
+    assert!(rendered.status.success(), "helm template: {rendered:?}");
+    let daemonset = serde_norway::Deserializer::from_slice(&rendered.stdout)
+        .map(|doc| <Value as serde::Deserialize>::deserialize(doc).expect("YAML"))
+        .find(|d| d["kind"] == "DaemonSet")
+        .expect("the node-docker DaemonSet");
+    let spec = &daemonset["spec"]["template"]["spec"];
+    let mut reap = spec["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "reap")
+        .expect("the reap container")
+        .clone();
+    let args: Vec<Value> = reap["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| !a.as_str().unwrap_or("").starts_with("--every"))
+        .cloned()
+        .collect();
+    reap["args"] = json!(args);
+    let mounted: Vec<&str> = reap["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["name"].as_str())
+        .collect();
+    let volumes: Vec<Value> = spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| mounted.contains(&v["name"].as_str().unwrap_or("")))
+        .cloned()
+        .collect();
+    assert_eq!(volumes.len(), mounted.len(), "{reap:#}");
+    c.run_pod(&ns, "reap", json!({}), reap, json!({"volumes": volumes}));
+    let (code, logs) = c.wait_container_exit(&ns, "reap", "reap", 3 * MINUTES);
+    assert_eq!(code, 0, "{logs}\n{}", c.describe(&ns, "reap"));
+    assert!(
+        logs.contains(&format!("removed container {left}")),
+        "{logs}"
+    );
+    assert!(
+        logs.contains(&format!("removed volume nd_{gone}_data")),
+        "{logs}"
+    );
+    assert!(
+        !logs.contains(&alive),
+        "a live pod's object was removed: {logs}"
+    );
+    // What the node's daemon has now.
+    let containers = node_docker(&[
+        "ps",
+        "-aq",
+        "--no-trunc",
+        "--filter",
+        &format!("label={}", label(gone)),
+    ]);
+    assert_eq!(containers, "", "the gone pod's container is still there");
+    let volumes = node_docker(&[
+        "volume",
+        "ls",
+        "-q",
+        "--filter",
+        "label=io.nestdock.pod-uid",
+    ]);
+    assert!(!volumes.contains(gone), "{volumes}");
+    assert!(volumes.contains(&kept), "{volumes}");
+    node_docker(&["volume", "rm", &kept]);
+    node_docker(&["rmi", "nestdock.test/reap-left:1"]);
+}
+
 /// A figure's row: its label, the pod's annotations, the build's script.
 type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
 
