@@ -2351,27 +2351,33 @@ fn escape_battery_works_raw_and_is_refused_through_the_guard() {
 /// the pod's connections: twelve connections each sending most of a 4 MiB
 /// create body hold all of it; the next create waits, then gets a 503 that
 /// names the budget, instead of the guard growing past its memory limit;
-/// once those connections go, creates work again.
+/// once those connections go, creates work again. At SIGTERM, connections
+/// that still hold the budget are closed first: the cleanup is not held up.
 #[test]
 fn bodies_read_whole_share_one_budget() {
-    let g = Guard::start();
-    const BODY: usize = 4 << 20;
-    let held: Vec<UnixStream> = (0..12)
-        .map(|_| {
-            let mut s = UnixStream::connect(&g.socket).unwrap();
-            write!(
-                s,
-                "POST /v1.41/containers/create HTTP/1.1\r\nHost: docker\r\n\
-                 Content-Type: application/json\r\nContent-Length: {BODY}\r\n\r\n"
-            )
-            .unwrap();
-            // Whitespace: the start of a JSON body that never ends.
-            s.write_all(&vec![b' '; BODY - 1]).unwrap();
-            s
-        })
-        .collect();
-    // What is still in the sockets' buffers reaches the guard at once.
-    std::thread::sleep(Duration::from_secs(1));
+    let mut g = Guard::start();
+    // Twelve connections, each sending all but the last byte of a 4 MiB
+    // create body (whitespace: the start of a JSON body that never ends).
+    let hold_budget = |g: &Guard| -> Vec<UnixStream> {
+        const BODY: usize = 4 << 20;
+        let held = (0..12)
+            .map(|_| {
+                let mut s = UnixStream::connect(&g.socket).unwrap();
+                write!(
+                    s,
+                    "POST /v1.41/containers/create HTTP/1.1\r\nHost: docker\r\n\
+                     Content-Type: application/json\r\nContent-Length: {BODY}\r\n\r\n"
+                )
+                .unwrap();
+                s.write_all(&vec![b' '; BODY - 1]).unwrap();
+                s
+            })
+            .collect();
+        // What is still in the sockets' buffers reaches the guard at once.
+        std::thread::sleep(Duration::from_secs(1));
+        held
+    };
+    let held = hold_budget(&g);
     let started = Instant::now();
     let err = fails(&g.docker(&["create", IMAGE, "true"]));
     assert!(
@@ -2386,7 +2392,19 @@ fn bodies_read_whole_share_one_budget() {
     );
     drop(held);
     let id = ok(&g.docker(&["create", IMAGE, "true"]));
-    ok(&g.docker(&["rm", id.trim()]));
+
+    // The budget held again, then the pod ends: its container is removed.
+    let held = hold_budget(&g);
+    assert!(g.terminate(Duration::from_secs(30)).success());
+    let left = engine().raw(&[
+        "ps",
+        "-aq",
+        "--no-trunc",
+        "--filter",
+        &format!("id={}", id.trim()),
+    ]);
+    assert_eq!(ok(&left).trim(), "", "the pod's container outlived the pod");
+    drop(held);
 }
 
 /// The guard's figures against the raw socket, same run: `bench/guard.sh`

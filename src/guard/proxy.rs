@@ -101,6 +101,8 @@ struct State {
     cfg: GuardConfig,
     /// The API version the node's daemon speaks, asked once.
     daemon_api: tokio::sync::OnceCell<(u32, u32)>,
+    /// Set when the pod ends: hijacked streams close.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl State {
@@ -108,6 +110,7 @@ impl State {
         State {
             cfg,
             daemon_api: tokio::sync::OnceCell::new(),
+            stopping: tokio::sync::watch::Sender::new(false),
         }
     }
 
@@ -177,8 +180,11 @@ pub async fn serve(cfg: GuardConfig, shutdown: impl Future<Output = ()>) -> anyh
     let listen_path = cfg.listen.clone();
     create_marker(&state).await;
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
+        // Ended connections: their results are not kept.
+        while connections.try_join_next().is_some() {}
         let Ok(slot) = slots.clone().acquire_owned().await else {
             break;
         };
@@ -194,12 +200,19 @@ pub async fn serve(cfg: GuardConfig, shutdown: impl Future<Output = ()>) -> anyh
             },
         };
         let state = state.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let _slot = slot;
             serve_connection(state, stream).await;
         });
     }
-    // No new connections from here on; the pod is ending.
+    // No new connections from here on; the pod is ending (a native sidecar
+    // gets SIGTERM once the pod's containers have exited). The connections
+    // still open (the pod's sibling containers, say) are closed first, so
+    // that nothing they hold, streams or the memory budget, delays the
+    // cleanup.
+    connections.abort_all();
+    state.stopping.send_replace(true);
+    while connections.join_next().await.is_some() {}
     let _ = std::fs::remove_file(&listen_path);
     if let Some((path, _, _)) = state.bind_socket() {
         let _ = std::fs::remove_file(path);
@@ -1360,7 +1373,8 @@ async fn forward(
         // BuildKit's control API is read, not copied (`grpc`).
         let grpc = path.segments.len() == 1 && path.segments[0] == "grpc";
         let grpc_state = grpc.then(|| Arc::new(State::new(state.cfg.clone())));
-        tokio::spawn(async move {
+        let mut stopping = state.stopping.subscribe();
+        let stream = async move {
             match tokio::try_join!(client_upgrade, upstream_upgrade) {
                 Ok((client, upstream)) if grpc_state.is_some() => {
                     if let Some(state) = grpc_state {
@@ -1382,6 +1396,12 @@ async fn forward(
                     }
                 }
                 Err(e) => tracing::warn!("hijacked stream not joined: {e}"),
+            }
+        };
+        tokio::spawn(async move {
+            tokio::select! {
+                () = stream => {}
+                _ = stopping.wait_for(|stop| *stop) => {}
             }
         });
     }
