@@ -525,7 +525,7 @@ fn header_problem(headers: &hyper::HeaderMap) -> Option<String> {
     None
 }
 
-async fn handle(state: &State, req: Request<Unread>) -> Response<Body> {
+async fn handle(state: &Arc<State>, req: Request<Unread>) -> Response<Body> {
     // Boxed once, so that a body read for the rules can be put back.
     let mut req = req.map(|b| b.map_err(hyper_error).boxed());
     let method = req.method().clone();
@@ -1138,7 +1138,7 @@ async fn push_allowed(state: &State, name: &str, query: &Query) -> Result<(), Re
 /// off before that part reaches dockerd (which unpacks the whole archive
 /// before it tags anything, so nothing is loaded) and the load is refused.
 async fn load(
-    state: &State,
+    state: &Arc<State>,
     mut req: Request<Body>,
     path: &ApiPath,
     query: &Query,
@@ -1318,7 +1318,7 @@ fn upstream_uri(path: &ApiPath, query: &Query) -> String {
 /// Forwards a request (its body streamed, or `body` in its place) and
 /// streams the answer back; joins the two sides of a hijacked connection.
 async fn forward(
-    state: &State,
+    state: &Arc<State>,
     mut req: Request<Body>,
     path: &ApiPath,
     query: &Query,
@@ -1372,7 +1372,7 @@ async fn forward(
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         // BuildKit's control API is read, not copied (`grpc`).
         let grpc = path.segments.len() == 1 && path.segments[0] == "grpc";
-        let grpc_state = grpc.then(|| Arc::new(State::new(state.cfg.clone())));
+        let grpc_state = grpc.then(|| state.clone());
         let mut stopping = state.stopping.subscribe();
         let stream = async move {
             match tokio::try_join!(client_upgrade, upstream_upgrade) {
@@ -1972,7 +1972,7 @@ async fn publish_errors(resp: Response<Body>, uid: &str) -> Response<Body> {
 /// `GET /system/df`: the pod's containers and volumes, and the shared images
 /// and build cache.
 async fn system_df(
-    state: &State,
+    state: &Arc<State>,
     req: Request<Body>,
     path: &ApiPath,
     query: &Query,
